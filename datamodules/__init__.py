@@ -1,0 +1,1 @@
+"""Lhotse-based data pipelines for lightning_most."""

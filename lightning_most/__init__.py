@@ -1,0 +1,1 @@
+"""lightning_most: MoST (Modality-Aware MoE speech+text LMs) on PyTorch Lightning."""
