@@ -1,0 +1,109 @@
+"""Units for a whole CutSet: fit the k-means on its frames, then store every cut's units with the cut.
+
+Units are written as int32 `.npy` files by lhotse's `NumpyFilesWriter` (lilcom storage is lossy and
+for floats) and attached as a `TemporalArray` custom field, so after `cuts.to_file(...)` and
+`CutSet.from_file(...)` a data pipeline reads `cut.load_units()` -> (T,) and `cut.truncate(...)`
+cuts the units with the audio.
+
+A cut whose audio cannot be read (missing or corrupt file) or that is too short to give one frame is
+skipped with a warning naming it, and a summary warning gives the count.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.cut import Cut
+from lhotse.features.io import NumpyFilesWriter
+from torch import Tensor
+
+from lightning_most.audio.encoders import SAMPLE_RATE, AudioEncoder
+from lightning_most.audio.quantizer import UnitQuantizer, train_kmeans
+
+UNITS_FIELD = "units"
+
+
+def load_waveform(cut: Cut) -> Tensor:
+    """The cut's audio as a mono 16 kHz waveform (S,) float."""
+    if cut.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)
+    audio = torch.from_numpy(cut.load_audio())  # (C, S)
+    return audio.float().mean(dim=0)  # (S,)
+
+
+def _encoded_cuts(cuts: CutSet, encoder: AudioEncoder, skipped: list[str]) -> Iterator[tuple[Cut, Tensor]]:
+    """Yield (cut, features (T, F)) for every readable cut; append the id of every other cut to `skipped`."""
+    for cut in cuts:
+        try:
+            waveform = load_waveform(cut)
+        except Exception as e:  # lhotse surfaces missing/corrupt audio as many exception types
+            warnings.warn(f"skipping cut {cut.id}: cannot read its audio ({type(e).__name__}: {e})", stacklevel=3)
+            skipped.append(cut.id)
+            continue
+        features = encoder(waveform)  # (T, F)
+        if features.shape[0] == 0:
+            warnings.warn(f"skipping cut {cut.id}: {waveform.numel()} samples give no encoder frame", stacklevel=3)
+            skipped.append(cut.id)
+            continue
+        yield cut, features
+
+
+def _warn_summary(what: str, skipped: list[str], total: int) -> None:
+    if skipped:
+        warnings.warn(f"{what}: skipped {len(skipped)} of {total} cuts: {', '.join(skipped)}", stacklevel=3)
+
+
+def fit_unit_quantizer(
+    cuts: CutSet,
+    encoder: AudioEncoder,
+    num_units: int = 500,
+    seed: int = 0,
+    max_frames: int = 1_000_000,
+    iterations: int = 50,
+) -> UnitQuantizer:
+    """Train k-means on the encoder frames of `cuts`, reading cuts in order until `max_frames` frames.
+
+    Args:
+        cuts: the audio to learn units from (shuffle it first if its order is biased, e.g. by speaker).
+        encoder: gives the frames (T, F) of each cut.
+        num_units: K, the unit vocabulary size.
+        seed: seeds the k-means++ initialisation.
+        max_frames: stop reading cuts once this many frames are collected (the last cut is truncated).
+        iterations: maximum Lloyd iterations.
+    """
+    skipped: list[str] = []
+    blocks, collected, seen = [], 0, 0
+    for cut, features in _encoded_cuts(cuts, encoder, skipped):
+        seen += 1
+        blocks.append(features[: max_frames - collected])
+        collected += blocks[-1].shape[0]
+        if collected >= max_frames:
+            break
+    _warn_summary("fit_unit_quantizer", skipped, seen + len(skipped))
+    if not blocks:
+        raise ValueError(f"fit_unit_quantizer: none of the cuts gave features ({len(skipped)} skipped)")
+    return train_kmeans(blocks, num_units=num_units, seed=seed, iterations=iterations)
+
+
+def attach_units(cuts: CutSet, encoder: AudioEncoder, quantizer: UnitQuantizer, storage_dir: str | Path) -> CutSet:
+    """Quantize every cut and attach its units (T,) as the custom field `units`, stored under `storage_dir`.
+
+    Returns the cuts that got units; skipped cuts are warned about (by id) and left out.
+    """
+    skipped: list[str] = []
+    out: list[Cut] = []
+    Path(storage_dir).mkdir(parents=True, exist_ok=True)
+    with NumpyFilesWriter(storage_dir) as writer:
+        for cut, features in _encoded_cuts(cuts, encoder, skipped):
+            units = quantizer.quantize(features).numpy().astype(np.int32)  # (T,)
+            manifest = writer.store_array(
+                cut.id, units, frame_shift=1.0 / encoder.frame_rate, temporal_dim=0, start=cut.start
+            )
+            out.append(cut.with_custom(UNITS_FIELD, manifest))
+    _warn_summary("attach_units", skipped, len(out) + len(skipped))
+    return CutSet.from_cuts(out)
