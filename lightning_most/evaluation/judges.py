@@ -46,8 +46,8 @@ class WhisperJudgeConfig:
     """``cpu`` or ``cuda``."""
     compute_type: str = "int8"
     """CTranslate2 compute type (``int8`` on CPU, ``float16`` on GPU)."""
-    beam_size: int = 1
-    """Beam width; 1 is greedy decoding (fastest; the README numbers used faster-whisper defaults)."""
+    beam_size: int = 5
+    """Beam width (faster-whisper's default, as in the shared/README.md measurements; 1 is greedy)."""
     language: str = "en"
     """Decoding language."""
 
