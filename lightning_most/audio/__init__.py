@@ -14,28 +14,61 @@ from lightning_most.audio.encoders import (
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
 from lightning_most.audio.textless import convert_sklearn_kmeans, load_textless_quantizer
 from lightning_most.audio.units import attach_units, fit_unit_quantizer, load_waveform
+from lightning_most.audio.vocoder import (
+    GriffinLimVocoder,
+    GriffinLimVocoderConfig,
+    UnitHifiganConfig,
+    UnitHifiganVocoder,
+    UnitHifiganVocoderConfig,
+    Vocoder,
+    save_unit_hifigan,
+)
 
-ENCODERS = {"fbank": (FbankEncoder, FbankEncoderConfig), "hubert": (HubertEncoder, HubertEncoderConfig)}
+ENCODERS = ("fbank", "hubert")
+VOCODERS = ("griffin_lim", "hifigan")
 
 
-def _build(kind: str, registry: dict, name: str, cfg: dict):
-    if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; choose one of {sorted(registry)}")
-    cls, config_cls = registry[name]
+def _config(config_cls, kind: str, name: str, cfg: dict):
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(f"{kind} {name!r} has no option(s) {unknown}; its options are {sorted(known)}")
-    return cls(config_cls(**cfg))
+    return config_cls(**cfg)
 
 
 def build_audio_encoder(name: str, **cfg) -> AudioEncoder:
-    """Build an encoder by name ("fbank", "hubert") from the fields of its config dataclass."""
-    return _build("audio encoder", ENCODERS, name, cfg)
+    """Build an encoder by name ("fbank", "hubert"); `cfg` holds fields of its config dataclass."""
+    if name == "fbank":
+        return FbankEncoder(_config(FbankEncoderConfig, "audio encoder", name, cfg))
+    if name == "hubert":
+        return HubertEncoder(_config(HubertEncoderConfig, "audio encoder", name, cfg))
+    raise ValueError(f"unknown audio encoder {name!r}; choose one of {ENCODERS}")
+
+
+def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg) -> Vocoder:
+    """Build a vocoder by name: "griffin_lim" (needs the units' `quantizer`, object or file) or "hifigan".
+
+    `cfg` holds fields of `GriffinLimVocoderConfig` or `UnitHifiganVocoderConfig`.
+    """
+    if name == "griffin_lim":
+        if quantizer is None:
+            raise ValueError("the griffin_lim vocoder needs `quantizer`: the UnitQuantizer (or its file) of the units")
+        if not isinstance(quantizer, UnitQuantizer):
+            quantizer = UnitQuantizer.load(quantizer)
+        return GriffinLimVocoder(quantizer, _config(GriffinLimVocoderConfig, "vocoder", name, cfg))
+    if name == "hifigan":
+        return UnitHifiganVocoder(_config(UnitHifiganVocoderConfig, "vocoder", name, cfg))
+    raise ValueError(f"unknown vocoder {name!r}; choose one of {VOCODERS}")
 
 
 __all__ = [
     "AudioEncoder",
+    "GriffinLimVocoder",
+    "GriffinLimVocoderConfig",
+    "UnitHifiganConfig",
+    "UnitHifiganVocoder",
+    "UnitHifiganVocoderConfig",
+    "Vocoder",
     "FbankEncoder",
     "FbankEncoderConfig",
     "HubertEncoder",
@@ -43,10 +76,12 @@ __all__ = [
     "UnitQuantizer",
     "attach_units",
     "build_audio_encoder",
+    "build_vocoder",
     "convert_sklearn_kmeans",
     "dedup_units",
     "fit_unit_quantizer",
     "load_textless_quantizer",
     "load_waveform",
+    "save_unit_hifigan",
     "train_kmeans",
 ]

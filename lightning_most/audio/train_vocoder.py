@@ -1,0 +1,192 @@
+"""Train a unit HiFi-GAN (speechbrain `UnitHifiganGenerator`) on the (units, waveform) pairs of a CutSet.
+
+The cuts must carry units (`attach_units`). Each step crops `segment_units` units and the matching
+`segment_units * 320` samples from random cuts. Losses are speechbrain's HiFi-GAN set: mel L1 (x45)
+and multi-resolution STFT, plus, with `adversarial`, the multi-period/multi-scale discriminators'
+least-squares GAN loss and feature matching (x10). The result is a folder `UnitHifiganVocoder` reads.
+
+    python -m lightning_most.audio.train_vocoder --cuts data/cuts_with_units.jsonl.gz --output-dir exp/vocoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lhotse import CutSet
+from lhotse.cut import Cut
+from torch import Tensor
+
+from lightning_most.audio.units import UNITS_FIELD, load_waveform
+from lightning_most.audio.vocoder import UnitHifiganConfig, save_unit_hifigan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VocoderTrainingConfig:
+    """What `train_vocoder` trains on, for how long, and where it writes the generator."""
+
+    cuts: str
+    """CutSet manifest whose cuts carry units (see attach_units)."""
+    output_dir: str
+    """Folder for config.json + generator.ckpt."""
+    generator: UnitHifiganConfig = field(default_factory=UnitHifiganConfig)
+    steps: int = 100_000
+    batch_size: int = 16
+    segment_units: int = 32
+    """Units per training crop (32 = 0.64 s at 50 Hz); cuts shorter than this are not used."""
+    learning_rate: float = 2e-4
+    adversarial: bool = True
+    """Add HiFi-GAN's discriminators; without them only the spectral losses train the generator (blurrier)."""
+    save_every: int = 10_000
+    seed: int = 0
+    device: str = "cpu"
+
+
+class _Crops:
+    """Random (units, waveform) crops from the usable cuts; a cut that fails to load is warned about and dropped."""
+
+    def __init__(self, cuts: CutSet, segment_units: int, samples_per_unit: int, frame_rate: float, seed: int) -> None:
+        self.segment_units, self.samples_per_unit = segment_units, samples_per_unit
+        self.rng = random.Random(seed)
+        self.cuts: list[Cut] = []
+        for cut in cuts:
+            if not cut.has_custom(UNITS_FIELD):
+                raise ValueError(f"cut {cut.id} has no '{UNITS_FIELD}': run attach_units on the CutSet first")
+            if cut.duration * frame_rate >= segment_units:
+                self.cuts.append(cut)
+        if not self.cuts:
+            raise ValueError(f"no cut holds {segment_units} units; lower segment_units")
+        self.dropped: list[str] = []
+
+    def _crop(self, cut: Cut) -> tuple[Tensor, Tensor]:
+        units = torch.from_numpy(cut.load_custom(UNITS_FIELD)).long()  # (T,)
+        waveform = load_waveform(cut)  # (S,)
+        start = self.rng.randrange(units.numel() - self.segment_units + 1)
+        units = units[start : start + self.segment_units]
+        n = self.segment_units * self.samples_per_unit
+        samples = waveform[start * self.samples_per_unit :][:n]
+        return units, torch.nn.functional.pad(samples, (0, n - samples.numel()))  # (segment_units,), (n,)
+
+    def batch(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Units (B, segment_units) long and waveforms (B, 1, segment_units * samples_per_unit)."""
+        units, waves = [], []
+        while len(units) < batch_size:
+            if not self.cuts:
+                raise RuntimeError(f"every cut failed to load: {', '.join(self.dropped)}")
+            cut = self.rng.choice(self.cuts)
+            try:
+                u, w = self._crop(cut)
+            except Exception as e:  # missing/corrupt audio or units: drop the cut, keep training
+                warnings.warn(f"dropping cut {cut.id} from vocoder training: {type(e).__name__}: {e}", stacklevel=2)
+                self.cuts.remove(cut)
+                self.dropped.append(cut.id)
+                continue
+            units.append(u)
+            waves.append(w)
+        return torch.stack(units), torch.stack(waves)[:, None]
+
+
+def train_vocoder(config: VocoderTrainingConfig) -> Path:
+    """Train the generator and write it to `config.output_dir`; returns that folder."""
+    import speechbrain as sb
+    from speechbrain.lobes.models import HifiGAN
+
+    torch.manual_seed(config.seed)
+    gen_config = config.generator
+    crops = _Crops(
+        CutSet.from_file(config.cuts),
+        config.segment_units,
+        gen_config.samples_per_unit,
+        frame_rate=16000 / gen_config.samples_per_unit,
+        seed=config.seed,
+    )
+    device = torch.device(config.device)
+    generator = gen_config.build().to(device)
+    generator_loss = HifiGAN.GeneratorLoss(
+        stft_loss=HifiGAN.MultiScaleSTFTLoss(),
+        stft_loss_weight=1.0,
+        l1_spec_loss=HifiGAN.L1SpecLoss(
+            sample_rate=16000, hop_length=256, win_length=1024, n_fft=1024, n_stft=513, n_mel_channels=80
+        ),
+        l1_spec_loss_weight=45.0,
+        mseg_loss=HifiGAN.MSEGLoss() if config.adversarial else None,
+        mseg_loss_weight=1.0,
+        feat_match_loss=HifiGAN.MelganFeatureLoss() if config.adversarial else None,
+        feat_match_loss_weight=10.0,
+    ).to(device)
+    optimizer_g = torch.optim.AdamW(generator.parameters(), config.learning_rate, betas=(0.8, 0.99))
+    if config.adversarial:
+        discriminator = HifiGAN.HifiganDiscriminator().to(device)
+        discriminator_loss = HifiGAN.DiscriminatorLoss(msed_loss=HifiGAN.MSEDLoss())
+        optimizer_d = torch.optim.AdamW(discriminator.parameters(), config.learning_rate, betas=(0.8, 0.99))
+    output_dir = Path(config.output_dir)
+    for step in range(1, config.steps + 1):
+        units, real = crops.batch(config.batch_size)  # (B, U), (B, 1, U * samples_per_unit)
+        units, real = units.to(device), real.to(device)
+        fake, _ = generator(units[..., None])  # (B, 1, U * samples_per_unit)
+        losses = {}
+        if config.adversarial:
+            scores_fake, _ = discriminator(fake.detach())
+            scores_real, _ = discriminator(real)
+            d_loss = discriminator_loss(scores_fake, scores_real)["D_loss"]
+            optimizer_d.zero_grad()
+            d_loss.backward()
+            optimizer_d.step()
+            scores_fake, feats_fake = discriminator(fake)
+            _, feats_real = discriminator(real)
+            losses = {"scores_fake": scores_fake, "feats_fake": feats_fake, "feats_real": feats_real}
+        g_loss = generator_loss(sb.Stage.TRAIN, fake, real, **losses)["G_loss"]
+        optimizer_g.zero_grad()
+        g_loss.backward()
+        optimizer_g.step()
+        log.info("step %d: generator loss %.4f", step, float(g_loss))
+        if step % config.save_every == 0 or step == config.steps:
+            save_unit_hifigan(generator, gen_config, output_dir)
+    if crops.dropped:
+        warnings.warn(f"vocoder training dropped {len(crops.dropped)} cuts: {', '.join(crops.dropped)}", stacklevel=2)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: `python -m lightning_most.audio.train_vocoder --cuts ... --output-dir ...`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cuts", required=True, help="CutSet manifest with units attached")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--generator-config", help="JSON of UnitHifiganConfig fields (default: the 16 kHz 500-unit one)")
+    defaults = VocoderTrainingConfig(cuts="", output_dir="")
+    for name in ("steps", "batch_size", "segment_units", "learning_rate", "save_every", "seed", "device"):
+        value = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--no-adversarial", action="store_true", help="spectral losses only, no discriminators")
+    args = parser.parse_args(argv)
+    generator = UnitHifiganConfig()
+    if args.generator_config:
+        generator = UnitHifiganConfig(**json.loads(Path(args.generator_config).read_text()))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train_vocoder(
+        VocoderTrainingConfig(
+            cuts=args.cuts,
+            output_dir=args.output_dir,
+            generator=generator,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            segment_units=args.segment_units,
+            learning_rate=args.learning_rate,
+            adversarial=not args.no_adversarial,
+            save_every=args.save_every,
+            seed=args.seed,
+            device=args.device,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
