@@ -1,0 +1,167 @@
+"""Self-attention with rotary position embeddings: DeepSeek-V2 MLA and Llama-style GQA, with a KV cache.
+
+Shapes: B batch, T new positions, S cached + new positions, H heads, D head width.
+Attention masks are boolean (B, 1, T, S), True where a query may attend to a key.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_most.config import AttentionConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (no mean subtraction, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for given position ids (rotate-half convention)."""
+
+    def __init__(self, dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (D/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """position_ids (B, T) -> cos, sin (B, T, 1, D), broadcastable over heads."""
+        freqs = position_ids.float()[..., None] * self.inv_freq  # (B, T, D/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # (B, T, 1, D)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, T, H, D) by the position angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class KVCache:
+    """Per-layer cached tensors, grown along the time axis (dim 1 of (B, S, ...) tensors)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.layers: list[tuple[Tensor, ...] | None] = [None] * num_layers
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions."""
+        first = self.layers[0]
+        return 0 if first is None else first[0].shape[1]
+
+    def update(self, layer: int, *new: Tensor) -> tuple[Tensor, ...]:
+        """Append this step's tensors (B, T, ...) for `layer` and return the full ones (B, S, ...)."""
+        old = self.layers[layer]
+        full = new if old is None else tuple(torch.cat([o, n], dim=1) for o, n in zip(old, new))
+        self.layers[layer] = full
+        return full
+
+
+class MultiHeadLatentAttention(nn.Module):
+    """DeepSeek-V2 MLA: keys/values from a shared low-rank latent; the cache holds the latent and rope key."""
+
+    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int, eps: float) -> None:
+        super().__init__()
+        c = config
+        self.layer_index = layer_index
+        self.num_heads, self.nope, self.rope, self.v_dim = c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+        self.kv_lora_rank = c.kv_lora_rank
+        q_width = c.num_heads * (self.nope + self.rope)
+        if c.q_lora_rank is None:
+            self.q_proj = nn.Linear(hidden_size, q_width, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden_size, c.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, eps)
+            self.q_b_proj = nn.Linear(c.q_lora_rank, q_width, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden_size, c.kv_lora_rank + self.rope, bias=False)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, eps)
+        self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_heads * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(c.num_heads * self.v_dim, hidden_size, bias=False)
+        self.rotary = RotaryEmbedding(self.rope, c.rope_theta)
+        self.scale = (self.nope + self.rope) ** -0.5
+
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
+        """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
+        B, T, _ = x.shape
+        H = self.num_heads
+        q = self.q_proj(x) if hasattr(self, "q_proj") else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q_nope, q_pe = q.view(B, T, H, self.nope + self.rope).split([self.nope, self.rope], dim=-1)
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope], dim=-1)
+        latent = self.kv_a_layernorm(latent)  # (B, T, r)
+        cos, sin = self.rotary(position_ids)
+        q_pe = apply_rotary(q_pe, cos, sin)  # (B, T, H, rope)
+        k_pe = apply_rotary(k_pe[:, :, None, :], cos, sin)  # (B, T, 1, rope): one rope key for all heads
+        if cache is not None:
+            latent, k_pe = cache.update(self.layer_index, latent, k_pe)  # (B, S, r), (B, S, 1, rope)
+        S = latent.shape[1]
+        k_nope, v = self.kv_b_proj(latent).view(B, S, H, self.nope + self.v_dim).split([self.nope, self.v_dim], dim=-1)
+        k = torch.cat([k_nope, k_pe.expand(B, S, H, self.rope)], dim=-1)  # (B, S, H, nope + rope)
+        q = torch.cat([q_nope, q_pe], dim=-1)  # (B, T, H, nope + rope)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=self.scale
+        )  # (B, H, T, v_dim)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
+
+
+class GroupedQueryAttention(nn.Module):
+    """Llama-style attention: H query heads share H_kv key/value heads; the cache holds k and v."""
+
+    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int) -> None:
+        super().__init__()
+        c = config
+        self.layer_index = layer_index
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj = nn.Linear(hidden_size, c.num_heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, hidden_size, bias=False)
+        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta)
+
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
+        """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        cos, sin = self.rotary(position_ids)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)  # (B, S, H_kv, D)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # (B, H, T, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+def build_attention(hidden_size: int, config: AttentionConfig, layer_index: int, eps: float) -> nn.Module:
+    """The attention module named by `config.kind`."""
+    if config.kind == "mla":
+        return MultiHeadLatentAttention(hidden_size, config, layer_index, eps)
+    return GroupedQueryAttention(hidden_size, config, layer_index)
+
+
+def attention_mask(padding_mask: Tensor, num_new: int) -> Tensor:
+    """Causal mask over keys, padding_mask (B, S) True on real positions -> (B, 1, T, S) with T = num_new.
+
+    The last `num_new` key positions are the queries. Each query always sees itself, so rows of padding
+    queries are never fully masked (which would give NaN).
+    """
+    B, S = padding_mask.shape
+    q_pos = torch.arange(S - num_new, S, device=padding_mask.device)  # (T,)
+    k_pos = torch.arange(S, device=padding_mask.device)  # (S,)
+    causal = k_pos[None, :] <= q_pos[:, None]  # (T, S)
+    allowed = causal[None] & padding_mask[:, None, :]  # (B, T, S)
+    allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
+    return allowed[:, None]

@@ -1,0 +1,173 @@
+"""The MoST backbone: a DeepSeek-V2-style decoder over text tokens, audio units and audio frames.
+
+Plain PyTorch (no Lightning). Inputs follow the batch contract of `layouts.py`:
+
+    input_ids       (B, T) long   unified ids (text tokens, specials, audio units)
+    modality_ids    (B, T) long   0 text, 1 audio: selects each token's expert group in MoE layers
+    attention_mask  (B, S) bool   True on real positions (S = cached + T)
+    audio_features  (N, F) float  continuous frames for the N positions where feature_mask is True
+    feature_mask    (B, T) bool
+
+Embedding: ids -> `embed_tokens`, frames -> `audio_projector` (2-layer MLP), placed at feature_mask.
+Decoder: `num_layers` pre-norm blocks, the first `first_k_dense` with a dense SwiGLU, the rest MAMoE.
+Heads: a text LM head (text ids) and an audio-unit head (units), concatenated into (B, T, V) logits
+over the unified id space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lightning_most.attention import KVCache, RMSNorm, build_attention
+from lightning_most.attention import attention_mask as attention_mask_for
+from lightning_most.config import ModelConfig
+from lightning_most.layouts import IGNORE_INDEX
+from lightning_most.mamoe import ModalityAwareRouter, MoEBlock, RoutedExperts, RoutingStats, SwiGLU
+
+
+@dataclass
+class BackboneOutput:
+    """What one forward pass returns."""
+
+    logits: Tensor  # (B, T, V) over the unified id space
+    aux_loss: Tensor  # () sum of the MoE layers' load-balancing losses
+    routing: list[RoutingStats] = field(default_factory=list)  # one per MoE layer, in layer order
+    hidden: Tensor | None = None  # (B, T, d) final normed hidden states
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm attention + (dense or MAMoE) MLP, each with a residual connection."""
+
+    def __init__(self, config: ModelConfig, index: int) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
+        self.self_attn = build_attention(d, config.attention, index, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
+        if config.is_moe_layer(index):
+            self.mlp: nn.Module = MoEBlock(d, config.moe)
+        elif index >= config.first_k_dense:  # dense ablation: same active width as top_k + shared experts
+            moe = config.moe
+            self.mlp = SwiGLU(d, (moe.top_k + moe.num_shared_experts) * moe.expert_intermediate_size)
+        else:
+            self.mlp = SwiGLU(d, config.intermediate_size)
+
+    def forward(
+        self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None
+    ) -> tuple[Tensor, Tensor, RoutingStats | None]:
+        """x (B, T, d) -> x (B, T, d), aux loss (), routing stats or None for dense layers."""
+        x = x + self.self_attn(self.input_layernorm(x), position_ids, mask, cache)
+        h = self.post_attention_layernorm(x)
+        if isinstance(self.mlp, MoEBlock):
+            y, aux, stats = self.mlp(h, modality_ids, valid)
+            return x + y, aux, stats
+        return x + self.mlp(h), x.new_zeros((), dtype=torch.float32), None
+
+
+class MoSTBackbone(nn.Module):
+    """Decoder-only speech+text LM with modality-aware MoE layers."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, d)
+        self.audio_projector = nn.Sequential(nn.Linear(config.audio_feature_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(d, config.rms_norm_eps)
+        # Tied (Llama-3.2): the text head reuses the text rows of the embedding table.
+        self.text_head = None if config.tie_text_embeddings else nn.Linear(d, config.text_vocab_size, bias=False)
+        self.audio_head = nn.Linear(d, config.num_audio_units, bias=False)
+        self.activation_checkpointing = False
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, initializer_range) weights, zero biases, unit norms."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RoutedExperts):
+                nn.init.normal_(module.gate_up_proj, std=std)
+                nn.init.normal_(module.down_proj, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+            elif isinstance(module, ModalityAwareRouter):
+                nn.init.normal_(module.weight, std=std)
+
+    def embed(self, input_ids: Tensor, audio_features: Tensor | None = None, feature_mask: Tensor | None = None) -> Tensor:
+        """Input embeddings (B, T, d): token embeddings with projected audio frames at feature_mask."""
+        x = self.embed_tokens(input_ids)  # (B, T, d)
+        if feature_mask is not None and audio_features is not None and audio_features.numel():
+            frames = self.audio_projector(audio_features.to(x.dtype))  # (N, d)
+            if frames.shape[0] != int(feature_mask.sum()):
+                raise ValueError(
+                    f"audio_features has {frames.shape[0]} frames but feature_mask marks {int(feature_mask.sum())} positions"
+                )
+            x = x.masked_scatter(feature_mask[..., None], frames)
+        return x
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        modality_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        audio_features: Tensor | None = None,
+        feature_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> BackboneOutput:
+        """Logits over the unified vocabulary, the summed aux loss, and per-MoE-layer routing stats."""
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=input_ids.device)
+        if attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask must be (B, cached + T) = {(B, past + T)}, got {tuple(attention_mask.shape)}")
+        valid = attention_mask[:, past:]  # (B, T)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T), left padding safe
+        mask = attention_mask_for(attention_mask, T)  # (B, 1, T, S)
+        x = self.embed(input_ids, audio_features, feature_mask)
+
+        aux = x.new_zeros((), dtype=torch.float32)
+        routing: list[RoutingStats] = []
+        for block in self.layers:
+            if self.activation_checkpointing and self.training and cache is None:
+                x, layer_aux, stats = checkpoint(block, x, modality_ids, valid, position_ids, mask, None, use_reentrant=False)
+            else:
+                x, layer_aux, stats = block(x, modality_ids, valid, position_ids, mask, cache)
+            aux = aux + layer_aux
+            if stats is not None:
+                routing.append(stats)
+        h = self.norm(x)
+        if self.text_head is None:
+            text_logits = F.linear(h, self.embed_tokens.weight[: self.config.text_vocab_size])
+        else:
+            text_logits = self.text_head(h)
+        logits = torch.cat([text_logits, self.audio_head(h)], dim=-1)  # (B, T, V)
+        return BackboneOutput(logits=logits, aux_loss=aux, routing=routing, hidden=h if return_hidden else None)
+
+    def num_parameters(self, active: bool = False) -> int:
+        """Total parameters, or those one token uses (top_k of the routed experts per MoE layer)."""
+        total = sum(p.numel() for p in self.parameters())
+        if not active:
+            return total
+        moe = self.config.moe
+        for block in self.layers:
+            if isinstance(block.mlp, MoEBlock):
+                per_expert = sum(p[0].numel() for p in block.mlp.experts.parameters())
+                total -= (moe.num_routed_experts - moe.top_k) * per_expert
+        return total
+
+
+def next_token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits (B, T, V) against already-shifted labels (B, T); IGNORE_INDEX is skipped."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)

@@ -1,0 +1,293 @@
+"""Architecture configuration of the backbone: dataclasses, named presets, and typed overrides.
+
+A run picks a preset by name and overrides any field from YAML or the command line:
+
+    model:
+      init_args:
+        backbone: deepseek-v2-lite
+        backbone_overrides:
+          num_layers: 4
+          moe: {variant: vanilla}
+
+`backbone_overrides` is a `ModelOverrides`: the same fields as `ModelConfig`, all optional, so
+jsonargparse type-checks every key and repeated `--config` files merge field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+MoEVariant = Literal["mamoe", "vanilla", "noshared", "dense"]
+GateKind = Literal["masked_softmax", "group_renormalized"]
+Partition = Literal["halves", "interleaved"]
+AttentionKind = Literal["mla", "gqa"]
+
+
+@dataclass
+class MoEConfig:
+    """Mixture-of-experts settings of the MoE layers (layers at index >= `first_k_dense`)."""
+
+    variant: MoEVariant = "mamoe"
+    """mamoe: modality-masked routing (MoST); vanilla: no mask; noshared: mamoe without shared experts;
+    dense: a plain MLP with the active parameter count of (top_k + shared) experts."""
+    num_routed_experts: int = 16
+    """Routed experts per MoE layer."""
+    num_shared_experts: int = 1
+    """Always-on shared experts (0 = none, as in NoShared)."""
+    top_k: int = 2
+    """Experts each token is routed to, inside its modality's group."""
+    expert_intermediate_size: int = 64
+    """Hidden width of one expert's SwiGLU MLP."""
+    num_modalities: int = 2
+    """Number of modality ids (0 = text, 1 = audio, more can be added)."""
+    expert_groups: Optional[list[list[int]]] = None
+    """Routed-expert indices allowed for each modality id; None derives them from `partition`."""
+    partition: Partition = "halves"
+    """How groups are derived when `expert_groups` is None: contiguous blocks, or expert e -> e % M."""
+    gate: GateKind = "masked_softmax"
+    """masked_softmax: softmax over all experts, then masked to the group, not renormalised (the official
+    MoST release); group_renormalized: softmax over the group's experts only (weights sum to 1)."""
+    aux_loss_alpha: float = 0.001
+    """Weight of the sequence-level load-balancing loss (DeepSeek-V2); 0 disables it."""
+    routed_scaling_factor: float = 1.0
+    """Multiplier on the routed output (DeepSeek-V2 uses 1.0 for Lite)."""
+
+    def __post_init__(self) -> None:
+        if self.num_routed_experts < 1:
+            raise ValueError(f"moe.num_routed_experts must be >= 1, got {self.num_routed_experts}")
+        if self.num_shared_experts < 0:
+            raise ValueError(f"moe.num_shared_experts must be >= 0, got {self.num_shared_experts}")
+        if self.num_modalities < 1:
+            raise ValueError(f"moe.num_modalities must be >= 1, got {self.num_modalities}")
+        if self.expert_groups is not None:
+            if len(self.expert_groups) != self.num_modalities:
+                raise ValueError(
+                    f"moe.expert_groups has {len(self.expert_groups)} groups but moe.num_modalities is "
+                    f"{self.num_modalities}: give one list of expert indices per modality"
+                )
+            for m, group in enumerate(self.expert_groups):
+                bad = [e for e in group if not 0 <= e < self.num_routed_experts]
+                if bad:
+                    raise ValueError(
+                        f"moe.expert_groups[{m}] names experts {bad} outside 0..{self.num_routed_experts - 1}"
+                    )
+                if len(set(group)) != len(group):
+                    raise ValueError(f"moe.expert_groups[{m}] lists an expert twice: {group}")
+        routable = self.num_routed_experts if self.variant == "vanilla" else min(map(len, self.groups()))
+        if not 1 <= self.top_k <= routable:
+            raise ValueError(
+                f"moe.top_k={self.top_k} must be between 1 and the smallest expert group ({routable} experts)"
+            )
+
+    @property
+    def shared_experts(self) -> int:
+        """Shared experts actually built (the noshared variant builds none)."""
+        return 0 if self.variant == "noshared" else self.num_shared_experts
+
+    def groups(self) -> list[list[int]]:
+        """Routed-expert indices allowed for each modality id."""
+        if self.expert_groups is not None:
+            return [list(g) for g in self.expert_groups]
+        E, M = self.num_routed_experts, self.num_modalities
+        if E < M:
+            raise ValueError(f"moe.num_routed_experts={E} cannot be split into {M} modality groups")
+        if self.partition == "interleaved":
+            return [list(range(m, E, M)) for m in range(M)]
+        bounds = [round(m * E / M) for m in range(M + 1)]
+        return [list(range(bounds[m], bounds[m + 1])) for m in range(M)]
+
+
+@dataclass
+class AttentionConfig:
+    """Self-attention: DeepSeek-V2 multi-head latent attention (mla) or grouped-query attention (gqa)."""
+
+    kind: AttentionKind = "mla"
+    num_heads: int = 4
+    """Query heads."""
+    num_kv_heads: int = 4
+    """Key/value heads (gqa only)."""
+    head_dim: int = 32
+    """Per-head width of q/k/v (gqa only)."""
+    q_lora_rank: Optional[int] = None
+    """Low-rank query compression (mla); None = a full query projection, as in DeepSeek-V2-Lite."""
+    kv_lora_rank: int = 32
+    """Width of the compressed key/value latent that the KV cache stores (mla)."""
+    qk_nope_head_dim: int = 16
+    """Per-head query/key width without rotary embedding (mla)."""
+    qk_rope_head_dim: int = 16
+    """Per-head query/key width with rotary embedding, shared by all heads for keys (mla)."""
+    v_head_dim: int = 16
+    """Per-head value width (mla)."""
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.kind == "gqa" and self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"attention.num_heads={self.num_heads} must be a multiple of attention.num_kv_heads={self.num_kv_heads}"
+            )
+        if self.qk_rope_head_dim % 2 or (self.kind == "gqa" and self.head_dim % 2):
+            raise ValueError("rotary dimensions (attention.qk_rope_head_dim / head_dim) must be even")
+
+
+@dataclass
+class ModelConfig:
+    """The whole backbone: decoder shape, vocabularies, audio input, attention and MoE settings."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    first_k_dense: int = 1
+    """Leading layers with a dense MLP instead of MoE (DeepSeek-V2: 1). num_layers makes all dense."""
+    intermediate_size: int = 256
+    """Hidden width of the dense layers' SwiGLU MLP."""
+    text_vocab_size: int = 267
+    """Text ids, special tokens included (byte tokenizer: 256 + 11 specials)."""
+    num_audio_units: int = 500
+    """Discrete audio units (k-means clusters); unit u has id text_vocab_size + u."""
+    audio_feature_dim: int = 160
+    """Width of one continuous audio frame fed to the input projection (e.g. 2 stacked 80-bin fbank frames)."""
+    max_position: int = 4096
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_text_embeddings: bool = False
+    """Share the text LM head with the text rows of the embedding (Llama-3.2 does)."""
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.first_k_dense <= self.num_layers:
+            raise ValueError(f"first_k_dense={self.first_k_dense} must be between 0 and num_layers={self.num_layers}")
+        for name in ("hidden_size", "num_layers", "intermediate_size", "text_vocab_size", "num_audio_units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the unified id space: text ids then audio units."""
+        return self.text_vocab_size + self.num_audio_units
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether decoder layer `index` has an MoE block (dense variant: never)."""
+        return index >= self.first_k_dense and self.moe.variant != "dense"
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # A few million parameters: CPU tests and the quickstart (seconds per step on 2 cores).
+    "tiny": ModelConfig(),
+    # ~110M total (~50M active) parameters for one GPU.
+    "small": ModelConfig(
+        hidden_size=768,
+        num_layers=12,
+        intermediate_size=2048,
+        text_vocab_size=267,
+        attention=AttentionConfig(
+            num_heads=12, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64
+        ),
+        moe=MoEConfig(num_routed_experts=16, num_shared_experts=2, top_k=2, expert_intermediate_size=176),
+    ),
+    # DeepSeek-V2-Lite (15.7B total, 2.4B active) with 500 audio units appended to its 102400 text ids.
+    "deepseek-v2-lite": ModelConfig(
+        hidden_size=2048,
+        num_layers=27,
+        first_k_dense=1,
+        intermediate_size=10944,
+        text_vocab_size=102400,
+        num_audio_units=500,
+        audio_feature_dim=1024,
+        max_position=163840,
+        rms_norm_eps=1e-6,
+        attention=AttentionConfig(
+            kind="mla",
+            num_heads=16,
+            q_lora_rank=None,
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            rope_theta=10000.0,
+        ),
+        moe=MoEConfig(
+            num_routed_experts=64,
+            num_shared_experts=2,
+            top_k=6,
+            expert_intermediate_size=1408,
+            aux_loss_alpha=0.001,
+        ),
+    ),
+    # Llama-3.2-3B: the dense baseline of the paper's section 6.1 (GQA, tied embeddings).
+    "llama-3.2-3b": ModelConfig(
+        hidden_size=3072,
+        num_layers=28,
+        first_k_dense=28,
+        intermediate_size=8192,
+        text_vocab_size=128256,
+        num_audio_units=500,
+        audio_feature_dim=1024,
+        max_position=131072,
+        rms_norm_eps=1e-5,
+        tie_text_embeddings=True,
+        attention=AttentionConfig(kind="gqa", num_heads=24, num_kv_heads=8, head_dim=128, rope_theta=500000.0),
+        moe=MoEConfig(variant="dense", num_routed_experts=2, num_shared_experts=0, top_k=1),
+    ),
+}
+
+
+def _optional_twin(cls: type, name: str) -> type:
+    """A dataclass with `cls`'s fields, each Optional and defaulting to None (nested dataclasses too)."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            twin = _TWINS[tp]
+            fields.append((f.name, twin, field(default_factory=twin)))
+        else:
+            fields.append((f.name, Optional[tp], None))
+    twin = dataclasses.make_dataclass(name, fields)
+    twin.__module__ = __name__
+    twin.__doc__ = f"Overrides for `{cls.__name__}`: every field optional; unset fields keep the preset's value."
+    return twin
+
+
+_TWINS: dict[type, type] = {}
+_TWINS[AttentionConfig] = AttentionOverrides = _optional_twin(AttentionConfig, "AttentionOverrides")
+_TWINS[MoEConfig] = MoEOverrides = _optional_twin(MoEConfig, "MoEOverrides")
+ModelOverrides = _optional_twin(ModelConfig, "ModelOverrides")
+
+
+def _set_fields(base: Any, overrides: Any) -> Any:
+    changes = {}
+    for f in dataclasses.fields(overrides):
+        value = getattr(overrides, f.name)
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = _set_fields(getattr(base, f.name), value)
+        elif value is not None:
+            changes[f.name] = value
+    return dataclasses.replace(base, **changes)
+
+
+def build_config(preset: str = "tiny", overrides: Any = None) -> ModelConfig:
+    """The named preset with `overrides` (a `ModelOverrides` or a nested dict) applied and validated."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown backbone preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if overrides is None:
+        return dataclasses.replace(PRESETS[preset])
+    if isinstance(overrides, dict):
+        overrides = _overrides_from_dict(ModelOverrides, overrides, "backbone_overrides")
+    return _set_fields(PRESETS[preset], overrides)
+
+
+def _overrides_from_dict(twin: type, values: dict, where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(twin)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"{where}.{key} is not a backbone field; valid fields: {sorted(names)}")
+        nested = _TWINS_BY_NAME.get(key)
+        kwargs[key] = _overrides_from_dict(nested, value, f"{where}.{key}") if nested and isinstance(value, dict) else value
+    return twin(**kwargs)
+
+
+_TWINS_BY_NAME = {"attention": AttentionOverrides, "moe": MoEOverrides}

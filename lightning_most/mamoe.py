@@ -1,0 +1,199 @@
+"""The Modality-Aware Mixture-of-Experts (MAMoE) layer of MoST, and its ablation variants.
+
+Forward pass of `MoEBlock` on N = B*T tokens of width d, E routed experts, top-k, M modalities:
+
+1. Router logits (N, E) -> softmax over all E experts (fp32).
+2. Modality mask: token t may only use the experts of its modality's group (`group_mask[m_t]`).
+   `masked_softmax` (default, the official MoST release): scores outside the group are zeroed and the
+   in-group scores are NOT renormalised, so a token's routed weights sum to its probability mass on
+   its own group (< 1); the aux loss sees these masked scores. `group_renormalized`: softmax over the
+   group's logits only, weights of the group sum to 1. `vanilla` uses no mask.
+3. Top-k inside the group; the chosen scores are the combination weights.
+4. Dropless dispatch: the N*k (token, expert) pairs are sorted by expert, every expert runs once on
+   its contiguous slice (one grouped GEMM where torch has `_grouped_mm`), outputs are weighted and
+   scattered back with `index_add_`. No Python loop over tokens.
+5. y = routed(h) + shared(h): shared experts (a SwiGLU of width num_shared * expert width) see every token.
+
+The default is `masked_softmax` because it is what the released MoST checkpoints were trained with;
+`group_renormalized` is the natural alternative (each group is then a complete MoE of its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_most.config import MoEConfig
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)): the dense MLP and the shared-expert block."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _grouped_mm_ok(x: Tensor, w: Tensor) -> bool:
+    # torch._grouped_mm needs 16-byte aligned strides on both operands.
+    align = 16 // x.element_size()
+    return hasattr(torch, "_grouped_mm") and x.shape[-1] % align == 0 and w.shape[-1] % align == 0
+
+
+def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Tensor:
+    """Row slice i of x (rows sorted by expert, `counts` per expert) times w[i]: (N, a) x (E, a, b) -> (N, b)."""
+    if _grouped_mm_ok(x, w):
+        y = torch._grouped_mm(x, w, offs=offsets)
+        if y.requires_grad:
+            # Its backward rejects non-contiguous (e.g. expanded) incoming gradients.
+            y.register_hook(lambda g: g.contiguous())
+        return y
+    # Fallback: one matmul per expert on a contiguous slice; unbind keeps one weight-gradient buffer.
+    chunks = torch.split(x, counts.tolist())
+    return torch.cat([xc @ wc for xc, wc in zip(chunks, w.unbind(0))], dim=0)
+
+
+class RoutedExperts(nn.Module):
+    """E SwiGLU experts stored as stacked weights, run on expert-sorted tokens."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.num_experts, self.intermediate_size = num_experts, intermediate_size
+        # gate and up projections fused: (E, d, 2h); down: (E, h, d). Row-vector convention: x @ w.
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden_size, 2 * intermediate_size))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
+
+    def forward(self, x_sorted: Tensor, counts: Tensor) -> Tensor:
+        """x_sorted (N*k, d) sorted by expert, counts (E,) rows per expert -> (N*k, d)."""
+        offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's slice
+        gate_up = grouped_matmul(x_sorted, self.gate_up_proj, counts, offsets)  # (N*k, 2h)
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
+        return grouped_matmul(F.silu(gate) * up, self.down_proj, counts, offsets)  # (N*k, d)
+
+    def expert_forward(self, x: Tensor, expert: int) -> Tensor:
+        """Expert `expert` alone on x (.., d): the reference semantics of one expert."""
+        gate, up = (x @ self.gate_up_proj[expert]).split(self.intermediate_size, dim=-1)
+        return (F.silu(gate) * up) @ self.down_proj[expert]
+
+
+@dataclass
+class RoutingStats:
+    """Routing of one MoE layer in one forward pass (detached, for logging)."""
+
+    expert_load: Tensor  # (M, E) number of (token, expert) assignments per modality
+    entropy: Tensor  # (M,) mean entropy (nats) of the in-group routing distribution per modality
+    tokens: Tensor  # (M,) number of (non-padding) tokens per modality
+
+
+class ModalityAwareRouter(nn.Module):
+    """Softmax gate over all routed experts, masked to each token's modality group, top-k inside it."""
+
+    def __init__(self, hidden_size: int, config: MoEConfig) -> None:
+        super().__init__()
+        self.config = config
+        E, M = config.num_routed_experts, config.num_modalities
+        self.weight = nn.Parameter(torch.empty(E, hidden_size))
+        group_mask = torch.zeros(M, E, dtype=torch.bool)  # (M, E) True where modality m may use expert e
+        if config.variant == "vanilla":
+            group_mask[:] = True
+        else:
+            for m, group in enumerate(config.groups()):
+                group_mask[m, group] = True
+        self.register_buffer("group_mask", group_mask, persistent=False)
+
+    def forward(self, h: Tensor, modality_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (N, d), modality_ids (N,) -> expert indices (N, k), weights (N, k), gate scores (N, E)."""
+        logits = F.linear(h.float(), self.weight.float())  # (N, E), fp32 for a stable softmax
+        allowed = self.group_mask[modality_ids]  # (N, E)
+        if self.config.gate == "group_renormalized":
+            scores = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (N, E), 0 off-group
+        else:
+            scores = logits.softmax(dim=-1).masked_fill(~allowed, 0.0)  # (N, E), not renormalised
+        # Off-group experts get -1 so top-k never picks them, even when an in-group score underflows to 0.
+        weights, indices = torch.topk(scores.masked_fill(~allowed, -1.0), self.config.top_k, dim=-1)  # (N, k)
+        return indices, weights, scores
+
+
+def load_balancing_loss(scores: Tensor, indices: Tensor, valid: Tensor, alpha: float) -> Tensor:
+    """DeepSeek-V2 sequence-level auxiliary loss: alpha * mean_b sum_e f_be * P_be.
+
+    Args:
+        scores: (B, T, E) gate scores (masked as routed).
+        indices: (B, T, k) chosen experts.
+        valid: (B, T) bool, False on padding.
+        alpha: loss weight.
+
+    f_be = E / (k * T_b) * (number of tokens of sequence b routed to e); P_be = mean over the T_b valid
+    tokens of b of scores[b, t, e]. Balanced routing over all experts gives f = 1 for every expert.
+    """
+    B, T, E = scores.shape
+    k = indices.shape[-1]
+    validf = valid.float()
+    n_valid = validf.sum(dim=1).clamp(min=1.0)  # (B,)
+    counts = torch.zeros(B, E, device=scores.device, dtype=torch.float32)
+    counts.scatter_add_(1, indices.reshape(B, T * k), validf.repeat_interleave(k, dim=1))  # (B, E)
+    f = counts * E / (k * n_valid[:, None])  # (B, E)
+    p = (scores * validf[..., None]).sum(dim=1) / n_valid[:, None]  # (B, E)
+    return alpha * (f * p).sum(dim=1).mean()
+
+
+class MoEBlock(nn.Module):
+    """MAMoE layer (variants mamoe / vanilla / noshared): y = routed(h) + shared(h), plus aux loss and stats."""
+
+    def __init__(self, hidden_size: int, config: MoEConfig) -> None:
+        super().__init__()
+        if config.variant == "dense":
+            raise ValueError("the dense variant has no MoE block: build a SwiGLU of the active width instead")
+        self.config = config
+        self.router = ModalityAwareRouter(hidden_size, config)
+        self.experts = RoutedExperts(config.num_routed_experts, hidden_size, config.expert_intermediate_size)
+        n_shared = config.shared_experts
+        self.shared_experts = SwiGLU(hidden_size, n_shared * config.expert_intermediate_size) if n_shared else None
+
+    def forward(self, h: Tensor, modality_ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, RoutingStats]:
+        """h (B, T, d), modality_ids (B, T), valid (B, T) bool -> y (B, T, d), aux loss (), routing stats."""
+        B, T, d = h.shape
+        k, E = self.config.top_k, self.config.num_routed_experts
+        flat = h.reshape(B * T, d)  # (N, d)
+        indices, weights, scores = self.router(flat, modality_ids.reshape(-1))  # (N, k), (N, k), (N, E)
+
+        # Dispatch: sort the N*k (token, expert) pairs by expert so each expert owns one contiguous slice.
+        expert_of_pair = indices.reshape(-1)  # (N*k,)
+        order = torch.argsort(expert_of_pair, stable=True)  # (N*k,)
+        token_of_pair = order // k  # (N*k,) source token of each sorted pair
+        counts = torch.bincount(expert_of_pair, minlength=E)  # (E,)
+        expert_out = self.experts(flat[token_of_pair], counts)  # (N*k, d)
+        pair_weight = weights.reshape(-1)[order].to(expert_out.dtype)  # (N*k,)
+        routed = expert_out.new_zeros(flat.shape).index_add_(0, token_of_pair, expert_out * pair_weight[:, None])  # (N, d)
+        routed = routed * self.config.routed_scaling_factor
+
+        y = routed.reshape(B, T, d).to(h.dtype)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(h)
+
+        aux = h.new_zeros((), dtype=torch.float32)
+        if self.training and self.config.aux_loss_alpha > 0:
+            aux = load_balancing_loss(scores.reshape(B, T, E), indices.reshape(B, T, k), valid, self.config.aux_loss_alpha)
+        return y, aux, self._stats(indices, scores, modality_ids.reshape(-1), valid.reshape(-1))
+
+    @torch.no_grad()
+    def _stats(self, indices: Tensor, scores: Tensor, modality_ids: Tensor, valid: Tensor) -> RoutingStats:
+        M, E = self.config.num_modalities, self.config.num_routed_experts
+        k = indices.shape[-1]
+        m_valid = torch.where(valid, modality_ids, M)  # padding goes to an extra row that is dropped
+        load = torch.zeros(M + 1, E, device=scores.device)
+        ones = torch.ones(indices.numel(), device=scores.device)
+        load.index_put_((m_valid.repeat_interleave(k), indices.reshape(-1)), ones, accumulate=True)
+        p = scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-20)  # (N, E) in-group distribution
+        entropy = -(p * p.clamp(min=1e-20).log()).sum(dim=-1)  # (N,)
+        tokens = torch.bincount(m_valid, minlength=M + 1).float()
+        ent_sum = torch.zeros(M + 1, device=scores.device).index_add_(0, m_valid, entropy)
+        return RoutingStats(expert_load=load[:M], entropy=ent_sum[:M] / tokens[:M].clamp(min=1), tokens=tokens[:M])

@@ -1,0 +1,118 @@
+"""Backbone: shapes, padding, presets, overfitting a mixed batch, KV-cache generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.config import PRESETS, build_config
+from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.layouts import asr_example, collate, text_lm_example, tts_example
+from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
+
+TOK = ByteTokenizer()
+SPECIALS = SpecialTokens(TOK.base_vocab_size)
+
+
+def _tiny(**overrides) -> MoSTBackbone:
+    cfg = build_config("tiny", {"num_audio_units": 32, **overrides})
+    return MoSTBackbone(cfg)
+
+
+def _mixed_examples(cfg) -> list:
+    V = cfg.text_vocab_size
+    return [
+        asr_example(TOK.encode("hello world"), SPECIALS, V, features=torch.randn(12, cfg.audio_feature_dim)),
+        tts_example(TOK.encode("good day"), torch.randint(0, cfg.num_audio_units, (14,)), SPECIALS, V),
+        text_lm_example(TOK.encode("the cat sat on the mat"), SPECIALS),
+    ]
+
+
+def _mixed_batch(cfg) -> dict:
+    return collate(_mixed_examples(cfg), SPECIALS.pad)
+
+
+def _forward(model, batch):
+    return model(batch["input_ids"], batch["modality_ids"], batch["attention_mask"],
+                 batch.get("audio_features"), batch["feature_mask"])
+
+
+def test_forward_shapes_and_routing_stats() -> None:
+    model = _tiny()
+    batch = _mixed_batch(model.config)
+    out = _forward(model, batch)
+    B, T = batch["input_ids"].shape
+    assert out.logits.shape == (B, T, model.config.vocab_size)
+    assert len(out.routing) == model.config.num_layers - model.config.first_k_dense
+    n_tokens = int(batch["attention_mask"].sum())
+    for stats in out.routing:
+        assert stats.tokens.sum() == n_tokens
+        assert stats.expert_load.sum() == n_tokens * model.config.moe.top_k
+
+
+def test_right_padding_does_not_change_real_positions() -> None:
+    model = _tiny().eval()
+    examples = _mixed_examples(model.config)
+    padded = _forward(model, collate(examples, SPECIALS.pad)).logits
+    for i, example in enumerate(examples):
+        alone = _forward(model, collate([example], SPECIALS.pad)).logits[0]
+        torch.testing.assert_close(padded[i, : len(example)], alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["mamoe", "dense"])
+def test_overfits_one_mixed_batch(variant: str) -> None:
+    model = _tiny(moe={"variant": variant})
+    batch = _mixed_batch(model.config)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(80):
+        out = _forward(model, batch)
+        loss = next_token_loss(out.logits, batch["labels"])
+        losses.append(loss.item())
+        (loss + out.aux_loss).backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < 0.1 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("attention", ["mla", "gqa"])
+def test_generation_with_kv_cache_equals_without(attention: str) -> None:
+    overrides = {"attention": {"kind": attention, "num_heads": 4, "num_kv_heads": 2, "head_dim": 16}}
+    model = _tiny(**overrides).eval()
+    for p in model.parameters():  # a less uniform model makes greedy choices sensitive to any error
+        p.data.normal_(0, 0.2) if p.dim() > 1 else None
+    batch = _mixed_batch(model.config)
+    prompt = prompts_from_batch(batch, SPECIALS.pad)
+    with_cache = generate(model, prompt, 12, use_cache=True)
+    without = generate(model, prompt, 12, use_cache=False)
+    assert with_cache.shape == (3, 12)
+    assert torch.equal(with_cache, without)
+
+
+def test_generation_respects_allowed_ids_and_stops() -> None:
+    model = _tiny().eval()
+    prompt = prompts_from_batch(_mixed_batch(model.config), SPECIALS.pad)
+    allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    allowed[[SPECIALS.eos, 65, 66]] = True
+    out = generate(model, prompt, 6, allowed_ids=allowed, stop_ids=(SPECIALS.eos,))
+    produced = out[out >= 0]
+    assert set(produced.tolist()) <= {SPECIALS.eos, 65, 66}
+    for row in out.tolist():  # after <eos> a row holds only -1
+        if SPECIALS.eos in row:
+            assert all(v == -1 for v in row[row.index(SPECIALS.eos) + 1 :])
+
+
+def test_presets_have_their_published_sizes() -> None:
+    with torch.device("meta"):
+        lite = MoSTBackbone(PRESETS["deepseek-v2-lite"])
+        llama = MoSTBackbone(PRESETS["llama-3.2-3b"])
+        small = MoSTBackbone(PRESETS["small"])
+        tiny = MoSTBackbone(PRESETS["tiny"])
+    # DeepSeek-V2-Lite: 15.7B total (ours adds 500 unit rows, the unit head and the audio projector).
+    assert abs(lite.num_parameters() / 15.7e9 - 1) < 0.01
+    # Llama-3.2-3B: 3.21B with tied embeddings.
+    assert abs(llama.num_parameters() / 3.21e9 - 1) < 0.02
+    assert 80e6 < small.num_parameters() < 130e6
+    assert 1e6 < tiny.num_parameters() < 10e6
+    assert lite.config.first_k_dense == 1 and lite.config.moe.num_routed_experts == 64

@@ -1,0 +1,182 @@
+"""MAMoE routing invariants, dispatch against a per-token loop, aux loss by hand, variants."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_most.config import MoEConfig
+from lightning_most.mamoe import MoEBlock, grouped_matmul, load_balancing_loss
+
+
+def _block(**kw) -> MoEBlock:
+    cfg = MoEConfig(**{"num_routed_experts": 8, "num_shared_experts": 1, "top_k": 2, "expert_intermediate_size": 16, **kw})
+    block = MoEBlock(16, cfg)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return block
+
+
+@st.composite
+def layouts(draw):
+    E = draw(st.integers(2, 12))
+    M = draw(st.integers(1, 3))
+    # Random (possibly overlapping) non-empty groups per modality.
+    groups = [sorted(draw(st.sets(st.integers(0, E - 1), min_size=1, max_size=E))) for _ in range(M)]
+    k = draw(st.integers(1, min(map(len, groups))))
+    gate = draw(st.sampled_from(["masked_softmax", "group_renormalized"]))
+    B, T = draw(st.integers(1, 3)), draw(st.integers(1, 7))
+    seed = draw(st.integers(0, 2**16))
+    return E, M, groups, k, gate, B, T, seed
+
+
+@settings(max_examples=60, deadline=None)
+@given(layouts())
+def test_no_token_routes_outside_its_group(layout) -> None:
+    E, M, groups, k, gate, B, T, seed = layout
+    torch.manual_seed(seed)
+    cfg = MoEConfig(num_routed_experts=E, num_shared_experts=1, top_k=k, expert_intermediate_size=16,
+                    num_modalities=M, expert_groups=groups, gate=gate)
+    block = MoEBlock(16, cfg)
+    torch.nn.init.normal_(block.router.weight, std=5.0)  # peaked gates: stress the mask
+    h = torch.randn(B * T, 16)
+    modality = torch.randint(0, M, (B * T,))
+    indices, weights, scores = block.router(h, modality)
+    for t in range(B * T):
+        allowed = set(groups[modality[t]])
+        assert set(indices[t].tolist()) <= allowed
+        assert len(set(indices[t].tolist())) == k
+        off_group = [e for e in range(E) if e not in allowed]
+        assert torch.all(scores[t, off_group] == 0)
+    assert torch.all(weights >= 0)
+    if gate == "group_renormalized":
+        torch.testing.assert_close(scores.sum(-1), torch.ones(B * T))
+
+
+def test_masked_softmax_is_not_renormalised_and_renormalized_gate_is() -> None:
+    h, modality = torch.randn(10, 16), torch.randint(0, 2, (10,))
+    _, _, masked = _block(gate="masked_softmax").router(h, modality)
+    assert torch.all(masked.sum(-1) < 1.0)  # mass on the other group is dropped, not moved
+    _, _, renorm = _block(gate="group_renormalized").router(h, modality)
+    torch.testing.assert_close(renorm.sum(-1), torch.ones(10))
+
+
+def test_vanilla_ignores_modality() -> None:
+    block = _block(variant="vanilla")
+    h = torch.randn(2, 5, 16)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    y_text, _, _ = block(h, torch.zeros(2, 5, dtype=torch.long), valid)
+    y_audio, _, _ = block(h, torch.ones(2, 5, dtype=torch.long), valid)
+    torch.testing.assert_close(y_text, y_audio)
+    # ...while MoST's masked routing does depend on it.
+    most = _block()
+    most.load_state_dict(block.state_dict())
+    y_text, _, _ = most(h, torch.zeros(2, 5, dtype=torch.long), valid)
+    y_audio, _, _ = most(h, torch.ones(2, 5, dtype=torch.long), valid)
+    assert not torch.allclose(y_text, y_audio)
+
+
+def test_noshared_has_no_shared_path() -> None:
+    block = _block(variant="noshared", num_shared_experts=2)
+    assert block.shared_experts is None
+    assert not any("shared" in name for name, _ in block.named_parameters())
+    # With all routed experts zeroed the output is exactly zero: nothing else contributes.
+    torch.nn.init.zeros_(block.experts.down_proj)
+    y, _, _ = block(torch.randn(1, 4, 16), torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
+    assert torch.count_nonzero(y) == 0
+
+
+def _naive_moe(block: MoEBlock, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    """Per-token, per-expert loop: the reference semantics."""
+    B, T, d = h.shape
+    flat, mod = h.reshape(-1, d), modality.reshape(-1)
+    indices, weights, _ = block.router(flat, mod)
+    rows = []
+    for t in range(flat.shape[0]):
+        acc = block.shared_experts(flat[t]) if block.shared_experts is not None else torch.zeros(d)
+        for j in range(indices.shape[1]):
+            acc = acc + weights[t, j] * block.experts.expert_forward(flat[t], int(indices[t, j]))
+        rows.append(acc)
+    return torch.stack(rows).reshape(B, T, d)
+
+
+@pytest.mark.parametrize("variant", ["mamoe", "vanilla", "noshared"])
+@pytest.mark.parametrize("gate", ["masked_softmax", "group_renormalized"])
+def test_sorted_dispatch_equals_per_token_loop(variant: str, gate: str) -> None:
+    block = _block(variant=variant, gate=gate)
+    h = torch.randn(2, 6, 16, requires_grad=True)
+    modality = torch.randint(0, 2, (2, 6))
+    y, _, _ = block(h, modality, torch.ones(2, 6, dtype=torch.bool))
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [h, *block.parameters()], grad_out)
+
+    ref_block = _block(variant=variant, gate=gate)
+    ref_block.load_state_dict(block.state_dict())
+    h_ref = h.detach().clone().requires_grad_()
+    y_ref = _naive_moe(ref_block, h_ref, modality)
+    ref_grads = torch.autograd.grad(y_ref, [h_ref, *ref_block.parameters()], grad_out)
+
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_mm_and_per_expert_fallback_agree() -> None:
+    x, w = torch.randn(20, 16), torch.randn(4, 16, 32)
+    counts = torch.tensor([3, 0, 9, 8])
+    offsets = torch.cumsum(counts, 0).to(torch.int32)
+    fast = grouped_matmul(x, w, counts, offsets)
+    ref = torch.cat([x[:3] @ w[0], x[3:12] @ w[2], x[12:] @ w[3]])
+    torch.testing.assert_close(fast, ref)
+    odd_x, odd_w = torch.randn(20, 15), torch.randn(4, 15, 30)  # unaligned strides take the fallback
+    ref = torch.cat([odd_x[:3] @ odd_w[0], odd_x[3:12] @ odd_w[2], odd_x[12:] @ odd_w[3]])
+    torch.testing.assert_close(grouped_matmul(odd_x, odd_w, counts, offsets), ref)
+
+
+def test_aux_loss_matches_hand_computation() -> None:
+    # One sequence of 2 valid tokens + 1 padding token, E = 4 experts, top-1.
+    scores = torch.tensor([[[0.5, 0.3, 0.0, 0.0], [0.0, 0.0, 0.6, 0.2], [0.9, 0.0, 0.0, 0.0]]])
+    indices = torch.tensor([[[0], [2], [0]]])
+    valid = torch.tensor([[True, True, False]])
+    # f_e = E / (k * T) * count_e = 4/2 * [1, 0, 1, 0] = [2, 0, 2, 0]
+    # P_e = mean of scores over the 2 valid tokens = [0.25, 0.15, 0.3, 0.1]
+    # loss = alpha * sum f * P = 0.01 * (2 * 0.25 + 2 * 0.3) = 0.011
+    loss = load_balancing_loss(scores, indices, valid, alpha=0.01)
+    torch.testing.assert_close(loss, torch.tensor(0.011))
+
+
+def test_aux_loss_only_in_training_and_zero_when_disabled() -> None:
+    block = _block()
+    h, m, v = torch.randn(2, 5, 16), torch.randint(0, 2, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
+    assert block(h, m, v)[1] > 0
+    block.eval()
+    assert block(h, m, v)[1] == 0
+    no_aux = _block(aux_loss_alpha=0.0)
+    assert no_aux(h, m, v)[1] == 0
+
+
+def test_routing_stats_count_every_assignment_per_modality() -> None:
+    block = _block()
+    modality = torch.tensor([[0, 0, 1, 1, 1]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    _, _, stats = block(torch.randn(1, 5, 16), modality, valid)
+    assert stats.tokens.tolist() == [2.0, 2.0]  # padding is not counted
+    assert stats.expert_load.sum(dim=1).tolist() == [4.0, 4.0]  # tokens * top_k
+    assert stats.expert_load[0, 4:].sum() == 0 and stats.expert_load[1, :4].sum() == 0  # halves partition
+    assert torch.all(stats.entropy > 0) and torch.all(stats.entropy <= torch.log(torch.tensor(4.0)) + 1e-5)
+
+
+def test_group_layouts_from_config() -> None:
+    assert MoEConfig(num_routed_experts=64, top_k=6).groups() == [list(range(32)), list(range(32, 64))]
+    assert MoEConfig(num_routed_experts=6, top_k=1, partition="interleaved").groups() == [[0, 2, 4], [1, 3, 5]]
+    assert MoEConfig(num_routed_experts=9, num_modalities=3, top_k=1).groups()[2] == [6, 7, 8]
+    with pytest.raises(ValueError, match="top_k=5 must be between 1 and the smallest expert group"):
+        MoEConfig(num_routed_experts=8, top_k=5)
+    with pytest.raises(ValueError, match=r"expert_groups\[1\] names experts \[9\]"):
+        MoEConfig(num_routed_experts=8, top_k=1, expert_groups=[[0, 1], [2, 9]])
+    cfg = MoEConfig(num_routed_experts=8, top_k=2, variant="vanilla")
+    assert dataclasses.replace(cfg, top_k=8).top_k == 8  # vanilla may use every expert
