@@ -1,1 +1,18 @@
 """Lhotse-based data pipelines for lightning_most."""
+
+from datamodules.datamodule import MostDataModule
+from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
+from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig
+from datamodules.units import UnitsConfig
+
+__all__ = [
+    "STAGE1_TASK_WEIGHTS",
+    "EmbeddedCorpusConfig",
+    "FeatureConfig",
+    "MostDataModule",
+    "MostDataset",
+    "SourceConfig",
+    "UnitsConfig",
+    "prepare_embedded_corpus",
+]

@@ -1,0 +1,210 @@
+"""`MostDataModule`: the mixed-task LightningDataModule of stage 1 (and, with more tasks, stage 2).
+
+Train: the sources are mixed by task and corpus weight (`mixing.py`), filtered for bad manifest
+entries (`quality.py`), bucketed by duration with lhotse's `DynamicBucketingSampler` (text examples
+by their duration-equivalent, `text.py`), split across ranks by the sampler, and laid out and
+collated in `num_workers` seeded worker processes (`dataset.py`). With `infinite=True` (default) the
+stream never ends: train with `trainer.max_steps` and an integer `val_check_interval`.
+
+Val / test: the dev / test sources in manifest order (`SimpleCutSampler`, no shuffling), each cut
+laid out for the task of its source (list a corpus twice, once with task asr and once with tts, to
+evaluate both).
+
+Every batch is the `lightning_most.layouts.collate` dict (B batch, T positions, N audio-frame
+positions, F = `feature_dim`):
+
+    input_ids (B, T) long, modality_ids (B, T) long, feature_mask (B, T) bool,
+    attention_mask (B, T) bool, labels (B, T) long (-100 = no loss), task_ids (B,) long,
+    prompt_lengths (B,) long, audio_features (N, F) float (when the batch has ASR examples),
+    texts list[str], cut_ids list[str]
+
+Resuming: Lightning saves `state_dict()` in the checkpoint and calls `load_state_dict` before it
+asks for the train loader; the loader then continues at the first batch the interrupted run did not
+consume (`loader.py`). Cuts skipped as bad data are counted in `skipped` (a Counter per reason).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections import Counter
+
+import lightning.pytorch as pl
+import torch.distributed as dist
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+
+from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.loader import ResumableLoader
+from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig, mix_sources, open_source, validate_mix
+from datamodules.quality import CutChecker, SkipLog
+
+
+class MostDataModule(pl.LightningDataModule):
+    """Mixed ASR / TTS / text-LM batches from weighted sources (see the module docstring)."""
+
+    def __init__(
+        self,
+        train_sources: list[SourceConfig],
+        task_weights: dict[str, float] | None = None,
+        val_sources: list[SourceConfig] | None = None,
+        test_sources: list[SourceConfig] | None = None,
+        tokenizer: str = "byte",
+        features: FeatureConfig | None = None,
+        max_duration: float = 120.0,
+        num_buckets: int = 10,
+        buffer_size: int = 10000,
+        shuffle: bool = True,
+        infinite: bool = True,
+        max_cut_duration: float = 30.0,
+        text_tokens_per_second: float = 50.0,
+        eval_max_duration: float | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        """Build the data pipeline.
+
+        Args:
+            train_sources: corpora and the task each feeds (`SourceConfig`: name, task, path, weight).
+            task_weights: probability of each task (normalised); default asr 0.4, tts 0.4, text_lm 0.2.
+            val_sources: dev corpora, one entry per (corpus, task) to evaluate.
+            test_sources: test corpora, likewise.
+            tokenizer: "byte" or a local transformers tokenizer folder (`lightning_most.tokenizer`).
+            features: ASR input features (on-the-fly fbank by default, or precomputed; frame stacking).
+            max_duration: seconds of audio (text: duration-equivalent) per batch.
+            num_buckets: duration buckets of the train sampler.
+            buffer_size: cuts held by the bucketing sampler (more: better shuffling, slower start).
+            shuffle: shuffle the train stream (within the sampler's buffer).
+            infinite: repeat every train source forever (ratios hold for the whole run).
+            max_cut_duration: longer cuts are skipped and counted as `too_long`.
+            text_tokens_per_second: text duration-equivalent = tokens / this.
+            eval_max_duration: seconds per val/test batch (default: max_duration).
+            num_workers: dataloading worker processes.
+            pin_memory: pin batches in page-locked memory (GPU training).
+            seed: seeds the mix, the sampler and the workers.
+        """
+        super().__init__()
+        self.train_sources = list(train_sources)
+        self.task_weights = dict(STAGE1_TASK_WEIGHTS if task_weights is None else task_weights)
+        validate_mix(self.train_sources, self.task_weights, "train_sources")
+        self.val_sources = list(val_sources or [])
+        self.test_sources = list(test_sources or [])
+        for field, sources in (("val_sources", self.val_sources), ("test_sources", self.test_sources)):
+            if sources:
+                validate_mix(sources, {s.task: 1.0 for s in sources}, field)
+        if not 0 < max_cut_duration <= max_duration:
+            raise ValueError(
+                f"max_cut_duration={max_cut_duration} must lie in (0, max_duration={max_duration}]: "
+                "a batch must be able to hold the longest cut."
+            )
+        self.features = features or FeatureConfig()
+        self.tokenizer = tokenizer
+        self.max_duration = max_duration
+        self.num_buckets = num_buckets
+        self.buffer_size = buffer_size
+        self.shuffle = shuffle
+        self.infinite = infinite
+        self.max_cut_duration = max_cut_duration
+        self.text_tokens_per_second = text_tokens_per_second
+        self.eval_max_duration = eval_max_duration or max_duration
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.dataset = MostDataset(tokenizer, self.features)
+        self._train_loader: ResumableLoader | None = None
+        self._pending_state: dict | None = None
+
+    @property
+    def specials(self):
+        """Special token ids of the tokenizer (`lightning_most.tokenizer.SpecialTokens`)."""
+        return self.dataset.specials
+
+    @property
+    def feature_dim(self) -> int:
+        """F of `audio_features` for the on-the-fly fbank (num_mel_bins * frame_stack)."""
+        if self.features.kind != "fbank":
+            raise ValueError("feature_dim is known in advance only for kind='fbank'; precomputed features set it")
+        return self.features.num_mel_bins * self.features.frame_stack
+
+    @property
+    def skipped(self) -> Counter:
+        """Train cuts skipped so far, per reason (log it from the training module)."""
+        return self._train_loader.skipped if self._train_loader is not None else Counter()
+
+    def _distributed_position(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def make_train_loader(self, rank: int = 0, world_size: int = 1) -> ResumableLoader:
+        """The train loader of one rank (the `train_dataloader` hook passes the trainer's rank)."""
+        cuts = mix_sources(
+            self.train_sources,
+            self.task_weights,
+            tokenizer=self.tokenizer,
+            tokens_per_second=self.text_tokens_per_second,
+            seed=self.seed,
+            infinite=self.infinite,
+        )
+        sampler = DynamicBucketingSampler(
+            cuts,
+            max_duration=self.max_duration,
+            num_buckets=self.num_buckets,
+            buffer_size=self.buffer_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        skips = SkipLog()
+        sampler.filter(CutChecker(self.max_cut_duration, skips))
+        return ResumableLoader(self.dataset, sampler, skips, self.num_workers, self.seed, self.pin_memory)
+
+    def make_eval_loader(self, sources: list[SourceConfig], rank: int = 0, world_size: int = 1) -> ResumableLoader:
+        """A deterministic loader over `sources` in manifest order, one pass."""
+        if not sources:
+            raise ValueError("no evaluation sources: set `val_sources` / `test_sources` of the data module.")
+        cutsets = [open_source(s, self.tokenizer, self.text_tokens_per_second, self.seed, False) for s in sources]
+        cuts: CutSet = functools.reduce(operator.add, cutsets)
+        sampler = SimpleCutSampler(
+            cuts, max_duration=self.eval_max_duration, shuffle=False, rank=rank, world_size=world_size
+        )
+        skips = SkipLog()
+        sampler.filter(CutChecker(self.max_cut_duration, skips))
+        return ResumableLoader(self.dataset, sampler, skips, self.num_workers, self.seed, self.pin_memory)
+
+    def train_dataloader(self) -> ResumableLoader:
+        """Lightning hook: the infinite (or one-pass) mixed train loader of this rank."""
+        self._train_loader = self.make_train_loader(*self._distributed_position())
+        if self._pending_state is not None:
+            self._train_loader.load_state_dict(self._pending_state)
+            self._pending_state = None
+        return self._train_loader
+
+    def val_dataloader(self) -> ResumableLoader:
+        """Lightning hook: the dev sources, in order."""
+        return self.make_eval_loader(self.val_sources, *self._distributed_position())
+
+    def test_dataloader(self) -> ResumableLoader:
+        """Lightning hook: the test sources, in order."""
+        return self.make_eval_loader(self.test_sources, *self._distributed_position())
+
+    def state_dict(self) -> dict:
+        """Lightning hook: the train loader's position (saved in the checkpoint)."""
+        if self._train_loader is not None:
+            return {"train_loader": self._train_loader.state_dict()}
+        return {"train_loader": self._pending_state} if self._pending_state is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Lightning hook: restore the train loader's position (applied when the loader is built)."""
+        state = state_dict.get("train_loader")
+        if state is None:
+            return
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(state)
+        else:
+            self._pending_state = state

@@ -1,0 +1,88 @@
+"""Real English sentences from Debian's `fortunes` packages, cleaned for speaking and for text LM.
+
+A fortune file holds quotations separated by lines holding a single `%`. We drop attribution lines
+(`-- Mark Twain`), join the rest, split it into sentences and keep the ones a synthesizer reads
+exactly as written: plain ASCII letters and light punctuation, no digits (a TTS voice says "1984" in
+words the transcript does not have), no acronyms, no abbreviations cut in half by the splitter.
+The offensive categories (`off/`, Debian's `fortunes-off`) are never read.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+# Not prose: pictures drawn with characters.
+EXCLUDED_CATEGORIES: tuple[str, ...] = ("ascii-art",)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_SPEAKABLE = re.compile(r"[A-Z][A-Za-z ,;'-]*[a-z][.!?]")
+_ACRONYM = re.compile(r"[A-Z][A-Za-z]*[A-Z]")
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "prof", "gen", "col", "lt", "rev"})
+
+
+def fortune_files(root: Path = FORTUNES_DIR, exclude: tuple[str, ...] = EXCLUDED_CATEGORIES) -> list[Path]:
+    """Fortune category files under `root` (sorted), without `off/` and the `exclude` categories."""
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"fortune directory {root} does not exist: install it with `apt-get install fortunes fortunes-min`."
+        )
+    files = [
+        p
+        for p in sorted(root.iterdir())
+        if p.is_file() and not p.is_symlink() and not p.suffix and p.name not in exclude
+    ]
+    if not files:
+        raise FileNotFoundError(f"no fortune category files in {root}: install `fortunes` and `fortunes-min`.")
+    return files
+
+
+def read_fortunes(path: Path) -> list[str]:
+    """The quotations of one fortune file, attribution lines removed, whitespace collapsed."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    fortunes = []
+    for block in re.split(r"^%\s*$", text, flags=re.MULTILINE):
+        lines = [line for line in block.splitlines() if not line.strip().startswith("--")]
+        joined = " ".join(" ".join(lines).split())
+        if joined:
+            fortunes.append(joined)
+    return fortunes
+
+
+def split_sentences(fortune: str) -> list[str]:
+    """Split a quotation at sentence ends (`.`, `!`, `?` followed by a capital), quotes removed."""
+    fortune = fortune.replace('"', "").replace("`", "")
+    return [s.strip() for s in _SENTENCE_END.split(fortune) if s.strip()]
+
+
+def is_speakable(sentence: str, min_words: int, max_words: int) -> bool:
+    """True for a plain-ASCII sentence of `min_words`..`max_words` words that a voice reads as written."""
+    if not sentence.isascii() or not _SPEAKABLE.fullmatch(sentence):
+        return False
+    words = sentence.split()
+    if not min_words <= len(words) <= max_words:
+        return False
+    if any(_ACRONYM.fullmatch(w.strip(",;.!?'-")) for w in words):
+        return False
+    if "  " in sentence or "--" in sentence or "''" in sentence:
+        return False
+    return words[-1].rstrip(".!?").lower() not in _ABBREVIATIONS
+
+
+def fortune_sentences(
+    root: Path = FORTUNES_DIR,
+    min_words: int = 3,
+    max_words: int = 20,
+    exclude: tuple[str, ...] = EXCLUDED_CATEGORIES,
+) -> list[str]:
+    """Unique speakable sentences of every fortune category, in file order (case-insensitive dedup)."""
+    seen: set[str] = set()
+    sentences = []
+    for path in fortune_files(root, exclude):
+        for fortune in read_fortunes(path):
+            for sentence in split_sentences(fortune):
+                key = sentence.lower()
+                if key not in seen and is_speakable(sentence, min_words, max_words):
+                    seen.add(key)
+                    sentences.append(sentence)
+    return sentences
