@@ -106,7 +106,7 @@ def load_cuts_with_text(cuts: Iterable[Cut]) -> tuple[list[Cut], list[Tensor], d
             continue
         try:
             waveforms.append(load_cut_waveform(cut))
-        except Exception as error:  # any loader failure (missing file, bad codec) skips the cut
+        except Exception as error:  # noqa: BLE001 - any backend failure (missing file, bad codec) skips the cut
             skipped[cut.id] = f"audio failed to load: {type(error).__name__}: {error}"
             continue
         kept.append(cut)

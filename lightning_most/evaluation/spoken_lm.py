@@ -155,7 +155,11 @@ class PairAccuracyResult:
 
     def metrics(self) -> dict[str, float]:
         """Scalar metrics for reports and loggers."""
-        return {"accuracy_sum": self.accuracy_sum, "accuracy_mean": self.accuracy_mean, "num_pairs": float(self.num_pairs)}
+        return {
+            "accuracy_sum": self.accuracy_sum,
+            "accuracy_mean": self.accuracy_mean,
+            "num_pairs": float(self.num_pairs),
+        }
 
 
 def pair_outcome(correct_score: float, incorrect_score: float) -> float:

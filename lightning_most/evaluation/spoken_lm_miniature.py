@@ -45,12 +45,36 @@ TEMPLATE_PLACES = ("in the garden", "at night", "near the river", "every morning
 """Endings that make the template sentences longer than two words."""
 
 STORY_FRAMES: tuple[tuple[str, str, str], ...] = (
-    ("{name} was very hungry after a long day at work.", "{Pron} cooked a big dinner.", "{Pron} refused to eat anything."),
-    ("{name} forgot an umbrella on a rainy day.", "{Pron} came home soaking wet.", "{Pron} stayed perfectly dry in the rain."),
-    ("{name} studied hard every night for the exam.", "{Pron} passed it with a high mark.", "{Pron} had never heard of any exam."),
-    ("{name} planted seeds in the garden in spring.", "By summer the flowers were in bloom.", "{Pron} had never planted anything."),
-    ("{name} lost the house keys on the way home.", "{Pron} had to call a locksmith.", "{Pron} opened the door with the keys."),
-    ("{name} trained for months to run a marathon.", "{Pron} finished the race proudly.", "{Pron} had never run a single step."),
+    (
+        "{name} was very hungry after a long day at work.",
+        "{Pron} cooked a big dinner.",
+        "{Pron} refused to eat anything.",
+    ),
+    (
+        "{name} forgot an umbrella on a rainy day.",
+        "{Pron} came home soaking wet.",
+        "{Pron} stayed perfectly dry in the rain.",
+    ),
+    (
+        "{name} studied hard every night for the exam.",
+        "{Pron} passed it with a high mark.",
+        "{Pron} had never heard of any exam.",
+    ),
+    (
+        "{name} planted seeds in the garden in spring.",
+        "By summer the flowers were in bloom.",
+        "{Pron} had never planted anything.",
+    ),
+    (
+        "{name} lost the house keys on the way home.",
+        "{Pron} had to call a locksmith.",
+        "{Pron} opened the door with the keys.",
+    ),
+    (
+        "{name} trained for months to run a marathon.",
+        "{Pron} finished the race proudly.",
+        "{Pron} had never run a single step.",
+    ),
 )
 """(story opening, coherent ending, contradicting ending) templates for the StoryCloze miniatures."""
 STORY_PEOPLE = (("Anna", "she"), ("Tom", "he"), ("Maria", "she"), ("James", "he"))
@@ -166,8 +190,17 @@ def build_lexical(out_dir: Path, config: SpokenLmMiniatureConfig, rng: random.Ra
                 filename = _file_id("lexical", voice.name, text)
                 speak(text, out_dir / f"{filename}.wav", voice)
                 phones = espeak_phonemes(text)
-                rows.append(dict(filename=filename, id=str(index), voice=voice.name, frequency=f"zipf_{int(zipf)}",
-                                 word=text, phones=phones, correct=correct))
+                rows.append(
+                    {
+                        "filename": filename,
+                        "id": str(index),
+                        "voice": voice.name,
+                        "frequency": f"zipf_{int(zipf)}",
+                        "word": text,
+                        "phones": phones,
+                        "correct": correct,
+                    }
+                )
     _write_gold(out_dir / "gold.csv", LEXICAL_COLUMNS, rows)
     return out_dir / "gold.csv"
 
@@ -182,8 +215,17 @@ def build_syntactic(out_dir: Path, config: SpokenLmMiniatureConfig, rng: random.
             for text, correct in items:
                 filename = _file_id("syntactic", voice.name, text)
                 speak(text, out_dir / f"{filename}.wav", voice)
-                rows.append(dict(filename=filename, voice=voice.name, type="agreement", subtype=subtype,
-                                 id=str(index), correct=correct, transcription=text))
+                rows.append(
+                    {
+                        "filename": filename,
+                        "voice": voice.name,
+                        "type": "agreement",
+                        "subtype": subtype,
+                        "id": str(index),
+                        "correct": correct,
+                        "transcription": text,
+                    }
+                )
     _write_gold(out_dir / "gold.csv", SYNTACTIC_COLUMNS, rows)
     return out_dir / "gold.csv"
 

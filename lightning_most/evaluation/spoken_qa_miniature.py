@@ -38,7 +38,10 @@ class SpokenQaMiniatureConfig:
 def addition_question(rng: random.Random) -> tuple[str, list[str]]:
     """A 'what is a plus b' question with its answer in words and in digits."""
     a, b = rng.randint(1, 9), rng.randint(1, 9)
-    return f"What is {number_to_words(str(a))} plus {number_to_words(str(b))}?", [number_to_words(str(a + b)), str(a + b)]
+    return f"What is {number_to_words(str(a))} plus {number_to_words(str(b))}?", [
+        number_to_words(str(a + b)),
+        str(a + b),
+    ]
 
 
 def next_weekday_question(rng: random.Random) -> tuple[str, list[str]]:

@@ -23,7 +23,7 @@ from lightning_most.evaluation.normalize import normalize_text
         ("2nd place, 3rd row", "second place third row"),
         ("pi is 3.14.", "pi is three point one four"),
         ("101 dalmatians", "one hundred one dalmatians"),
-        ("HE SAID \"YES\" (twice); ok?", "he said yes twice ok"),
+        ('HE SAID "YES" (twice); ok?', "he said yes twice ok"),
         ("snake_case", "snake case"),
         ("Café NAÏVE", "café naïve"),
         ("ＦＵＬＬ１２", "full twelve"),

