@@ -1,9 +1,11 @@
 """Train a unit HiFi-GAN (speechbrain `UnitHifiganGenerator`) on the (units, waveform) pairs of a CutSet.
 
 The cuts must carry units (`attach_units`). Each step crops `segment_units` units and the matching
-`segment_units * 320` samples from random cuts. Losses are speechbrain's HiFi-GAN set: mel L1 (x45)
-and multi-resolution STFT, plus, with `adversarial`, the multi-period/multi-scale discriminators'
-least-squares GAN loss and feature matching (x10). The result is a folder `UnitHifiganVocoder` reads.
+`segment_units * 320` samples from random cuts. Losses: speechbrain's HiFi-GAN mel L1 (x45), a
+multi-resolution STFT loss, and, with `adversarial`, speechbrain's multi-period/multi-scale
+discriminators with least-squares GAN loss and feature matching (x10). The STFT loss is ours:
+speechbrain 1.1.2's `MultiScaleSTFTLoss` calls `torch.stft` without `return_complex`, which torch 2.11
+rejects. The result is a folder `UnitHifiganVocoder` reads.
 
     python -m lightning_most.audio.train_vocoder --cuts data/cuts_with_units.jsonl.gz --output-dir exp/vocoder
 """
@@ -27,6 +29,21 @@ from lightning_most.audio.units import UNITS_FIELD, load_waveform
 from lightning_most.audio.vocoder import UnitHifiganConfig, save_unit_hifigan
 
 log = logging.getLogger(__name__)
+STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))  # (n_fft, hop); window = n_fft
+
+
+def multi_resolution_stft_loss(fake: Tensor, real: Tensor) -> Tensor:
+    """Spectral convergence + log-magnitude L1, averaged over `STFT_RESOLUTIONS`; waveforms (B, 1, S)."""
+    total = fake.new_zeros(())
+    for n_fft, hop in STFT_RESOLUTIONS:
+        window = torch.hann_window(n_fft, device=fake.device)
+        spec = [
+            torch.stft(x[:, 0], n_fft, hop, window=window, return_complex=True).abs().clamp_min(1e-7)
+            for x in (fake, real)
+        ]  # 2 x (B, n_fft // 2 + 1, frames)
+        convergence = torch.linalg.norm(spec[1] - spec[0]) / torch.linalg.norm(spec[1])
+        total = total + convergence + (spec[1].log() - spec[0].log()).abs().mean()
+    return total / len(STFT_RESOLUTIONS)
 
 
 @dataclass
@@ -111,8 +128,6 @@ def train_vocoder(config: VocoderTrainingConfig) -> Path:
     device = torch.device(config.device)
     generator = gen_config.build().to(device)
     generator_loss = HifiGAN.GeneratorLoss(
-        stft_loss=HifiGAN.MultiScaleSTFTLoss(),
-        stft_loss_weight=1.0,
         l1_spec_loss=HifiGAN.L1SpecLoss(
             sample_rate=16000, hop_length=256, win_length=1024, n_fft=1024, n_stft=513, n_mel_channels=80
         ),
@@ -143,11 +158,11 @@ def train_vocoder(config: VocoderTrainingConfig) -> Path:
             scores_fake, feats_fake = discriminator(fake)
             _, feats_real = discriminator(real)
             losses = {"scores_fake": scores_fake, "feats_fake": feats_fake, "feats_real": feats_real}
-        g_loss = generator_loss(sb.Stage.TRAIN, fake, real, **losses)["G_loss"]
+        g_loss = generator_loss(sb.Stage.TRAIN, fake, real, **losses)["G_loss"] + multi_resolution_stft_loss(fake, real)
         optimizer_g.zero_grad()
         g_loss.backward()
         optimizer_g.step()
-        log.info("step %d: generator loss %.4f", step, float(g_loss))
+        log.info("step %d: generator loss %.4f", step, g_loss.item())
         if step % config.save_every == 0 or step == config.steps:
             save_unit_hifigan(generator, gen_config, output_dir)
     if crops.dropped:
