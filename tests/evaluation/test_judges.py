@@ -96,3 +96,45 @@ def test_transformers_judge_ctc_end_to_end(tmp_path: Path) -> None:
 def test_transformers_judge_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         TransformersJudge(TransformersJudgeConfig(model_dir=str(tmp_path / "absent")))
+
+
+def _save_tiny_whisper(directory: Path) -> None:
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    vocab = {token: i for i, token in enumerate([*"abcdefghijklmnopqrstuvwxyz", "Ġ", *specials])}
+    directory.mkdir(parents=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    end = "<|endoftext|>"
+    tokenizer = WhisperTokenizer(
+        str(directory / "vocab.json"), str(directory / "merges.txt"), unk_token=end, bos_token=end, eos_token=end
+    )
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(
+        directory
+    )
+    config = WhisperConfig(
+        vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+        max_target_positions=32, decoder_start_token_id=vocab["<|startoftranscript|>"],
+        eos_token_id=vocab[end], pad_token_id=vocab[end], bos_token_id=vocab[end],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config.no_timestamps_token_id = vocab["<|notimestamps|>"]
+    model.save_pretrained(directory)
+
+
+def test_transformers_judge_whisper_end_to_end(tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny_whisper"
+    _save_tiny_whisper(model_dir)
+    judge = TransformersJudge(TransformersJudgeConfig(model_dir=str(model_dir), max_new_tokens=4))
+    assert judge.is_seq2seq
+    transcripts = judge.transcribe([0.1 * torch.randn(16000), 0.1 * torch.randn(8000)])
+    assert len(transcripts) == 2 and all(isinstance(t, str) and t for t in transcripts)
