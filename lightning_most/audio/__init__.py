@@ -1,4 +1,4 @@
-"""Audio tokens in and out: encoders (waveform -> frames), unit quantizers (frames -> units), vocoders (units -> waveform)."""
+"""Audio tokens in and out: encoders (waveform -> frames), quantizers (frames -> units), vocoders (units -> audio)."""
 
 from __future__ import annotations
 
@@ -63,17 +63,17 @@ def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg
 
 __all__ = [
     "AudioEncoder",
+    "FbankEncoder",
+    "FbankEncoderConfig",
     "GriffinLimVocoder",
     "GriffinLimVocoderConfig",
+    "HubertEncoder",
+    "HubertEncoderConfig",
     "UnitHifiganConfig",
     "UnitHifiganVocoder",
     "UnitHifiganVocoderConfig",
-    "Vocoder",
-    "FbankEncoder",
-    "FbankEncoderConfig",
-    "HubertEncoder",
-    "HubertEncoderConfig",
     "UnitQuantizer",
+    "Vocoder",
     "attach_units",
     "build_audio_encoder",
     "build_vocoder",

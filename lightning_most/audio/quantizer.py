@@ -68,7 +68,9 @@ class UnitQuantizer:
     def centroid_features(self, units: Tensor) -> Tensor:
         """The centroid of each unit: (T,) long -> (T, F) float."""
         if units.numel() and (int(units.min()) < 0 or int(units.max()) >= self.num_units):
-            raise ValueError(f"unit ids must lie in [0, {self.num_units}), got [{int(units.min())}, {int(units.max())}]")
+            raise ValueError(
+                f"unit ids must lie in [0, {self.num_units}), got [{int(units.min())}, {int(units.max())}]"
+            )
         return self.centroids[units.long()]
 
     def save(self, path: str | Path) -> None:

@@ -76,7 +76,9 @@ def load_textless_quantizer(path: str | Path) -> UnitQuantizer:
     if centers.dim() != 2:
         raise ValueError(f"{path}: 'cluster_centers' must be (K, F), got shape {tuple(centers.shape)}.")
     if "n_clusters" in states and int(states["n_clusters"]) != centers.shape[0]:
-        raise ValueError(f"{path}: n_clusters={int(states['n_clusters'])} but cluster_centers has {centers.shape[0]} rows.")
+        raise ValueError(
+            f"{path}: n_clusters={int(states['n_clusters'])} but cluster_centers has {centers.shape[0]} rows."
+        )
     return UnitQuantizer(centers)
 
 

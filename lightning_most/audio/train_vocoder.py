@@ -101,7 +101,7 @@ class _Crops:
             cut = self.rng.choice(self.cuts)
             try:
                 u, w = self._crop(cut)
-            except Exception as e:  # missing/corrupt audio or units: drop the cut, keep training
+            except Exception as e:  # noqa: BLE001 -- missing/corrupt audio or units: drop the cut, keep training
                 warnings.warn(f"dropping cut {cut.id} from vocoder training: {type(e).__name__}: {e}", stacklevel=2)
                 self.cuts.remove(cut)
                 self.dropped.append(cut.id)
@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cuts", required=True, help="CutSet manifest with units attached")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--generator-config", help="JSON of UnitHifiganConfig fields (default: the 16 kHz 500-unit one)")
+    parser.add_argument(
+        "--generator-config", help="JSON of UnitHifiganConfig fields (default: the 16 kHz 500-unit one)"
+    )
     defaults = VocoderTrainingConfig(cuts="", output_dir="")
     for name in ("steps", "batch_size", "segment_units", "learning_rate", "save_every", "seed", "device"):
         value = getattr(defaults, name)

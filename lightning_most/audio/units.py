@@ -41,7 +41,7 @@ def _encoded_cuts(cuts: CutSet, encoder: AudioEncoder, skipped: list[str]) -> It
     for cut in cuts:
         try:
             waveform = load_waveform(cut)
-        except Exception as e:  # lhotse surfaces missing/corrupt audio as many exception types
+        except Exception as e:  # noqa: BLE001 -- lhotse surfaces missing/corrupt audio as many exception types
             warnings.warn(f"skipping cut {cut.id}: cannot read its audio ({type(e).__name__}: {e})", stacklevel=3)
             skipped.append(cut.id)
             continue
@@ -63,7 +63,7 @@ def fit_unit_quantizer(
     encoder: AudioEncoder,
     num_units: int = 500,
     seed: int = 0,
-    max_frames: int = 1_000_000,
+    max_frames: int = 200_000,
     iterations: int = 50,
 ) -> UnitQuantizer:
     """Train k-means on the encoder frames of `cuts`, reading cuts in order until `max_frames` frames.

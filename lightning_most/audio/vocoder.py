@@ -191,14 +191,16 @@ class UnitHifiganVocoder:
         config_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         for required in (config_file, weights_file):
             if not required.is_file():
-                raise FileNotFoundError(f"{required} is missing: a unit HiFi-GAN folder needs {CONFIG_FILE} and {WEIGHTS_FILE}.")
+                raise FileNotFoundError(
+                    f"{required} is missing: a unit HiFi-GAN folder needs {CONFIG_FILE} and {WEIGHTS_FILE}."
+                )
         self.generator_config = _read_config(config_file)
         try:
             state = torch.load(weights_file, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
             raise ValueError(f"{weights_file} is not a readable state dict ({type(e).__name__}: {e}).") from e
         if not isinstance(state, dict):
-            raise ValueError(f"{weights_file} holds a {type(state).__name__}, not a generator state dict.")
+            raise TypeError(f"{weights_file} holds a {type(state).__name__}, not a generator state dict.")
         generator = self.generator_config.build()
         try:
             generator.load_state_dict(state)
@@ -212,7 +214,9 @@ class UnitHifiganVocoder:
         """Vocode units (T,) long -> waveform (T * samples_per_unit,) float at 16 kHz."""
         K = self.generator_config.vocab_size
         if units.numel() and (int(units.min()) < 0 or int(units.max()) >= K):
-            raise ValueError(f"unit ids must lie in [0, {K}) for {self.config.path}, got [{int(units.min())}, {int(units.max())}]")
+            raise ValueError(
+                f"unit ids must lie in [0, {K}) for {self.config.path}, got [{int(units.min())}, {int(units.max())}]"
+            )
         T = units.numel()
         if T == 0:
             return torch.zeros(0)

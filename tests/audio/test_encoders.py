@@ -4,7 +4,13 @@ import pytest
 import torch
 from transformers import HubertConfig, HubertModel
 
-from lightning_most.audio import FbankEncoder, FbankEncoderConfig, HubertEncoder, HubertEncoderConfig, build_audio_encoder
+from lightning_most.audio import (
+    FbankEncoder,
+    FbankEncoderConfig,
+    HubertEncoder,
+    HubertEncoderConfig,
+    build_audio_encoder,
+)
 
 
 @pytest.fixture

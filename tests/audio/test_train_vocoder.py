@@ -12,9 +12,7 @@ from tests.audio.test_vocoder import TINY_HIFIGAN
 
 @pytest.fixture
 def cuts_with_units(speech_files, tmp_path):
-    cuts = CutSet.from_manifests(
-        recordings=RecordingSet.from_recordings(Recording.from_file(p) for p in speech_files)
-    )
+    cuts = CutSet.from_manifests(recordings=RecordingSet.from_recordings(Recording.from_file(p) for p in speech_files))
     encoder = FbankEncoder()
     quantizer = train_kmeans([encoder(torch.from_numpy(c.load_audio()[0])) for c in cuts], num_units=16, seed=0)
     path = tmp_path / "cuts.jsonl.gz"

@@ -108,7 +108,9 @@ def test_bad_hifigan_checkpoints_name_the_file(tmp_path):
     save_unit_hifigan(TINY_HIFIGAN.build(), TINY_HIFIGAN, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 500}))
-    with pytest.raises(ValueError, match=r"(?s)generator\.ckpt does not match .*config\.json.*size mismatch for unit_embedding"):
+    with pytest.raises(
+        ValueError, match=r"(?s)generator\.ckpt does not match .*config\.json.*size mismatch for unit_embedding"
+    ):
         UnitHifiganVocoder(UnitHifiganVocoderConfig(path=str(folder)))
     (folder / "config.json").write_text(json.dumps({**config, "channels": 3}))
     with pytest.raises(ValueError, match=r"config\.json is not a UnitHifiganConfig JSON.*channels"):
