@@ -3,12 +3,14 @@
 from datamodules.datamodule import MostDataModule
 from datamodules.dataset import FeatureConfig, MostDataset
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
+from datamodules.embedded_datamodule import EmbeddedDataModule
 from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig
 from datamodules.units import UnitsConfig
 
 __all__ = [
     "STAGE1_TASK_WEIGHTS",
     "EmbeddedCorpusConfig",
+    "EmbeddedDataModule",
     "FeatureConfig",
     "MostDataModule",
     "MostDataset",

@@ -37,6 +37,7 @@ class ResumableLoader:
         pin_memory: bool = False,
     ) -> None:
         self.sampler = sampler  # Lightning calls `sampler.set_epoch` through this attribute
+        self.batch_sampler = None  # Lightning inspects it (as on a DataLoader): the sampler yields whole batches
         self.filter_skips = filter_skips
         self.load_skips: Counter = Counter()
         self.consumed = 0  # batches yielded in the sampler's current epoch

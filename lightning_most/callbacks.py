@@ -1,0 +1,29 @@
+"""Callbacks that the shipped configs use."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class RunSummary(pl.Callback):
+    """At the end of fit/validate, print the dev ASR WER and where the TensorBoard logs are."""
+
+    def _report(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        wer = trainer.callback_metrics.get("val/asr_wer")
+        lines = [f"dev ASR WER: {float(wer):.2%}" if wer is not None else "dev ASR WER: not measured (no ASR dev data)"]
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                lines.append(f"TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {logger.root_dir})")
+        if trainer.checkpoint_callback is not None and getattr(trainer.checkpoint_callback, "last_model_path", ""):
+            lines.append(f"last checkpoint: {trainer.checkpoint_callback.last_model_path}")
+        print("\n".join(lines), flush=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._report(trainer)

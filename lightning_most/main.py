@@ -1,0 +1,42 @@
+"""Command-line entry point: `python -m lightning_most {fit,validate,test,predict,prepare} ...`.
+
+fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
+interpolate); `prepare` builds the embedded corpus.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_most.stages.base import StageModule
+
+EXTRA_COMMANDS = {
+    "prepare": "datamodules.embedded:main",
+}
+
+
+def _run_extra(command: str, argv: list[str]) -> None:
+    module_name, func = EXTRA_COMMANDS[command].split(":")
+    module = __import__(module_name, fromlist=[func])
+    getattr(module, func)(argv)
+
+
+def main(args: list[str] | None = None) -> LightningCLI | None:
+    """Run the CLI on `args` (default: sys.argv[1:])."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        _run_extra(argv[0], argv[1:])
+        return None
+    return LightningCLI(
+        model_class=StageModule,
+        datamodule_class=pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )

@@ -1,0 +1,285 @@
+"""`StageModule`: the LightningModule shared by both training stages, wrapping one `MoSTBackbone`.
+
+It owns what is common to every stage: building the backbone (in `configure_model`, so FSDP2 can
+shard it as it is built), the masked next-token loss logged per task, the aux loss, AdamW with
+linear warmup and cosine decay, routing logs (heatmaps, load histograms, entropy), dev ASR WER with
+greedy decoding, and the model-as-ASR / model-as-TTS methods used by evaluation and the CLI.
+Subclasses (`Stage1Module`, `Stage2Module`) differ in the tasks they train on and how they start.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torchmetrics.text import WordErrorRate
+
+from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.config import ModelConfig, ModelOverrides, build_config
+from lightning_most.evaluation.normalize import normalize_text
+from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.layouts import IGNORE_INDEX, TASKS
+from lightning_most.routing_logging import log_routing
+from lightning_most.tokenizer import SpecialTokens, build_tokenizer
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warmup then cosine decay to `min_lr_ratio * lr`."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    """Applied to matrices (not to norms, biases or embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    decay_steps: int | None = None
+    """Steps of the cosine; None = the trainer's max_steps (constant after warmup if that is -1)."""
+    min_lr_ratio: float = 0.1
+
+
+class StageModule(pl.LightningModule):
+    """One training stage over the shared backbone (see the module docstring)."""
+
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        backbone_overrides: ModelOverrides | None = None,
+        tokenizer: str = "byte",
+        optimizer: OptimizerConfig | None = None,
+        init_from: str | None = None,
+        activation_checkpointing: bool = False,
+        asr_max_new_tokens: int = 160,
+        tts_max_new_tokens: int = 600,
+        log_routing_every_n_steps: int = 100,
+    ) -> None:
+        """Build the stage.
+
+        Args:
+            backbone: preset name (`tiny`, `small`, `deepseek-v2-lite`, `llama-3.2-3b`).
+            backbone_overrides: fields of the preset to change (any `ModelConfig` field, nested).
+            tokenizer: "byte", or a local transformers tokenizer folder.
+            optimizer: AdamW and schedule settings.
+            init_from: a Lightning checkpoint of an earlier stage whose backbone weights start this one.
+            activation_checkpointing: recompute each decoder block in backward (saves memory).
+            asr_max_new_tokens: decoding budget of a transcript (dev WER, transcribe).
+            tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize).
+            log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.config: ModelConfig = build_config(backbone, backbone_overrides)
+        self.tokenizer = build_tokenizer(tokenizer)
+        self.specials = SpecialTokens(self.tokenizer.base_vocab_size)
+        if self.specials.text_vocab_size > self.config.text_vocab_size:
+            raise ValueError(
+                f"tokenizer {tokenizer!r} needs text_vocab_size >= {self.specials.text_vocab_size} "
+                f"({self.tokenizer.base_vocab_size} tokens + special tokens), but backbone '{backbone}' has "
+                f"{self.config.text_vocab_size}: set model.init_args.backbone_overrides.text_vocab_size"
+            )
+        self.optim = optimizer or OptimizerConfig()
+        self.backbone: MoSTBackbone | None = None
+        self.val_wer = WordErrorRate()
+        self.audio_io: dict[str, Any] = {}  # how audio became features/units in training (saved in checkpoints)
+        self._last_step_time: float | None = None
+
+    # ---- model -------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the backbone once; shard it with FSDP2 when run under ModelParallelStrategy."""
+        if self.backbone is not None:
+            return
+        self.backbone = MoSTBackbone(self.config)
+        self.backbone.activation_checkpointing = self.hparams.activation_checkpointing
+        if self.hparams.init_from:
+            self._load_backbone_weights(self.hparams.init_from)
+        mesh = self.device_mesh  # set by ModelParallelStrategy, None otherwise
+        if mesh is not None:
+            from lightning_most.parallel import apply_fsdp2
+
+            apply_fsdp2(self.backbone, mesh)
+
+    def _load_backbone_weights(self, path: str) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"init_from={path}: no such checkpoint file")
+        state = torch.load(file, map_location="cpu", weights_only=False)
+        weights = state.get("state_dict", state)
+        weights = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")} or weights
+        missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"init_from={path} does not fit backbone '{self.hparams.backbone}': "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            )
+
+    def forward(self, batch: dict):
+        """Backbone outputs for a collated batch."""
+        return self.backbone(
+            batch["input_ids"], batch["modality_ids"], batch["attention_mask"],
+            batch.get("audio_features"), batch["feature_mask"],
+        )
+
+    # ---- losses ------------------------------------------------------------------------------
+    def _task_losses(self, batch: dict, logits: Tensor) -> tuple[Tensor, dict[str, Tensor], int]:
+        """Token-mean loss over all targets, per-task token-mean losses, and the target count."""
+        labels = batch["labels"]
+        per_token = next_token_loss(logits, labels, reduction="none").view_as(labels)  # (B, T)
+        is_target = labels != IGNORE_INDEX
+        n_targets = int(is_target.sum())
+        loss = per_token.sum() / max(n_targets, 1)
+        per_task = {}
+        for t in batch["task_ids"].unique().tolist():
+            rows = batch["task_ids"] == t
+            per_task[TASKS[t]] = per_token[rows].sum() / is_target[rows].sum().clamp(min=1)
+        return loss, per_task, n_targets
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        out = self(batch)
+        loss, per_task, n_targets = self._task_losses(batch, out.logits)
+        B = batch["input_ids"].shape[0]
+        for task, value in per_task.items():
+            self.log(f"train/loss_{task}", value, batch_size=B)
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log("train/aux_loss", out.aux_loss, batch_size=B)
+        self._log_throughput(batch)
+        if self.global_step % self.hparams.log_routing_every_n_steps == 0 and out.routing:
+            log_routing(self, out.routing, self.global_step)
+        return loss + out.aux_loss
+
+    def _log_throughput(self, batch: dict) -> None:
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
+            self.log("train/tokens_per_sec", tokens / max(now - self._last_step_time, 1e-9), batch_size=1)
+        self._last_step_time = now
+        skipped = getattr(self.trainer.datamodule, "skipped", None) if self.trainer.datamodule else None
+        if skipped:
+            self.log("train/skipped_cuts", float(sum(skipped.values())), batch_size=1)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self(batch)
+        loss, per_task, _ = self._task_losses(batch, out.logits)
+        B = batch["input_ids"].shape[0]
+        self.log("val/loss", loss, batch_size=B, sync_dist=True)
+        for task, value in per_task.items():
+            self.log(f"val/loss_{task}", value, batch_size=B, sync_dist=True)
+        asr_rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
+        if asr_rows:
+            hyps = self.transcribe_batch(_select(batch, asr_rows))
+            refs = [batch["texts"][i] for i in asr_rows]
+            self.val_wer.update([normalize_text(h) for h in hyps], [normalize_text(r) for r in refs])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_wer.total > 0 if hasattr(self.val_wer, "total") else True:
+            wer = self.val_wer.compute()
+            self.log("val/asr_wer", wer, sync_dist=True)
+            self.last_dev_wer = float(wer)
+        self.val_wer.reset()
+
+    # ---- decoding ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def transcribe_batch(self, batch: dict) -> list[str]:
+        """Greedy transcripts of the ASR examples of a collated batch (prompts = audio + <asr>)."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        prompt = prompts_from_batch(batch, self.specials.pad)
+        allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
+        allowed[: self.specials.base_vocab_size] = True
+        allowed[self.specials.eos] = True
+        ids = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,))
+        self.backbone.train(was_training)
+        return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in ids.tolist()]
+
+    @torch.no_grad()
+    def units_for_batch(self, batch: dict, temperature: float = 0.0, top_k: int | None = None) -> list[Tensor]:
+        """Audio units (unit indices, not ids) generated for the TTS prompts of a collated batch."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        prompt = prompts_from_batch(batch, self.specials.pad)
+        V = self.config.text_vocab_size
+        allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
+        allowed[V:] = True
+        allowed[self.specials.audio_end] = True
+        ids = generate(self.backbone, prompt, self.hparams.tts_max_new_tokens, allowed, (self.specials.audio_end,),
+                       temperature=temperature, top_k=top_k)
+        self.backbone.train(was_training)
+        return [torch.tensor([i - V for i in row if i >= V], dtype=torch.long) for row in ids.tolist()]
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.backbone.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+        o = self.optim
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas),
+        )
+        total = o.decay_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
+
+        def schedule(step: int) -> float:
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            if total is None:
+                return 1.0
+            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        check_data_fits_model(self.config, dm)
+        if dm is not None and hasattr(dm, "audio_io"):
+            self.audio_io = dm.audio_io()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["audio_io"] = self.audio_io
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.audio_io = checkpoint.get("audio_io", {})
+        self.configure_model()
+
+
+def _select(batch: dict, rows: list[int]) -> dict:
+    """The sub-batch of `rows` (frames re-packed to match)."""
+    index = torch.tensor(rows, device=batch["input_ids"].device)
+    sub = {k: v[index] for k, v in batch.items() if isinstance(v, Tensor) and k != "audio_features"}
+    sub.update({k: [v[i] for i in rows] for k, v in batch.items() if isinstance(v, list)})
+    if "audio_features" in batch:
+        frames_per_row = batch["feature_mask"].sum(dim=1)  # (B,)
+        per_row = torch.split(batch["audio_features"], frames_per_row.tolist())
+        sub["audio_features"] = torch.cat([per_row[i] for i in rows]) if rows else batch["audio_features"][:0]
+    return sub
+
+
+def check_data_fits_model(config: ModelConfig, datamodule: Any) -> None:
+    """Fail early, naming the fields, if the data's feature width or unit count differ from the backbone's."""
+    if datamodule is None:
+        return
+    feature_dim = getattr(datamodule, "feature_dim", None)
+    try:
+        dim = feature_dim if not callable(feature_dim) else feature_dim()
+    except ValueError:
+        dim = None
+    if dim is not None and dim != config.audio_feature_dim:
+        raise ValueError(
+            f"data features are {dim}-dimensional (num_mel_bins x frame_stack) but the backbone expects "
+            f"audio_feature_dim={config.audio_feature_dim}: set model.init_args.backbone_overrides.audio_feature_dim={dim}"
+        )
+    units = getattr(datamodule, "num_units", None)
+    if units is not None and units > config.num_audio_units:
+        raise ValueError(
+            f"the corpus has {units} audio units but the backbone has num_audio_units={config.num_audio_units}: "
+            f"set model.init_args.backbone_overrides.num_audio_units={units}"
+        )
