@@ -53,7 +53,7 @@ class MostDataModule(pl.LightningDataModule):
         features: FeatureConfig | None = None,
         max_duration: float = 120.0,
         num_buckets: int = 10,
-        buffer_size: int = 10000,
+        buffer_size: int = 500,
         shuffle: bool = True,
         infinite: bool = True,
         max_cut_duration: float = 30.0,
@@ -74,7 +74,9 @@ class MostDataModule(pl.LightningDataModule):
             features: ASR input features (on-the-fly fbank by default, or precomputed; frame stacking).
             max_duration: seconds of audio (text: duration-equivalent) per batch.
             num_buckets: duration buckets of the train sampler.
-            buffer_size: cuts held by the bucketing sampler (more: better shuffling, slower start).
+            buffer_size: cuts held by the bucketing sampler: more shuffles better but lets the task mix of
+                the first thousands of samples drift from `task_weights` (buckets drain unevenly at the
+                start); keep it about num_buckets x cuts per batch (500: within 3 points over 2,000 samples).
             shuffle: shuffle the train stream (within the sampler's buffer).
             infinite: repeat every train source forever (ratios hold for the whole run).
             max_cut_duration: longer cuts are skipped and counted as `too_long`.

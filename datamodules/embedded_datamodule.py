@@ -71,10 +71,18 @@ class EmbeddedDataModule(MostDataModule):
     def audio_io(self) -> dict:
         """How audio is turned into model inputs and targets here (stored in checkpoints for synthesis)."""
         paths = corpus_paths(self.corpus_dir)
-        info = json.loads(paths.unit_quantizer.with_suffix(".json").read_text()) if paths.unit_quantizer.with_suffix(".json").is_file() else {}
+        info = (
+            json.loads(paths.unit_quantizer.with_suffix(".json").read_text())
+            if paths.unit_quantizer.with_suffix(".json").is_file()
+            else {}
+        )
         return {
-            "features": {"kind": self.features.kind, "num_mel_bins": self.features.num_mel_bins,
-                         "frame_stack": self.features.frame_stack, "dither": self.features.dither},
+            "features": {
+                "kind": self.features.kind,
+                "num_mel_bins": self.features.num_mel_bins,
+                "frame_stack": self.features.frame_stack,
+                "dither": self.features.dither,
+            },
             "unit_quantizer": str(paths.unit_quantizer.resolve()),
             "unit_encoder": info,
         }
