@@ -20,14 +20,18 @@ positions, F = `feature_dim`):
 
 Resuming: Lightning saves `state_dict()` in the checkpoint and calls `load_state_dict` before it
 asks for the train loader; the loader then continues at the first batch the interrupted run did not
-consume (`loader.py`). Cuts skipped as bad data are counted in `skipped` (a Counter per reason).
+train on (`loader.py`; `on_before_batch_transfer` counts the batches the training loop used, since
+it fetches one batch ahead of the step). Cuts skipped as bad data are counted in `skipped` (a Counter per reason).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import operator
 from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch.distributed as dist
@@ -62,6 +66,7 @@ class MostDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool = False,
         seed: int = 0,
+        unit_quantizer: str | None = None,
     ) -> None:
         """Build the data pipeline.
 
@@ -85,6 +90,8 @@ class MostDataModule(pl.LightningDataModule):
             num_workers: dataloading worker processes.
             pin_memory: pin batches in page-locked memory (GPU training).
             seed: seeds the mix, the sampler and the workers.
+            unit_quantizer: the safetensors k-means the TTS units came from (its `.json` description beside
+                it, written by `datamodules.units`); recorded in checkpoints through `audio_io()`.
         """
         super().__init__()
         self.train_sources = list(train_sources)
@@ -113,6 +120,7 @@ class MostDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.unit_quantizer = unit_quantizer
         self.dataset = MostDataset(tokenizer, self.features)
         self._train_loader: ResumableLoader | None = None
         self._pending_state: dict | None = None
@@ -128,6 +136,32 @@ class MostDataModule(pl.LightningDataModule):
         if self.features.kind != "fbank":
             raise ValueError("feature_dim is known in advance only for kind='fbank'; precomputed features set it")
         return self.features.num_mel_bins * self.features.frame_stack
+
+    def _unit_description(self) -> dict:
+        if self.unit_quantizer is None:
+            return {}
+        description = Path(self.unit_quantizer).with_suffix(".json")
+        if not description.is_file():
+            raise FileNotFoundError(
+                f"unit_quantizer={self.unit_quantizer}: its description {description} is missing "
+                "(datamodules.units writes both; point unit_quantizer at a quantizer it built)."
+            )
+        return json.loads(description.read_text())
+
+    @property
+    def num_units(self) -> int | None:
+        """K of the unit quantizer (None without `unit_quantizer`)."""
+        description = self._unit_description()
+        return description.get("num_units")
+
+    def audio_io(self) -> dict:
+        """How audio became inputs (features) and targets (units): saved in checkpoints for inference."""
+        return {
+            "features": asdict(self.features),
+            "unit_quantizer": str(self.unit_quantizer) if self.unit_quantizer else None,
+            "unit_encoder": self._unit_description(),
+            "num_units": self.num_units,
+        }
 
     @property
     def skipped(self) -> Counter:
@@ -182,10 +216,18 @@ class MostDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         """Lightning hook: the infinite (or one-pass) mixed train loader of this rank."""
         self._train_loader = self.make_train_loader(*self._distributed_position())
+        # Under a Trainer the loop fetches ahead of the step: resume at the first batch not trained on.
+        self._train_loader.count_used = self.trainer is not None
         if self._pending_state is not None:
             self._train_loader.load_state_dict(self._pending_state)
             self._pending_state = None
         return self._train_loader
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Lightning hook, run for the batch a step is about to train on: count it in the resume position."""
+        if self.trainer is not None and self.trainer.training and self._train_loader is not None:
+            self._train_loader.mark_used()
+        return batch
 
     def val_dataloader(self) -> ResumableLoader:
         """Lightning hook: the dev sources, in order."""

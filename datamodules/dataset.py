@@ -27,7 +27,6 @@ per reason of `quality.py` (the loader adds them up, `loader.py`).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -169,7 +168,7 @@ class MostDataset(torch.utils.data.Dataset):
             raise ValueError(f"cut {cut.id} has task {task!r}; this dataset lays out {sorted(self.layouts)}")
         return self.layouts[task](cut)
 
-    def __getitem__(self, cuts: CutSet) -> tuple[dict | None, Counter]:
+    def __getitem__(self, cuts: CutSet) -> tuple[dict | None, dict[str, int]]:
         skips = SkipLog()
         examples = []
         for cut in cuts:
@@ -178,4 +177,5 @@ class MostDataset(torch.utils.data.Dataset):
             except CutLoadError as e:
                 skips.skip(cut.id, e.reason, str(e))
         batch = collate(examples, pad_id=self.specials.pad) if examples else None
-        return batch, skips.counts
+        # A plain dict: the DataLoader's default_convert copies mappings with .update(), which adds Counters up.
+        return batch, dict(skips.counts)

@@ -1,14 +1,12 @@
 """`EmbeddedDataModule`: `MostDataModule` over the embedded corpus, built on first use.
 
-The sources are derived from the corpus folder: ASR and TTS train on the train split's cuts,
-text-LM on its text shard; validation runs ASR on the dev split (held-out sentences), test runs
-ASR on the test split (held-out speakers and sentences). `prepare_data` builds the corpus when it
-is missing, so `fit --config conf/quickstart.yaml` works on a fresh machine.
+The sources follow from the corpus folder (`embedded.corpus_paths`): train ASR and TTS on
+`embedded_cuts_train`, text LM on `text_train`; validation ASR + TTS on dev; test ASR + TTS on the
+test split (held-out speakers). `prepare_data` builds the corpus with `corpus` (an
+`EmbeddedCorpusConfig`) when the folder does not hold one built with that config.
 """
 
 from __future__ import annotations
-
-import json
 
 from datamodules.datamodule import MostDataModule
 from datamodules.dataset import FeatureConfig
@@ -16,73 +14,60 @@ from datamodules.embedded import EmbeddedCorpusConfig, corpus_paths, prepare_emb
 from datamodules.mixing import SourceConfig
 
 
+def _speech_sources(path: str) -> list[SourceConfig]:
+    return [SourceConfig("embedded", "asr", path), SourceConfig("embedded", "tts", path)]
+
+
 class EmbeddedDataModule(MostDataModule):
-    """Stage-1 mix over the embedded corpus in `corpus_dir` (see the module docstring)."""
+    """Stage-1 batches from the embedded corpus in `corpus_dir` (see the module docstring)."""
 
     def __init__(
         self,
         corpus_dir: str = "data/embedded",
         corpus: EmbeddedCorpusConfig | None = None,
         task_weights: dict[str, float] | None = None,
+        tokenizer: str = "byte",
         features: FeatureConfig | None = None,
-        max_duration: float = 60.0,
-        num_buckets: int = 8,
-        buffer_size: int = 2000,
+        max_duration: float = 120.0,
+        num_buckets: int = 10,
+        buffer_size: int = 500,
+        shuffle: bool = True,
+        infinite: bool = True,
         max_cut_duration: float = 30.0,
         text_tokens_per_second: float = 50.0,
         eval_max_duration: float | None = None,
-        num_workers: int = 1,
+        num_workers: int = 2,
+        pin_memory: bool = False,
         seed: int = 0,
     ) -> None:
-        """Args: `corpus_dir` and `corpus` (size, voices, seed) of the embedded corpus; the rest as `MostDataModule`."""
+        """Args are those of `MostDataModule`, plus `corpus_dir` and the `corpus` config to build it with."""
+        paths = corpus_paths(corpus_dir)
         self.corpus_dir = corpus_dir
         self.corpus = corpus or EmbeddedCorpusConfig()
-        paths = corpus_paths(corpus_dir)
-        train = str(paths.cuts["train"])
         super().__init__(
             train_sources=[
-                SourceConfig(name="embedded", task="asr", path=train),
-                SourceConfig(name="embedded", task="tts", path=train),
-                SourceConfig(name="embedded_text", task="text_lm", path=str(paths.text["train"])),
+                *_speech_sources(str(paths.cuts["train"])),
+                SourceConfig("fortunes", "text_lm", str(paths.text["train"])),
             ],
             task_weights=task_weights,
-            val_sources=[SourceConfig(name="embedded_dev", task="asr", path=str(paths.cuts["dev"]))],
-            test_sources=[SourceConfig(name="embedded_test", task="asr", path=str(paths.cuts["test"]))],
+            val_sources=_speech_sources(str(paths.cuts["dev"])),
+            test_sources=_speech_sources(str(paths.cuts["test"])),
+            tokenizer=tokenizer,
             features=features,
             max_duration=max_duration,
             num_buckets=num_buckets,
             buffer_size=buffer_size,
+            shuffle=shuffle,
+            infinite=infinite,
             max_cut_duration=max_cut_duration,
             text_tokens_per_second=text_tokens_per_second,
             eval_max_duration=eval_max_duration,
             num_workers=num_workers,
+            pin_memory=pin_memory,
             seed=seed,
+            unit_quantizer=str(paths.unit_quantizer),
         )
 
     def prepare_data(self) -> None:
-        """Build the corpus if it is missing (or was built with another config)."""
+        """Lightning hook (one process per node): build the corpus unless it is already there."""
         prepare_embedded_corpus(self.corpus_dir, self.corpus)
-
-    @property
-    def num_units(self) -> int:
-        """Size of the corpus's unit vocabulary."""
-        return self.corpus.units.num_units
-
-    def audio_io(self) -> dict:
-        """How audio is turned into model inputs and targets here (stored in checkpoints for synthesis)."""
-        paths = corpus_paths(self.corpus_dir)
-        info = (
-            json.loads(paths.unit_quantizer.with_suffix(".json").read_text())
-            if paths.unit_quantizer.with_suffix(".json").is_file()
-            else {}
-        )
-        return {
-            "features": {
-                "kind": self.features.kind,
-                "num_mel_bins": self.features.num_mel_bins,
-                "frame_stack": self.features.frame_stack,
-                "dither": self.features.dither,
-            },
-            "unit_quantizer": str(paths.unit_quantizer.resolve()),
-            "unit_encoder": info,
-        }

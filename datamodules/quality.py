@@ -50,6 +50,7 @@ class SkipLog:
         self.counts[reason] += 1
         if (cut_id, reason) not in self._warned:
             self._warned.add((cut_id, reason))
+            detail = detail.strip().splitlines()[0][:300] if detail.strip() else ""
             log.warning("skipping cut %s: %s%s", cut_id, reason, f" ({detail})" if detail else "")
 
 

@@ -160,3 +160,16 @@ def test_bad_sources_fail_at_construction(sources):
         _module([*sources, SourceConfig("x", "speech_translation", "x.jsonl.gz")])
     with pytest.raises(ValueError, match="max_cut_duration"):
         MostDataModule(train_sources=sources, max_duration=10.0, max_cut_duration=20.0)
+
+
+def test_embedded_data_module_reads_the_corpus_and_describes_its_audio(tiny_corpus):
+    from datamodules.embedded_datamodule import EmbeddedDataModule
+    from tests.datamodules.conftest import TINY
+
+    module = EmbeddedDataModule(str(tiny_corpus.root), TINY, num_workers=0, max_duration=20.0, max_cut_duration=20.0)
+    module.prepare_data()  # already built with this config: reused
+    assert module.num_units == 16
+    audio_io = module.audio_io()
+    assert audio_io["unit_encoder"]["encoder"] == "fbank" and audio_io["features"]["num_mel_bins"] == 80
+    assert {TASKS[t] for b in module.val_dataloader() for t in b["task_ids"]} == {"asr", "tts"}
+    assert set(next(iter(module.train_dataloader()))) >= {"input_ids", "labels", "modality_ids", "task_ids"}
