@@ -21,11 +21,14 @@ import torch
 from torch import Tensor
 from torchmetrics.text import WordErrorRate
 
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_most.audio import build_vocoder
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.config import ModelConfig, ModelOverrides, build_config
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
-from lightning_most.layouts import IGNORE_INDEX, TASKS
+from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
 from lightning_most.routing_logging import log_routing
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 
@@ -58,6 +61,7 @@ class StageModule(pl.LightningModule):
         asr_max_new_tokens: int = 160,
         tts_max_new_tokens: int = 600,
         log_routing_every_n_steps: int = 100,
+        num_audio_samples: int = 2,
     ) -> None:
         """Build the stage.
 
@@ -71,6 +75,7 @@ class StageModule(pl.LightningModule):
             asr_max_new_tokens: decoding budget of a transcript (dev WER, transcribe).
             tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize).
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
+            num_audio_samples: dev texts spoken (Griffin-Lim) and logged to TensorBoard at each validation.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -88,6 +93,8 @@ class StageModule(pl.LightningModule):
         self.val_wer = WordErrorRate()
         self.audio_io: dict[str, Any] = {}  # how audio became features/units in training (saved in checkpoints)
         self._last_step_time: float | None = None
+        self._sample_texts: list[str] = []
+        self._vocoder = None
 
     # ---- model -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -175,12 +182,35 @@ class StageModule(pl.LightningModule):
             refs = [batch["texts"][i] for i in asr_rows]
             self.val_wer.update([normalize_text(h) for h in hyps], [normalize_text(r) for r in refs])
 
+            if len(self._sample_texts) < self.hparams.num_audio_samples:
+                self._sample_texts += refs[: self.hparams.num_audio_samples - len(self._sample_texts)]
+
+    def on_validation_epoch_start(self) -> None:
+        self._sample_texts: list[str] = []
+
     def on_validation_epoch_end(self) -> None:
-        if self.val_wer.total > 0 if hasattr(self.val_wer, "total") else True:
-            wer = self.val_wer.compute()
-            self.log("val/asr_wer", wer, sync_dist=True)
-            self.last_dev_wer = float(wer)
+        if self.val_wer.total > 0:
+            self.log("val/asr_wer", self.val_wer.compute(), sync_dist=True)
         self.val_wer.reset()
+        if self._sample_texts and self.audio_io.get("unit_quantizer") and not self.trainer.sanity_checking:
+            self._log_tts_samples(self._sample_texts)
+
+    def _log_tts_samples(self, texts: list[str]) -> None:
+        """Speak dev texts (greedy units, Griffin-Lim) and log the audio to TensorBoard."""
+        writers = [lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers or not self.trainer.is_global_zero:
+            return
+        if self._vocoder is None:
+            self._vocoder = build_vocoder("griffin_lim", quantizer=self.audio_io["unit_quantizer"])
+        V = self.config.text_vocab_size
+        examples = [tts_example(self.tokenizer.encode(t), torch.zeros(0, dtype=torch.long), self.specials, V, text=t)
+                    for t in texts]
+        batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in collate(examples, self.specials.pad).items()}
+        for i, (text, units) in enumerate(zip(texts, self.units_for_batch(batch))):
+            wave = self._vocoder(units.cpu()) if units.numel() else torch.zeros(320)  # no units: 20 ms of silence
+            for writer in writers:
+                writer.add_audio(f"tts_sample/{i}", wave.flatten(), self.global_step, sample_rate=self._vocoder.sample_rate)
+                writer.add_text(f"tts_sample/{i}_text", text, self.global_step)
 
     # ---- decoding ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -204,7 +234,7 @@ class StageModule(pl.LightningModule):
         prompt = prompts_from_batch(batch, self.specials.pad)
         V = self.config.text_vocab_size
         allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
-        allowed[V:] = True
+        allowed[V : V + self.audio_io.get("num_units", self.config.num_audio_units)] = True  # the corpus's units
         allowed[self.specials.audio_end] = True
         ids = generate(self.backbone, prompt, self.hparams.tts_max_new_tokens, allowed, (self.specials.audio_end,),
                        temperature=temperature, top_k=top_k)

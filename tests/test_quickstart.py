@@ -1,0 +1,51 @@
+"""The README's main command, shortened to a few steps on a miniature embedded corpus."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The miniature corpus: same builder and voices as the default, a few dozen utterances, 16 units.
+TINY_CORPUS = [
+    "--data.init_args.corpus.num_train", "24", "--data.init_args.corpus.num_dev", "6",
+    "--data.init_args.corpus.num_test", "6", "--data.init_args.corpus.num_text_train", "50",
+    "--data.init_args.corpus.num_text_dev", "10", "--data.init_args.corpus.units.num_units", "16",
+    "--data.init_args.corpus.units.iterations", "5",
+]
+
+
+def test_quickstart_command_trains_logs_and_reports(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "lightning_most", "fit", "--config", "conf/quickstart.yaml",
+        "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--data.init_args.corpus_dir", str(tmp_path / "corpus"),
+        "--model.init_args.log_routing_every_n_steps", "2", "--model.init_args.tts_max_new_tokens", "40",
+        *TINY_CORPUS,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"dev ASR WER: \d+\.\d+%", run.stdout), run.stdout[-2000:]
+    log_dir = Path(re.search(r"TensorBoard logs: (\S+)", run.stdout).group(1))
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+    # The corpus was built because it was missing.
+    assert (tmp_path / "corpus" / "corpus.json").is_file()
+
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "audio": 0, "histograms": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/aux_loss", "train/tokens_per_sec", "val/asr_wer", "val/loss"):
+        assert tag in scalars, sorted(scalars)
+    assert any(t.startswith("train/loss_") for t in scalars)  # per-task losses
+    assert any(t.startswith("routing/entropy_") for t in scalars)
+    assert "routing/expert_load" in events.Tags()["images"]
+    assert any(t.startswith("routing/load_") for t in events.Tags()["histograms"])
+    assert any(t.startswith("tts_sample/") for t in events.Tags()["audio"])
