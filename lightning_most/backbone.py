@@ -8,7 +8,7 @@ Plain PyTorch (no Lightning). Inputs follow the batch contract of `layouts.py`:
     audio_features  (N, F) float  continuous frames for the N positions where feature_mask is True
     feature_mask    (B, T) bool
 
-Embedding: ids -> `embed_tokens`, frames -> `audio_projector` (2-layer MLP), placed at feature_mask.
+Embedding: ids -> `embed_tokens`, frames -> `audio_projector` (LayerNorm + 2-layer MLP), placed at feature_mask.
 Decoder: `num_layers` pre-norm blocks, the first `first_k_dense` with a dense SwiGLU, the rest MAMoE.
 Heads: a text LM head (text ids) and an audio-unit head (units), concatenated into (B, T, V) logits
 over the unified id space.
@@ -77,7 +77,10 @@ class MoSTBackbone(nn.Module):
         self.config = config
         d = config.hidden_size
         self.embed_tokens = nn.Embedding(config.vocab_size, d)
-        self.audio_projector = nn.Sequential(nn.Linear(config.audio_feature_dim, d), nn.GELU(), nn.Linear(d, d))
+        # LayerNorm first: raw log-mel / HuBERT frames have arbitrary scale and offset per corpus.
+        self.audio_projector = nn.Sequential(
+            nn.LayerNorm(config.audio_feature_dim), nn.Linear(config.audio_feature_dim, d), nn.GELU(), nn.Linear(d, d)
+        )
         self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(d, config.rms_norm_eps)
         # Tied (Llama-3.2): the text head reuses the text rows of the embedding table.
@@ -100,6 +103,8 @@ class MoSTBackbone(nn.Module):
                 nn.init.normal_(module.down_proj, std=std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
             elif isinstance(module, ModalityAwareRouter):
                 nn.init.normal_(module.weight, std=std)
 
