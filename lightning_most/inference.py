@@ -1,0 +1,368 @@
+"""`MostInference`: a trained stage checkpoint used as ASR, TTS, spoken LM and spoken QA.
+
+It implements the evaluation protocols (`lightning_most.evaluation.protocols`) on our model, with
+the audio front and back ends the checkpoint was trained with (its `audio_io`, written by the data
+module's `audio_io()`):
+
+    transcribe       waveform -> lhotse Fbank + stack_frames (as `datamodules.dataset`) -> asr prompt
+                     |bos| |audio_start| F.. |audio_end| |asr|  -> greedy text
+    synthesize       text -> tts prompt |bos| |tts| t.. |audio_start| -> greedy units -> vocoder
+    log_likelihood   waveform -> unit encoder (FbankEncoder) + k-means quantizer -> units U, scored as
+                     |bos| |audio_start| U..: sum over units of log p(u_t | u_<t), the softmax taken
+                     over the quantizer's K units
+    answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
+                     -> greedy text
+    answer_speech    synthesize(answer_text(waveform))
+
+Every method takes a list and runs it as one padded batch (generation is batched over the list).
+Waveforms are mono float (S,) at 16 kHz, as in the protocols.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lhotse import Fbank, FbankConfig
+from torch import Tensor
+
+from datamodules.dataset import FeatureConfig, stack_frames
+from lightning_most.audio import (
+    FbankEncoder,
+    FbankEncoderConfig,
+    GriffinLimVocoder,
+    GriffinLimVocoderConfig,
+    UnitHifiganVocoder,
+    UnitHifiganVocoderConfig,
+    UnitQuantizer,
+    Vocoder,
+)
+from lightning_most.evaluation.protocols import SAMPLING_RATE
+from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.layouts import AUDIO, TEXT, Example, asr_example, collate, speech_instruct_example, tts_example
+from lightning_most.stages.base import StageModule
+from lightning_most.stages.stage1 import Stage1Module
+
+FBANK_WINDOW, FBANK_SHIFT = 400, 160  # lhotse Fbank defaults at 16 kHz: 25 ms window, 10 ms shift (snip_edges)
+
+
+class InferenceError(ValueError):
+    """A checkpoint or audio input that inference cannot use; the message names the file and the fix."""
+
+
+@dataclass
+class AudioIO:
+    """How audio became model inputs and targets in training (a checkpoint's `audio_io`)."""
+
+    features: FeatureConfig
+    """ASR / instruction input features (lhotse fbank, frames stacked)."""
+    unit_quantizer: Path
+    """k-means centroids (safetensors) of the discrete units."""
+    unit_encoder: FbankEncoderConfig
+    """Log-mel settings the units were quantized from (and that Griffin-Lim inverts)."""
+    num_units: int
+    """K, the units the data used (the backbone may have more unit slots)."""
+
+    @classmethod
+    def from_dict(cls, audio_io: dict[str, Any], source: str) -> AudioIO:
+        """Read the `audio_io` dict of a checkpoint (`source` names it in errors)."""
+        fix = (
+            "train with a data module that has audio_io() (e.g. datamodules.EmbeddedDataModule), or pass "
+            "audio_io={'features': ..., 'unit_quantizer': ..., 'unit_encoder': ...} (CLI: --audio_io FILE.json)"
+        )
+        if not audio_io:
+            raise InferenceError(f"{source} has no audio_io (how audio became features and units): {fix}")
+        missing = [key for key in ("features", "unit_quantizer", "unit_encoder") if key not in audio_io]
+        if missing:
+            raise InferenceError(f"{source}: audio_io lacks {missing}: {fix}")
+        features = FeatureConfig(**audio_io["features"])
+        if features.kind != "fbank":
+            raise InferenceError(
+                f"{source}: audio_io.features.kind={features.kind!r}; inference computes 'fbank' features only "
+                "(precomputed features need their encoder at inference time)"
+            )
+        encoder = audio_io["unit_encoder"]
+        if encoder.get("encoder") != "fbank":
+            raise InferenceError(
+                f"{source}: audio_io.unit_encoder.encoder={encoder.get('encoder')!r}; only 'fbank' units are "
+                "supported here (the unit_quantizer.json written beside the quantizer says which)"
+            )
+        return cls(
+            features=features,
+            unit_quantizer=Path(audio_io["unit_quantizer"]),
+            unit_encoder=FbankEncoderConfig(**encoder["encoder_config"]),
+            num_units=int(audio_io.get("num_units", encoder["num_units"])),
+        )
+
+
+def _stage_class(hparams: dict[str, Any], source: str) -> type[StageModule]:
+    """The StageModule subclass named by LightningCLI's `_class_path` (Stage1Module when absent)."""
+    class_path = hparams.get("_class_path")
+    if class_path is None:
+        return Stage1Module
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name.startswith("lightning_most."):
+        raise InferenceError(f"{source} was saved by {class_path!r}, not by a lightning_most stage module")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, StageModule)):
+        raise InferenceError(f"{source}: {class_path!r} is not a StageModule subclass")
+    return cls
+
+
+def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's non-tensor entries (memory-mapped read); raises InferenceError if it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise InferenceError(
+            f"checkpoint {path} does not exist: pass the .ckpt a fit run wrote (e.g. .../checkpoints/last.ckpt)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise InferenceError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise InferenceError(f"{path} is not a Lightning checkpoint of a stage module (no state_dict/hyper_parameters)")
+    return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+
+
+class MostInference:
+    """A stage module in eval mode with its audio front end, unit quantizer and vocoder (see module docstring)."""
+
+    def __init__(
+        self,
+        module: StageModule,
+        audio_io: AudioIO,
+        vocoder: Vocoder | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """Wrap `module` (backbone built, weights loaded).
+
+        Args:
+            module: the stage module.
+            audio_io: its audio front and back ends.
+            vocoder: units -> 16 kHz audio; None = Griffin-Lim over the quantizer's log-mel centroids.
+            temperature: unit sampling temperature of synthesis (0 = greedy).
+            top_k: sample units among the k most likely only.
+            seed: seeds unit sampling, afresh in every call (the same texts give the same speech).
+        """
+        self.module = module.eval()
+        self.audio_io = audio_io
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.global_step = 0  # training step of the checkpoint (set by from_checkpoint)
+        if not audio_io.unit_quantizer.is_file():
+            raise InferenceError(
+                f"unit quantizer {audio_io.unit_quantizer} (named by the checkpoint's audio_io) does not exist: "
+                "rebuild the corpus it came from, or pass unit_quantizer=PATH (CLI: --unit_quantizer PATH)"
+            )
+        self.quantizer = UnitQuantizer.load(audio_io.unit_quantizer, num_units=audio_io.num_units)
+        self.unit_encoder = FbankEncoder(audio_io.unit_encoder)
+        self.fbank = Fbank(FbankConfig(num_filters=audio_io.features.num_mel_bins, dither=audio_io.features.dither))
+        self.vocoder = vocoder or GriffinLimVocoder(
+            self.quantizer, GriffinLimVocoderConfig(fbank=audio_io.unit_encoder)
+        )
+        if (
+            isinstance(self.vocoder, UnitHifiganVocoder)
+            and self.vocoder.generator_config.vocab_size < audio_io.num_units
+        ):
+            raise InferenceError(
+                f"vocoder {self.vocoder.config.path} knows {self.vocoder.generator_config.vocab_size} units but the "
+                f"model's data has {audio_io.num_units}: train a vocoder on these units"
+            )
+        if self.vocoder.sample_rate != SAMPLING_RATE:
+            raise InferenceError(
+                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLING_RATE} Hz"
+            )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        vocoder: str | Path | None = None,
+        audio_io: dict[str, Any] | None = None,
+        unit_quantizer: str | Path | None = None,
+        max_new_tokens: int | None = None,
+        max_units: int | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> MostInference:
+        """Load a stage checkpoint written by `fit`.
+
+        Args:
+            path: the `.ckpt` file.
+            device: torch device to run on.
+            vocoder: a unit HiFi-GAN folder (config.json + generator.ckpt); None = Griffin-Lim over the units.
+            audio_io: replaces the checkpoint's `audio_io` (for checkpoints saved without one).
+            unit_quantizer: replaces the quantizer path of `audio_io` (when the corpus moved).
+            max_new_tokens: text decoding budget (default: the module's `asr_max_new_tokens`).
+            max_units: unit decoding budget of synthesis (default: the module's `tts_max_new_tokens`).
+            temperature: unit sampling temperature of synthesis (0 = greedy).
+            top_k: sample units among the k most likely only.
+            seed: seeds unit sampling.
+        """
+        header = read_checkpoint_header(path)
+        stage = _stage_class(header["hyper_parameters"], str(path))
+        raw_audio_io = dict(audio_io if audio_io is not None else header.get("audio_io") or {})
+        if unit_quantizer is not None:
+            raw_audio_io["unit_quantizer"] = str(unit_quantizer)
+        parsed = AudioIO.from_dict(raw_audio_io, str(path))
+        try:
+            module = stage.load_from_checkpoint(str(path), map_location=device, weights_only=False)
+        except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
+            first = str(error).strip().splitlines()
+            raise InferenceError(
+                f"checkpoint {path} does not fit the {stage.__name__} its hyperparameters build with this version of "
+                f"lightning_most ({' '.join(line.strip() for line in first[:2])[:300]}...): load it with the code "
+                "version that trained it"
+            ) from error
+        module.to(device)
+        if max_new_tokens is not None:
+            module.hparams.asr_max_new_tokens = max_new_tokens
+        if max_units is not None:
+            module.hparams.tts_max_new_tokens = max_units
+        built = UnitHifiganVocoder(UnitHifiganVocoderConfig(path=str(vocoder), device=device)) if vocoder else None
+        inference = cls(module, parsed, built, temperature=temperature, top_k=top_k, seed=seed)
+        inference.global_step = int(header.get("global_step", 0))
+        return inference
+
+    # ---- front ends --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone lives."""
+        return self.module.device
+
+    @property
+    def min_input_samples(self) -> int:
+        """Shortest waveform that gives one stacked input frame."""
+        return FBANK_WINDOW + (self.audio_io.features.frame_stack - 1) * FBANK_SHIFT
+
+    def input_features(self, waveform: Tensor) -> Tensor:
+        """ASR input features exactly as in training: (S,) -> (T // frame_stack, num_mel_bins * frame_stack)."""
+        if waveform.dim() != 1:
+            raise InferenceError(f"expected a mono waveform (S,), got shape {tuple(waveform.shape)}")
+        if waveform.numel() < self.min_input_samples:
+            raise InferenceError(
+                f"a waveform of {waveform.numel()} samples is too short: the model's input needs at least "
+                f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLING_RATE * 1000:.0f} ms at 16 kHz)"
+            )
+        frames = torch.from_numpy(self.fbank.extract(waveform.float().cpu().numpy(), SAMPLING_RATE))  # (T, mels)
+        return stack_frames(frames, self.audio_io.features.frame_stack)
+
+    def units(self, waveforms: list[Tensor]) -> list[Tensor]:
+        """Discrete units (T,) of each waveform, as the training targets were made (encoder + k-means)."""
+        if not waveforms:
+            return []
+        lengths = torch.tensor([w.numel() for w in waveforms])
+        padded = torch.nn.utils.rnn.pad_sequence([w.float().cpu() for w in waveforms], batch_first=True)  # (B, S)
+        features, frames = self.unit_encoder.encode_batch(padded, lengths)  # (B, T, F), (B,)
+        valid = torch.arange(features.shape[1])[None] < frames[:, None]  # (B, T)
+        units = self.quantizer.quantize(features[valid])  # (sum of frames,)
+        return list(units.cpu().split(frames.tolist()))
+
+    def _batch(self, examples: list[Example]) -> dict:
+        batch = collate(examples, pad_id=self.module.specials.pad)
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    # ---- protocols ---------------------------------------------------------------------------
+    def transcribe(self, waveforms: list[Tensor]) -> list[str]:
+        """Greedy transcript of each 16 kHz waveform (S,) (the `Transcriber` protocol)."""
+        if not waveforms:
+            return []
+        m = self.module
+        examples = [
+            asr_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w)) for w in waveforms
+        ]
+        return m.transcribe_batch(self._batch(examples))
+
+    def synthesize_units(self, texts: list[str]) -> list[Tensor]:
+        """Units (T,) spoken for each text (greedy, or sampled at `temperature`); only the data's K units or <audio_end> can be emitted."""
+        if not texts:
+            return []
+        m = self.module
+        empty = torch.zeros(0, dtype=torch.long)
+        examples = [tts_example(m.tokenizer.encode(t), empty, m.specials, m.config.text_vocab_size) for t in texts]
+        prompt = prompts_from_batch(self._batch(examples), m.specials.pad)  # ends with <audio_start>
+        V = m.config.text_vocab_size
+        allowed = torch.zeros(m.config.vocab_size, dtype=torch.bool, device=self.device)
+        allowed[V : V + self.audio_io.num_units] = True
+        allowed[m.specials.audio_end] = True
+        was_training = m.backbone.training
+        m.backbone.eval()
+        generator = torch.Generator(self.device).manual_seed(self.seed)
+        ids = generate(
+            m.backbone,
+            prompt,
+            m.hparams.tts_max_new_tokens,
+            allowed,
+            (m.specials.audio_end,),
+            temperature=self.temperature,
+            top_k=self.top_k,
+            generator=generator,
+        )  # (B, max_units)
+        m.backbone.train(was_training)
+        return [row[row >= V] - V for row in ids.cpu()]
+
+    def vocode(self, units: list[Tensor]) -> list[Tensor]:
+        """16 kHz waveform (S,) of each unit sequence (T,)."""
+        return [self.vocoder(u).float().cpu() for u in units]
+
+    def synthesize(self, texts: list[str]) -> list[Tensor]:
+        """One 16 kHz waveform (S,) per text (the `Synthesizer` protocol)."""
+        return self.vocode(self.synthesize_units(texts))
+
+    @torch.no_grad()
+    def log_likelihood(self, waveforms: list[Tensor]) -> list[tuple[float, int]]:
+        """(sum of unit log-probabilities, number of units) per waveform (the `AudioLikelihoodScorer` protocol)."""
+        if not waveforms:
+            return []
+        m = self.module
+        s, V, K = m.specials, m.config.text_vocab_size, self.audio_io.num_units
+        units = self.units(waveforms)
+        examples = []
+        for u in units:  # |bos| |audio_start| U..  (the speech prefix of the asr / speech_instruct layouts)
+            ids = torch.cat([torch.tensor([s.bos, s.audio_start]), u + V])
+            modality = torch.cat([torch.full((2,), TEXT), torch.full((u.numel(),), AUDIO)])
+            examples.append(
+                Example(
+                    "asr",
+                    ids,
+                    modality,
+                    torch.zeros_like(ids, dtype=torch.bool),
+                    torch.full_like(ids, -100),
+                    None,
+                    prompt_length=ids.numel(),
+                )
+            )
+        batch = self._batch(examples)
+        was_training = m.backbone.training
+        m.backbone.eval()
+        logits = m(batch).logits[:, :-1, V : V + K].float()  # (B, T-1, K): position t predicts unit t+1
+        m.backbone.train(was_training)
+        log_probs = logits.log_softmax(dim=-1)
+        targets = batch["input_ids"][:, 1:] - V  # (B, T-1)
+        is_unit = (batch["modality_ids"][:, 1:] == AUDIO) & batch["attention_mask"][:, 1:]  # (B, T-1)
+        picked = log_probs.gather(-1, targets.clamp(0, K - 1)[..., None])[..., 0]  # (B, T-1)
+        totals = (picked * is_unit).sum(dim=1)  # (B,)
+        return [(float(total), int(u.numel())) for total, u in zip(totals.cpu(), units)]
+
+    def answer_text(self, waveforms: list[Tensor]) -> list[str]:
+        """Greedy text answer to each spoken question (S,) (the `SpokenQuestionAnswerer` protocol)."""
+        if not waveforms:
+            return []
+        m = self.module
+        examples = [
+            speech_instruct_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w))
+            for w in waveforms
+        ]
+        return m.transcribe_batch(self._batch(examples))  # greedy text after the prompt, up to <eos>
+
+    def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
+        """Spoken answer (S,) to each spoken question: the text answer, synthesized."""
+        return self.synthesize(self.answer_text(waveforms))

@@ -1,0 +1,66 @@
+"""A tiny trained stage-1 checkpoint (3 steps of `fit --config conf/quickstart.yaml`), made once per test run.
+
+Import `trained_run` into a test module to use it. Pytest makes one fixture definition per module
+that imports it, so the run itself is cached here: both test files share one training run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lightning_most.main import main
+
+NUM_UNITS = 16
+TEXT_BUDGET, UNIT_BUDGET = 24, 40  # decoding budgets saved with the checkpoint: keeps greedy decoding to seconds
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """Where the tiny run wrote its checkpoint and its corpus."""
+
+    checkpoint: Path
+    corpus_dir: Path
+
+    @property
+    def test_wavs(self) -> list[Path]:
+        """The test split's recordings."""
+        return sorted(self.corpus_dir.glob("wav/*/*-test-*.wav"))
+
+
+def train_tiny_checkpoint(root: Path) -> TrainedRun:
+    """Build a 36-utterance corpus (flite voices, 16 units) and train the quickstart model on it for 3 steps."""
+    corpus_dir = root / "corpus"
+    main([
+        "fit", "--config", "conf/quickstart.yaml",
+        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+        "--model.init_args.asr_max_new_tokens", str(TEXT_BUDGET),
+        "--model.init_args.tts_max_new_tokens", str(UNIT_BUDGET),
+        "--data.init_args.corpus_dir", str(corpus_dir),
+        "--data.init_args.corpus.num_train", "24", "--data.init_args.corpus.num_dev", "6",
+        "--data.init_args.corpus.num_test", "6", "--data.init_args.corpus.num_text_train", "50",
+        "--data.init_args.corpus.num_text_dev", "10",
+        "--data.init_args.corpus.voices", "[flite_rms, flite_slt]",
+        "--data.init_args.corpus.variants", "[[1.0, 0], [1.1, 150]]",
+        "--data.init_args.corpus.num_test_speakers", "1",
+        "--data.init_args.corpus.units.num_units", str(NUM_UNITS),
+        "--data.init_args.corpus.units.max_frames", "4000", "--data.init_args.corpus.units.iterations", "5",
+    ])  # fmt: skip
+    checkpoints = sorted(root.glob("tensorboard/version_*/checkpoints/last.ckpt"))
+    assert checkpoints, f"the tiny fit run wrote no last.ckpt under {root}"
+    return TrainedRun(checkpoints[-1], corpus_dir)
+
+
+_RUNS: dict[str, TrainedRun] = {}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """The tiny trained run (trained on first use, ~30-60 s on 2 cores)."""
+    if "run" not in _RUNS:
+        _RUNS["run"] = train_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
+    return _RUNS["run"]

@@ -1,0 +1,139 @@
+"""MostInference on a 3-step checkpoint: loading, the training front ends, and each protocol's invariants.
+
+The model is barely trained, so the tests check shapes, counts, determinism and agreement with the
+training pipeline, not quality.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lhotse import CutSet
+
+from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.embedded import corpus_paths
+from lightning_most.audio import load_waveform
+from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.evaluation.protocols import AudioLikelihoodScorer, SpokenQuestionAnswerer, Synthesizer, Transcriber
+from lightning_most.inference import InferenceError, MostInference
+from lightning_most.stages.stage1 import Stage1Module
+from tests.fixtures_checkpoint import NUM_UNITS, TEXT_BUDGET, UNIT_BUDGET, TrainedRun, trained_run  # noqa: F401
+
+SAMPLES_PER_UNIT = 320  # 50 Hz units at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def inference(trained_run: TrainedRun) -> MostInference:  # noqa: F811
+    return MostInference.from_checkpoint(trained_run.checkpoint)
+
+
+@pytest.fixture(scope="module")
+def test_cuts(trained_run: TrainedRun) -> CutSet:  # noqa: F811
+    return CutSet.from_file(corpus_paths(trained_run.corpus_dir).cuts["test"])
+
+
+@pytest.fixture(scope="module")
+def waveforms(trained_run: TrainedRun) -> list[torch.Tensor]:  # noqa: F811
+    return [read_wav(path) for path in trained_run.test_wavs[:3]]
+
+
+def test_loads_the_trained_stage_class_and_its_audio_io(inference: MostInference, trained_run: TrainedRun) -> None:  # noqa: F811
+    assert type(inference.module) is Stage1Module
+    assert not inference.module.backbone.training
+    assert inference.global_step == 3
+    assert inference.audio_io.num_units == NUM_UNITS
+    assert inference.audio_io.features.frame_stack == 4 and inference.audio_io.features.num_mel_bins == 80
+    assert inference.audio_io.unit_quantizer == corpus_paths(trained_run.corpus_dir).unit_quantizer.resolve()
+    assert inference.module.hparams.asr_max_new_tokens == TEXT_BUDGET
+    for protocol in (Transcriber, Synthesizer, AudioLikelihoodScorer, SpokenQuestionAnswerer):
+        assert isinstance(inference, protocol)
+
+
+def test_input_features_are_the_training_features(inference: MostInference, test_cuts: CutSet) -> None:
+    dataset = MostDataset(features=FeatureConfig(num_mel_bins=80, frame_stack=4))
+    cut = next(iter(test_cuts))
+    trained = dataset.example(cut.with_custom("task", "asr")).audio_features  # (T, 320) as in fit
+    computed = inference.input_features(load_waveform(cut))
+    assert computed.shape == trained.shape == (trained.shape[0], 320)
+    torch.testing.assert_close(computed, trained)
+
+
+def test_units_are_the_training_targets(inference: MostInference, test_cuts: CutSet) -> None:
+    cuts = list(test_cuts)[:3]
+    units = inference.units([load_waveform(cut) for cut in cuts])
+    for cut, u in zip(cuts, units):
+        assert torch.equal(u, torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64)))
+
+
+def test_transcribe_gives_one_string_per_waveform_independent_of_batching(
+    inference: MostInference, waveforms: list[torch.Tensor]
+) -> None:
+    batched = inference.transcribe(waveforms)
+    assert len(batched) == len(waveforms) and all(isinstance(text, str) for text in batched)
+    assert all(len(text) <= TEXT_BUDGET for text in batched)  # one character at most per decoded byte
+    assert batched == [inference.transcribe([w])[0] for w in waveforms]
+    assert inference.transcribe([]) == []
+
+
+def test_synthesize_gives_320_samples_per_unit(inference: MostInference) -> None:
+    sampling = MostInference(inference.module, inference.audio_io, temperature=1.0, seed=0)
+    texts = ["hello world", "the cat sat on the mat", "one two three"]
+    units = sampling.synthesize_units(texts)
+    again = sampling.synthesize_units(texts)  # the seed is applied afresh in every call
+    assert all(torch.equal(a, b) for a, b in zip(units, again))
+    assert sum(u.numel() for u in units) > 0, "sampling 3 texts from a near-uniform model gave no unit at all"
+    for u in units:
+        assert u.dtype == torch.long and u.numel() <= UNIT_BUDGET
+        assert u.numel() == 0 or (0 <= int(u.min()) and int(u.max()) < NUM_UNITS)
+    speech = sampling.synthesize(texts)
+    assert [w.numel() for w in speech] == [u.numel() * SAMPLES_PER_UNIT for u in units]
+    assert all(w.dtype == torch.float32 and bool(torch.isfinite(w).all()) for w in speech)
+
+
+def test_log_likelihood_sums_unit_log_probs(inference: MostInference, waveforms: list[torch.Tensor]) -> None:
+    scores = inference.log_likelihood(waveforms)
+    units = inference.units(waveforms)
+    assert [n for _, n in scores] == [u.numel() for u in units]
+    assert [n for _, n in scores] == [inference.unit_encoder.num_frames(w.numel()) for w in waveforms]
+    for total, n in scores:
+        assert math.isfinite(total) and total < 0
+        assert total / n > -20  # an untrained model is near log(1/K) = -2.8 per unit, far from -inf
+    singles = [inference.log_likelihood([w])[0] for w in waveforms]
+    for (batched, n), (single, m) in zip(scores, singles):
+        assert n == m and batched == pytest.approx(single, rel=1e-4)
+
+
+def test_answers_in_text_and_speech(inference: MostInference, waveforms: list[torch.Tensor]) -> None:
+    texts = inference.answer_text(waveforms[:2])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    speech = inference.answer_speech(waveforms[:2])
+    assert len(speech) == 2 and all(w.dim() == 1 and w.numel() % SAMPLES_PER_UNIT == 0 for w in speech)
+
+
+def test_too_short_audio_is_refused(inference: MostInference) -> None:
+    with pytest.raises(InferenceError, match="too short"):
+        inference.transcribe([torch.zeros(inference.min_input_samples - 1)])
+
+
+def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InferenceError, match="missing.ckpt does not exist"):
+        MostInference.from_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_checkpoint_without_audio_io_says_how_to_fix_it(trained_run: TrainedRun, tmp_path: Path) -> None:  # noqa: F811
+    checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)
+    audio_io = checkpoint.pop("audio_io")
+    stripped = tmp_path / "no_audio_io.ckpt"
+    torch.save(checkpoint, stripped)
+    with pytest.raises(InferenceError, match=r"no_audio_io.ckpt has no audio_io.*--audio_io"):
+        MostInference.from_checkpoint(stripped)
+    assert MostInference.from_checkpoint(stripped, audio_io=audio_io).audio_io.num_units == NUM_UNITS
+
+
+def test_moved_unit_quantizer_names_the_path_and_the_option(trained_run: TrainedRun, tmp_path: Path) -> None:  # noqa: F811
+    with pytest.raises(InferenceError, match=r"gone.safetensors.*does not exist.*--unit_quantizer"):
+        MostInference.from_checkpoint(trained_run.checkpoint, unit_quantizer=tmp_path / "gone.safetensors")
