@@ -43,7 +43,7 @@ from pathlib import Path
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
 from datamodules.sentences import fortune_sentences
-from datamodules.units import UnitsConfig, attach_corpus_units
+from datamodules.units import QUANTIZER_FILE, UnitsConfig, fit_and_attach_units
 from datamodules.voices import DEFAULT_VOICES, Speaker, get_voice, speak
 
 CORPUS = "embedded"
@@ -117,7 +117,7 @@ def corpus_paths(out_dir: str | Path) -> EmbeddedCorpus:
         recordings={s: root / f"{CORPUS}_recordings_{s}.jsonl.gz" for s in SPLITS},
         supervisions={s: root / f"{CORPUS}_supervisions_{s}.jsonl.gz" for s in SPLITS},
         text={s: root / f"text_{s}.jsonl.gz" for s in TEXT_SPLITS},
-        unit_quantizer=root / "unit_quantizer.safetensors",
+        unit_quantizer=root / QUANTIZER_FILE,
         summary=root / "corpus.json",
     )
 
@@ -255,7 +255,7 @@ def prepare_embedded_corpus(
     cuts = write_manifests(root, utterances)
     for split in TEXT_SPLITS:
         write_text(paths.text[split], text[split], f"fortune-{split}")
-    unit_stats = attach_corpus_units(cuts, paths, config.units, config.seed)
+    unit_stats = fit_and_attach_units(cuts, paths.cuts, root, config.units, config.seed)
     seconds = time.perf_counter() - start
     summary = {
         "config": _config_json(config),

@@ -10,17 +10,17 @@ corpus can use the same feature space.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from lhotse import CutSet
+from lhotse import CutSet, load_manifest_lazy
 
 from lightning_most.audio import FbankEncoder, FbankEncoderConfig, attach_units, fit_unit_quantizer
 
-if TYPE_CHECKING:
-    from datamodules.embedded import EmbeddedCorpus
+QUANTIZER_FILE = "unit_quantizer.safetensors"
 
 
 @dataclass
@@ -43,19 +43,28 @@ class UnitsConfig:
             self.encoder = FbankEncoderConfig(**self.encoder)
 
 
-def attach_corpus_units(cuts: dict[str, CutSet], paths: EmbeddedCorpus, config: UnitsConfig, seed: int) -> dict:
-    """Fit the quantizer on `cuts["train"]`, save it, attach units to each split and write its cut manifest."""
+def fit_and_attach_units(
+    cuts: dict[str, CutSet], outputs: dict[str, Path], out_dir: Path, config: UnitsConfig, seed: int
+) -> dict:
+    """Fit the quantizer on `cuts["train"]`, save it in `out_dir`, attach units to every split, write `outputs`.
+
+    Writes `out_dir/unit_quantizer.safetensors` + `.json` (encoder settings, K, frame rate) and the unit
+    arrays under `out_dir/units/{split}/`; returns timings for the corpus summary.
+    """
+    if "train" not in cuts:
+        raise ValueError(f"fit_and_attach_units needs a 'train' split to fit the units on, got {sorted(cuts)}.")
     start = time.perf_counter()
     encoder = FbankEncoder(config.encoder)
     quantizer = fit_unit_quantizer(
-        cuts["train"].to_eager().shuffle(rng=random.Random(seed)),
+        cuts["train"].shuffle(rng=random.Random(seed), buffer_size=10_000),
         encoder,
         num_units=config.num_units,
         seed=seed,
         max_frames=config.max_frames,
         iterations=config.iterations,
     )
-    quantizer.save(paths.unit_quantizer)
+    quantizer_path = out_dir / QUANTIZER_FILE
+    quantizer.save(quantizer_path)
     fit_seconds = time.perf_counter() - start
     description = {
         "encoder": "fbank",
@@ -63,12 +72,44 @@ def attach_corpus_units(cuts: dict[str, CutSet], paths: EmbeddedCorpus, config: 
         "num_units": config.num_units,
         "frame_rate": encoder.frame_rate,
     }
-    paths.unit_quantizer.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
+    quantizer_path.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
     for split, split_cuts in cuts.items():
-        attach_units(split_cuts, encoder, quantizer, paths.root / "units" / split).to_file(paths.cuts[split])
+        attach_units(split_cuts, encoder, quantizer, out_dir / "units" / split).to_file(outputs[split])
     return {
         "num_units": config.num_units,
         "frame_rate": encoder.frame_rate,
         "fit_seconds": round(fit_seconds, 1),
         "attach_seconds": round(time.perf_counter() - start - fit_seconds, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line for real corpora: `python -m datamodules.units --train T --splits '{dev: D}' --out_dir O`.
+
+    Reads the recipe manifests (`datamodules.recipes`), writes the same file names under `out_dir` with
+    the `units` field attached, plus the quantizer.
+    """
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="datamodules.units", description=main.__doc__)
+    parser.add_argument("--train", type=str, required=True, help="Train cut manifest (units are fit on it).")
+    parser.add_argument("--splits", type=dict[str, str], default={}, help="Other splits: name -> cut manifest.")
+    parser.add_argument("--out_dir", type=str, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_class_arguments(UnitsConfig, "units")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    out_dir = Path(args.out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifests = {"train": args.train, **args.splits}
+    missing = [p for p in manifests.values() if "://" not in p and not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such cut manifest(s): {missing}; run datamodules.recipes first.")
+    cuts = {split: load_manifest_lazy(path) for split, path in manifests.items()}
+    outputs = {split: out_dir / Path(path).name for split, path in manifests.items()}
+    config = UnitsConfig(**args.units.as_dict())
+    return fit_and_attach_units(cuts, outputs, out_dir, config, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from datamodules.datamodule import MostDataModule
 from datamodules.mixing import SourceConfig
 from datamodules.recipes import RecipeConfig, prepare_recipe
+from datamodules.units import main as units_main
 
 SENTENCES = ["A penny saved is a penny earned.", "The early bird catches the worm.", "Time flies like an arrow."]
 
@@ -44,7 +45,7 @@ def _batch_texts(manifest: Path) -> list[str]:
     return [t for b in batches for t in b["texts"]]
 
 
-def test_librispeech(tmp_path):
+def test_librispeech_then_units_for_tts(tmp_path):
     chapter = tmp_path / "LibriSpeech" / "dev-clean" / "84" / "121123"
     lines = []
     for i, text in enumerate(SENTENCES):
@@ -54,6 +55,19 @@ def test_librispeech(tmp_path):
     paths = prepare_recipe(RecipeConfig("librispeech", str(tmp_path / "LibriSpeech"), str(tmp_path / "out")))
     assert paths == {"dev-clean": tmp_path / "out" / "librispeech_cuts_dev-clean.jsonl.gz"}
     assert sorted(_batch_texts(paths["dev-clean"])) == sorted(s.upper().rstrip(".") for s in SENTENCES)
+    units_main(["--train", str(paths["dev-clean"]), "--out_dir", str(tmp_path / "units"), "--units.num_units", "8"])
+    with_units = tmp_path / "units" / paths["dev-clean"].name
+    sources = [SourceConfig("librispeech", "tts", str(with_units))]
+    module = MostDataModule(
+        train_sources=sources,
+        task_weights={"tts": 1.0},
+        num_workers=0,
+        max_duration=60.0,
+        unit_quantizer=str(tmp_path / "units" / "unit_quantizer.safetensors"),
+    )
+    batch = next(iter(module.make_eval_loader(sources)))
+    assert module.num_units == 8 and len(batch["cut_ids"]) == 3
+    assert (batch["modality_ids"] == 1).sum() == (batch["labels"] >= module.specials.text_vocab_size).sum()
 
 
 def test_ljspeech(tmp_path):
