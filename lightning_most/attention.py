@@ -6,6 +6,9 @@ Attention masks are boolean (B, 1, T, S), True where a query may attend to a key
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,19 +29,55 @@ class RMSNorm(nn.Module):
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN attention temperature for a context extended `factor` times."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = None) -> tuple[Tensor, float]:
+    """Inverse frequencies (D/2,) and the cos/sin multiplier of plain, YaRN or Llama-3 RoPE (as transformers does)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (D/2,)
+    if scaling is None:
+        return inv_freq, 1.0
+    factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+    if scaling["rope_type"] == "llama3":
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (original / wavelen - low) / (high - low)
+        medium = (wavelen >= original / high) & (wavelen <= original / low)
+        scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+        return torch.where(medium, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled), 1.0
+    # YaRN: interpolate the low frequencies by `factor`, keep the high ones, ramp linearly in between.
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(scaling.get("beta_fast") or 32), correction_dim(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / ((high - low) or 1e-3)).clamp(0, 1)  # (D/2,)
+    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        both = mscale and mscale_all_dim
+        attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim) if both else yarn_mscale(factor)
+    return inv_freq, attention_factor
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for given position ids (rotate-half convention)."""
 
-    def __init__(self, dim: int, theta: float) -> None:
+    def __init__(self, dim: int, theta: float, scaling: dict[str, Any] | None = None) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (D/2,)
+        inv_freq, self.attention_factor = rope_frequencies(dim, theta, scaling)  # (D/2,), float
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """position_ids (B, T) -> cos, sin (B, T, 1, D), broadcastable over heads."""
         freqs = position_ids.float()[..., None] * self.inv_freq  # (B, T, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # (B, T, 1, D)
-        return emb.cos(), emb.sin()
+        return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -88,8 +127,10 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, eps)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_heads * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(c.num_heads * self.v_dim, hidden_size, bias=False)
-        self.rotary = RotaryEmbedding(self.rope, c.rope_theta)
+        self.rotary = RotaryEmbedding(self.rope, c.rope_theta, c.rope_scaling)
         self.scale = (self.nope + self.rope) ** -0.5
+        if c.rope_scaling and c.rope_scaling.get("mscale_all_dim"):  # YaRN temperature (DeepSeek-V2)
+            self.scale *= yarn_mscale(c.rope_scaling["factor"], c.rope_scaling["mscale_all_dim"]) ** 2
 
     def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
@@ -126,7 +167,7 @@ class GroupedQueryAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, c.num_kv_heads * c.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, c.num_kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, hidden_size, bias=False)
-        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta)
+        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling)
 
     def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""

@@ -122,8 +122,21 @@ class AttentionConfig:
     v_head_dim: int = 16
     """Per-head value width (mla)."""
     rope_theta: float = 10000.0
+    rope_scaling: Optional[dict[str, Any]] = None
+    """Long-context RoPE scaling as in a Hugging Face config.json; None = plain RoPE. {"rope_type": "yarn",
+    "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"}
+    (DeepSeek-V2; also scales the MLA softmax by yarn_mscale(factor, mscale_all_dim)**2) or {"rope_type":
+    "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} (Llama-3.x)."""
 
     def __post_init__(self) -> None:
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type")
+            required = {"yarn": {"factor", "original_max_position_embeddings"},
+                        "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
+            if kind not in required:
+                raise ValueError(f"attention.rope_scaling.rope_type must be 'yarn' or 'llama3', got {kind!r}")
+            if missing := sorted(required[kind] - set(self.rope_scaling)):
+                raise ValueError(f"attention.rope_scaling ({kind}) lacks {missing}")
         if self.kind == "gqa" and self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"attention.num_heads={self.num_heads} must be a multiple of attention.num_kv_heads={self.num_kv_heads}"
