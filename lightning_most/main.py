@@ -15,6 +15,9 @@ from lightning_most.stages.base import StageModule
 
 EXTRA_COMMANDS = {
     "prepare": "datamodules.embedded:main",
+    "synthesize": "lightning_most.commands.synthesize:main",
+    "transcribe": "lightning_most.commands.transcribe:main",
+    "evaluate": "lightning_most.commands.evaluate:main",
 }
 
 

@@ -1,0 +1,256 @@
+"""`python -m lightning_most evaluate --ckpt CKPT --suites asr,tts,spoken_lm,spoken_qa --out_dir DIR`.
+
+Runs the chosen evaluation suites on a checkpoint (through `MostInference`) and writes
+`DIR/evaluation.json`, `DIR/evaluation.md` and TensorBoard scalars under `DIR/tensorboard`, then
+prints the Markdown table. Data, when not given:
+
+    asr, tts    the embedded corpus test split (`--corpus_dir`, default data/embedded)
+    spoken_lm   the miniature sWUGGY / sBLIMP / sStoryCloze / tStoryCloze sets, built once into `--cache_dir`
+    spoken_qa   the miniature spoken QA set, built once into `--cache_dir`
+
+Every input is resolved (files checked, miniatures built, judge loaded) before the model runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from lhotse import CutSet
+
+from lightning_most.commands.common import (
+    CommandError,
+    add_checkpoint_arguments,
+    add_synthesis_arguments,
+    load_inference,
+    run,
+)
+from lightning_most.evaluation.asr import AsrConfig, evaluate_asr
+from lightning_most.evaluation.judges import (
+    PocketsphinxJudge,
+    TransformersJudge,
+    TransformersJudgeConfig,
+    WhisperJudgeConfig,
+    WhisperTinyJudge,
+)
+from lightning_most.evaluation.protocols import Transcriber
+from lightning_most.evaluation.report import EvaluationReport
+from lightning_most.evaluation.spoken_lm import (
+    PairScoringConfig,
+    PairSet,
+    evaluate_spoken_lm,
+    load_sblimp,
+    load_story_cloze,
+    load_swuggy,
+)
+from lightning_most.evaluation.spoken_lm_miniature import SpokenLmMiniatureConfig, build_spoken_lm_miniature
+from lightning_most.evaluation.spoken_qa import (
+    QaConfig,
+    QaSet,
+    evaluate_spoken_qa_speech,
+    evaluate_spoken_qa_text,
+    load_spoken_qa,
+)
+from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
+from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
+
+SUITES = ("asr", "tts", "spoken_lm", "spoken_qa")
+STORY_SETS = ("sStoryCloze", "tStoryCloze")
+MAX_STORY_PAIRS = 24  # story frames x people of the miniature builder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `evaluate` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_most evaluate",
+        description="Evaluate a checkpoint on ASR WER, TTS WER (judged), spoken-LM pair accuracy and spoken QA; "
+        "write OUT_DIR/evaluation.json, OUT_DIR/evaluation.md and TensorBoard scalars in OUT_DIR/tensorboard.",
+    )
+    add_checkpoint_arguments(parser)
+    add_synthesis_arguments(parser)
+    parser.add_argument(
+        "--suites", default="asr,tts,spoken_lm,spoken_qa", help=f"comma-separated, of {', '.join(SUITES)}"
+    )
+    parser.add_argument("--out_dir", required=True, help="where the report is written")
+    data = parser.add_argument_group("data (defaults: embedded test split, miniature sets)")
+    data.add_argument("--corpus_dir", default="data/embedded", help="embedded corpus for the default asr/tts data")
+    data.add_argument("--asr_cuts", help="Lhotse CutSet manifest with text supervisions for asr")
+    data.add_argument("--tts_cuts", help="Lhotse CutSet manifest whose texts (and recordings) tts uses")
+    data.add_argument("--max_utterances", type=int, help="use only the first N cuts of the asr/tts manifests")
+    data.add_argument(
+        "--spoken_lm_root", help="folder with lexical/<split>, syntactic/<split>, sStoryCloze/, tStoryCloze/"
+    )
+    data.add_argument("--spoken_lm_split", default="dev", help="ZeroSpeech split (default: dev)")
+    data.add_argument("--spoken_qa_jsonl", help="spoken QA JSON Lines file (id, audio, question, answers)")
+    data.add_argument("--cache_dir", help="where miniature sets are built and reused (default: OUT_DIR/cache)")
+    data.add_argument("--miniature_pairs", type=int, help="pairs per miniature spoken-LM set (default: 8, stories 4)")
+    data.add_argument("--miniature_questions", type=int, default=6, help="questions of the miniature QA set")
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument(
+        "--judge",
+        default="whisper",
+        help="ASR judge of tts and spoken QA speech answers: whisper (tiny.en), pocketsphinx, or a folder "
+        "(CTranslate2 Whisper with model.bin, or a transformers Whisper/CTC checkpoint)",
+    )
+    run_group.add_argument("--batch_size", type=int, default=8, help="utterances per model call")
+    return parser
+
+
+def parse_suites(value: str) -> list[str]:
+    """The suites named in a comma-separated list, checked against SUITES."""
+    suites = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(suites) - set(SUITES))
+    if unknown or not suites:
+        raise CommandError(f"--suites {value!r}: unknown {unknown}; choose among {', '.join(SUITES)}")
+    return list(dict.fromkeys(suites))
+
+
+def load_cuts(manifest: str | None, corpus_dir: str, option: str, limit: int | None) -> tuple[str, CutSet]:
+    """(name, cuts) of a manifest, or of the embedded test split when `manifest` is None."""
+    if manifest is None:
+        from datamodules.embedded import corpus_paths
+
+        path = corpus_paths(corpus_dir).cuts["test"]
+        if not path.is_file():
+            raise CommandError(
+                f"the embedded test split {path} does not exist: build the corpus with "
+                f"`python -m lightning_most prepare --out_dir {corpus_dir}`, or pass {option} MANIFEST"
+            )
+    else:
+        path = Path(manifest)
+        if not path.is_file():
+            raise CommandError(f"{option} {path}: no such file")
+    try:
+        cuts = CutSet.from_file(path)
+    except Exception as error:  # lhotse raises many types for a file that is not a CutSet
+        raise CommandError(
+            f"{option} {path} is not a Lhotse CutSet manifest ({type(error).__name__}: {error})"
+        ) from error
+    if limit is not None:
+        cuts = cuts.subset(first=limit)
+    name = path.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".json")
+    return name, cuts
+
+
+def _build_once(target: Path, build) -> Path:
+    """Build a miniature set into `target` unless it is there; builds into a scratch folder, then renames."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(scratch)
+        scratch.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def load_pair_sets(root: Path, split: str) -> list[PairSet]:
+    """Every spoken-LM set present under `root` (sWUGGY, sBLIMP, sStoryCloze, tStoryCloze)."""
+    sets = []
+    if (root / "lexical" / split).is_dir():
+        sets.append(load_swuggy(root, split))
+    if (root / "syntactic" / split).is_dir():
+        sets.append(load_sblimp(root, split))
+    sets += [load_story_cloze(root / name, name) for name in STORY_SETS if (root / name).is_dir()]
+    if not sets:
+        raise CommandError(
+            f"--spoken_lm_root {root} holds none of lexical/{split}, syntactic/{split}, {', '.join(STORY_SETS)}"
+        )
+    return sets
+
+
+def spoken_lm_sets(args: argparse.Namespace, cache_dir: Path) -> list[PairSet]:
+    """The given spoken-LM sets, or the miniature ones (built into the cache once)."""
+    if args.spoken_lm_root:
+        root = Path(args.spoken_lm_root)
+        if not root.is_dir():
+            raise CommandError(f"--spoken_lm_root {root}: no such folder")
+        return load_pair_sets(root, args.spoken_lm_split)
+    config = SpokenLmMiniatureConfig()
+    if args.miniature_pairs is not None:
+        n = args.miniature_pairs
+        config = SpokenLmMiniatureConfig(
+            num_lexical_pairs=n, num_syntactic_pairs=n, num_story_pairs=min(n, MAX_STORY_PAIRS)
+        )
+    name = f"spoken_lm_miniature_{config.num_lexical_pairs}_{config.num_syntactic_pairs}_{config.num_story_pairs}"
+    root = _build_once(cache_dir / name, lambda out: build_spoken_lm_miniature(out, config))
+    return load_pair_sets(root, "dev")
+
+
+def spoken_qa_set(args: argparse.Namespace, cache_dir: Path) -> QaSet:
+    """The given spoken QA set, or the miniature one (built into the cache once)."""
+    if args.spoken_qa_jsonl:
+        return load_spoken_qa(args.spoken_qa_jsonl)
+    config = SpokenQaMiniatureConfig(num_questions=args.miniature_questions)
+    folder = _build_once(
+        cache_dir / f"spoken_qa_miniature_{config.num_questions}", lambda out: build_spoken_qa_miniature(out, config)
+    )
+    return load_spoken_qa(folder / "questions.jsonl", name="spoken_qa_miniature")
+
+
+def build_judge(name: str) -> Transcriber:
+    """The judge named by --judge."""
+    if name == "whisper":
+        return WhisperTinyJudge()
+    if name == "pocketsphinx":
+        return PocketsphinxJudge()
+    folder = Path(name)
+    if not folder.is_dir():
+        raise CommandError(f"--judge {name!r}: not whisper, pocketsphinx, or an existing model folder")
+    if (folder / "model.bin").is_file():
+        return WhisperTinyJudge(WhisperJudgeConfig(model_dir=str(folder)))
+    return TransformersJudge(TransformersJudgeConfig(model_dir=str(folder)))
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Resolve the data, run the suites, write and print the report."""
+    suites = parse_suites(args.suites)
+    if args.batch_size < 1:
+        raise CommandError(f"--batch_size must be >= 1, got {args.batch_size}")
+    out_dir = Path(args.out_dir)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out_dir / "cache"
+    try:
+        asr = load_cuts(args.asr_cuts, args.corpus_dir, "--asr_cuts", args.max_utterances) if "asr" in suites else None
+        tts = load_cuts(args.tts_cuts, args.corpus_dir, "--tts_cuts", args.max_utterances) if "tts" in suites else None
+        pair_sets = spoken_lm_sets(args, cache_dir) if "spoken_lm" in suites else []
+        qa_set = spoken_qa_set(args, cache_dir) if "spoken_qa" in suites else None
+        judge = build_judge(args.judge) if {"tts", "spoken_qa"} & set(suites) else None
+    except (FileNotFoundError, ValueError, ImportError) as error:  # the loaders' messages name the file
+        raise CommandError(str(error)) from error
+    inference = load_inference(args)
+
+    results = {}
+    if asr is not None:
+        results[f"asr/{asr[0]}"] = evaluate_asr(inference, asr[1], AsrConfig(batch_size=args.batch_size))
+    if tts is not None:
+        results[f"tts/{tts[0]}"] = evaluate_tts(
+            inference, judge, tts[1], TtsConfig(batch_size=args.batch_size, judge_batch_size=args.batch_size)
+        )
+    for name, result in evaluate_spoken_lm(inference, pair_sets, PairScoringConfig(batch_size=args.batch_size)).items():
+        results[f"spoken_lm/{name}"] = result
+    if qa_set is not None:
+        config = QaConfig(batch_size=args.batch_size, judge_batch_size=args.batch_size)
+        results[f"spoken_qa/{qa_set.name}/speech_to_text"] = evaluate_spoken_qa_text(inference, qa_set, config)
+        results[f"spoken_qa/{qa_set.name}/speech_to_speech"] = evaluate_spoken_qa_speech(
+            inference, judge, qa_set, config
+        )
+
+    report = EvaluationReport.from_results(results)
+    report.to_json(out_dir / "evaluation.json")
+    markdown = report.to_markdown()
+    (out_dir / "evaluation.md").write_text(markdown, encoding="utf-8")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
+        report.log_to_tensorboard(writer, step=inference.global_step)
+    print(markdown, end="")
+    print(f"wrote {out_dir / 'evaluation.json'}, {out_dir / 'evaluation.md'}, TensorBoard: {out_dir / 'tensorboard'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `evaluate` on `argv`."""
+    run(build_parser(), evaluate, argv)
