@@ -60,8 +60,9 @@ def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = No
     attention_factor = scaling.get("attention_factor")
     if attention_factor is None:
         mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        both = mscale and mscale_all_dim
-        attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim) if both else yarn_mscale(factor)
+        attention_factor = yarn_mscale(factor)
+        if mscale and mscale_all_dim:
+            attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
     return inv_freq, attention_factor
 
 

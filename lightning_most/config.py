@@ -220,6 +220,9 @@ PRESETS: dict[str, ModelConfig] = {
             qk_rope_head_dim=64,
             v_head_dim=128,
             rope_theta=10000.0,
+            # YaRN of the released config.json: its softmax scale and frequencies are part of the weights.
+            rope_scaling={"rope_type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                          "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
         ),
         moe=MoEConfig(
             num_routed_experts=64,
@@ -241,7 +244,11 @@ PRESETS: dict[str, ModelConfig] = {
         max_position=131072,
         rms_norm_eps=1e-5,
         tie_text_embeddings=True,
-        attention=AttentionConfig(kind="gqa", num_heads=24, num_kv_heads=8, head_dim=128, rope_theta=500000.0),
+        attention=AttentionConfig(
+            kind="gqa", num_heads=24, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 8192},
+        ),
         moe=MoEConfig(variant="dense", num_routed_experts=2, num_shared_experts=0, top_k=1),
     ),
 }
