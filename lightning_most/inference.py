@@ -116,6 +116,12 @@ def _stage_class(hparams: dict[str, Any], source: str) -> type[StageModule]:
 def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     """The checkpoint's non-tensor entries (memory-mapped read); raises InferenceError if it is not one of ours."""
     path = Path(path)
+    if path.is_dir():
+        raise InferenceError(
+            f"checkpoint {path} is a folder (a sharded ModelParallelStrategy checkpoint?): consolidate it with "
+            f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {path}` and pass the file it writes, "
+            f"{path}.consolidated"
+        )
     if not path.is_file():
         raise InferenceError(
             f"checkpoint {path} does not exist: pass the .ckpt a fit run wrote (e.g. .../checkpoints/last.ckpt)"
@@ -282,7 +288,10 @@ class MostInference:
         return m.transcribe_batch(self._batch(examples))
 
     def synthesize_units(self, texts: list[str]) -> list[Tensor]:
-        """Units (T,) spoken for each text (greedy, or sampled at `temperature`); only the data's K units or <audio_end> can be emitted."""
+        """Units (T,) spoken for each text, greedy or sampled at `temperature`.
+
+        Decoding may emit only the data's K units (the backbone may have more unit slots) or <audio_end>.
+        """
         if not texts:
             return []
         m = self.module

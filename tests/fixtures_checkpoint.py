@@ -1,7 +1,7 @@
 """A tiny trained stage-1 checkpoint (3 steps of `fit --config conf/quickstart.yaml`), made once per test run.
 
-Import `trained_run` into a test module to use it. Pytest makes one fixture definition per module
-that imports it, so the run itself is cached here: both test files share one training run.
+A test module uses it with `pytest_plugins = ["tests.fixtures_checkpoint"]`: registered once as a
+plugin, its session fixture `trained_run` trains once for every module that asks for it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ class TrainedRun:
 
     checkpoint: Path
     corpus_dir: Path
+    num_units: int = NUM_UNITS
+    text_budget: int = TEXT_BUDGET
+    """`asr_max_new_tokens` saved with the checkpoint."""
+    unit_budget: int = UNIT_BUDGET
+    """`tts_max_new_tokens` saved with the checkpoint."""
 
     @property
     def test_wavs(self) -> list[Path]:
@@ -51,16 +56,12 @@ def train_tiny_checkpoint(root: Path) -> TrainedRun:
         "--data.init_args.corpus.units.max_frames", "4000", "--data.init_args.corpus.units.iterations", "5",
     ])  # fmt: skip
     checkpoints = sorted(root.glob("tensorboard/version_*/checkpoints/last.ckpt"))
-    assert checkpoints, f"the tiny fit run wrote no last.ckpt under {root}"
+    if not checkpoints:
+        raise FileNotFoundError(f"the tiny fit run wrote no last.ckpt under {root}")
     return TrainedRun(checkpoints[-1], corpus_dir)
-
-
-_RUNS: dict[str, TrainedRun] = {}
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    """The tiny trained run (trained on first use, ~30-60 s on 2 cores)."""
-    if "run" not in _RUNS:
-        _RUNS["run"] = train_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
-    return _RUNS["run"]
+    """The tiny trained run (trained on first use, 30-60 s on 2 cores)."""
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))

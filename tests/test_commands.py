@@ -7,13 +7,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import soundfile
 import torch
 
 from lightning_most.main import main
-from tests.fixtures_checkpoint import TrainedRun, trained_run  # noqa: F401
+
+if TYPE_CHECKING:
+    from tests.fixtures_checkpoint import TrainedRun
+
+pytest_plugins = ["tests.fixtures_checkpoint"]  # the shared `trained_run` fixture
 
 SAMPLES_PER_UNIT = 320
 
@@ -34,7 +39,7 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert f"python -m lightning_most {command}" in out and "--ckpt" in out
 
 
-def test_transcribe_prints_one_line_per_file(trained_run: TrainedRun, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_transcribe_prints_one_line_per_file(trained_run: TrainedRun, capsys: pytest.CaptureFixture[str]) -> None:
     wavs = [str(path) for path in trained_run.test_wavs[:3]]
     assert exit_code(["transcribe", "--ckpt", str(trained_run.checkpoint), *wavs, "--batch_size", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -42,7 +47,7 @@ def test_transcribe_prints_one_line_per_file(trained_run: TrainedRun, capsys: py
     assert all(line.count("\t") == 1 for line in lines)
 
 
-def test_synthesize_writes_16khz_wav_of_320_samples_per_unit(trained_run: TrainedRun, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_synthesize_writes_16khz_wav_of_320_samples_per_unit(trained_run: TrainedRun, tmp_path: Path, capsys) -> None:
     out = tmp_path / "speech" / "hello.wav"
     argv = ["synthesize", "--ckpt", str(trained_run.checkpoint), "--text", "hello world", "--out", str(out)]
     assert exit_code([*argv, "--temperature", "1.0", "--seed", "1"]) == 0
@@ -54,7 +59,7 @@ def test_synthesize_writes_16khz_wav_of_320_samples_per_unit(trained_run: Traine
 
 
 def test_evaluate_asr_and_spoken_lm_writes_json_markdown_and_tensorboard(
-    trained_run: TrainedRun,  # noqa: F811
+    trained_run: TrainedRun,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -88,7 +93,7 @@ def test_evaluate_asr_and_spoken_lm_writes_json_markdown_and_tensorboard(
     assert (built / "lexical" / "dev" / "gold.csv").stat().st_mtime_ns == stamp
 
 
-def test_evaluate_tts_and_spoken_qa_with_the_whisper_judge(trained_run: TrainedRun, tmp_path: Path) -> None:  # noqa: F811
+def test_evaluate_tts_and_spoken_qa_with_the_whisper_judge(trained_run: TrainedRun, tmp_path: Path) -> None:
     out_dir = tmp_path / "eval"
     argv = [
         "evaluate", "--ckpt", str(trained_run.checkpoint), "--suites", "tts,spoken_qa", "--judge", "whisper",
@@ -116,7 +121,7 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_missing_checkpoint_exits_2_naming_it(
-    trained_run: TrainedRun,  # noqa: F811
+    trained_run: TrainedRun,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -130,7 +135,7 @@ def test_missing_checkpoint_exits_2_naming_it(
 
 
 def test_missing_or_unreadable_audio_exits_2_naming_it(
-    trained_run: TrainedRun,  # noqa: F811
+    trained_run: TrainedRun,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -143,7 +148,7 @@ def test_missing_or_unreadable_audio_exits_2_naming_it(
 
 
 def test_checkpoint_without_audio_io_exits_2_with_the_fix(
-    trained_run: TrainedRun,  # noqa: F811
+    trained_run: TrainedRun,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -160,7 +165,7 @@ def test_checkpoint_without_audio_io_exits_2_with_the_fix(
     assert exit_code(["transcribe", "--ckpt", str(stripped), "--audio_io", str(audio_io_file), wav]) == 0
 
 
-def test_evaluate_bad_inputs_exit_2(trained_run: TrainedRun, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_evaluate_bad_inputs_exit_2(trained_run: TrainedRun, tmp_path: Path, capsys) -> None:
     base = ["evaluate", "--ckpt", str(trained_run.checkpoint), "--out_dir", str(tmp_path / "eval")]
     cases = [
         (["--suites", "asr,bogus"], "bogus"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -21,34 +22,38 @@ from lightning_most.evaluation.audio_io import read_wav
 from lightning_most.evaluation.protocols import AudioLikelihoodScorer, SpokenQuestionAnswerer, Synthesizer, Transcriber
 from lightning_most.inference import InferenceError, MostInference
 from lightning_most.stages.stage1 import Stage1Module
-from tests.fixtures_checkpoint import NUM_UNITS, TEXT_BUDGET, UNIT_BUDGET, TrainedRun, trained_run  # noqa: F401
+
+if TYPE_CHECKING:
+    from tests.fixtures_checkpoint import TrainedRun
+
+pytest_plugins = ["tests.fixtures_checkpoint"]  # the shared `trained_run` fixture
 
 SAMPLES_PER_UNIT = 320  # 50 Hz units at 16 kHz
 
 
 @pytest.fixture(scope="module")
-def inference(trained_run: TrainedRun) -> MostInference:  # noqa: F811
+def inference(trained_run: TrainedRun) -> MostInference:
     return MostInference.from_checkpoint(trained_run.checkpoint)
 
 
 @pytest.fixture(scope="module")
-def test_cuts(trained_run: TrainedRun) -> CutSet:  # noqa: F811
+def test_cuts(trained_run: TrainedRun) -> CutSet:
     return CutSet.from_file(corpus_paths(trained_run.corpus_dir).cuts["test"])
 
 
 @pytest.fixture(scope="module")
-def waveforms(trained_run: TrainedRun) -> list[torch.Tensor]:  # noqa: F811
+def waveforms(trained_run: TrainedRun) -> list[torch.Tensor]:
     return [read_wav(path) for path in trained_run.test_wavs[:3]]
 
 
-def test_loads_the_trained_stage_class_and_its_audio_io(inference: MostInference, trained_run: TrainedRun) -> None:  # noqa: F811
+def test_loads_the_trained_stage_class_and_its_audio_io(inference: MostInference, trained_run: TrainedRun) -> None:
     assert type(inference.module) is Stage1Module
     assert not inference.module.backbone.training
     assert inference.global_step == 3
-    assert inference.audio_io.num_units == NUM_UNITS
+    assert inference.audio_io.num_units == trained_run.num_units
     assert inference.audio_io.features.frame_stack == 4 and inference.audio_io.features.num_mel_bins == 80
     assert inference.audio_io.unit_quantizer == corpus_paths(trained_run.corpus_dir).unit_quantizer.resolve()
-    assert inference.module.hparams.asr_max_new_tokens == TEXT_BUDGET
+    assert inference.module.hparams.asr_max_new_tokens == trained_run.text_budget
     for protocol in (Transcriber, Synthesizer, AudioLikelihoodScorer, SpokenQuestionAnswerer):
         assert isinstance(inference, protocol)
 
@@ -70,16 +75,16 @@ def test_units_are_the_training_targets(inference: MostInference, test_cuts: Cut
 
 
 def test_transcribe_gives_one_string_per_waveform_independent_of_batching(
-    inference: MostInference, waveforms: list[torch.Tensor]
+    inference: MostInference, waveforms: list[torch.Tensor], trained_run: TrainedRun
 ) -> None:
     batched = inference.transcribe(waveforms)
     assert len(batched) == len(waveforms) and all(isinstance(text, str) for text in batched)
-    assert all(len(text) <= TEXT_BUDGET for text in batched)  # one character at most per decoded byte
+    assert all(len(text) <= trained_run.text_budget for text in batched)  # one character at most per decoded byte
     assert batched == [inference.transcribe([w])[0] for w in waveforms]
     assert inference.transcribe([]) == []
 
 
-def test_synthesize_gives_320_samples_per_unit(inference: MostInference) -> None:
+def test_synthesize_gives_320_samples_per_unit(inference: MostInference, trained_run: TrainedRun) -> None:
     sampling = MostInference(inference.module, inference.audio_io, temperature=1.0, seed=0)
     texts = ["hello world", "the cat sat on the mat", "one two three"]
     units = sampling.synthesize_units(texts)
@@ -87,8 +92,8 @@ def test_synthesize_gives_320_samples_per_unit(inference: MostInference) -> None
     assert all(torch.equal(a, b) for a, b in zip(units, again))
     assert sum(u.numel() for u in units) > 0, "sampling 3 texts from a near-uniform model gave no unit at all"
     for u in units:
-        assert u.dtype == torch.long and u.numel() <= UNIT_BUDGET
-        assert u.numel() == 0 or (0 <= int(u.min()) and int(u.max()) < NUM_UNITS)
+        assert u.dtype == torch.long and u.numel() <= trained_run.unit_budget
+        assert u.numel() == 0 or (0 <= int(u.min()) and int(u.max()) < trained_run.num_units)
     speech = sampling.synthesize(texts)
     assert [w.numel() for w in speech] == [u.numel() * SAMPLES_PER_UNIT for u in units]
     assert all(w.dtype == torch.float32 and bool(torch.isfinite(w).all()) for w in speech)
@@ -124,16 +129,16 @@ def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
         MostInference.from_checkpoint(tmp_path / "missing.ckpt")
 
 
-def test_checkpoint_without_audio_io_says_how_to_fix_it(trained_run: TrainedRun, tmp_path: Path) -> None:  # noqa: F811
+def test_checkpoint_without_audio_io_says_how_to_fix_it(trained_run: TrainedRun, tmp_path: Path) -> None:
     checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)
     audio_io = checkpoint.pop("audio_io")
     stripped = tmp_path / "no_audio_io.ckpt"
     torch.save(checkpoint, stripped)
     with pytest.raises(InferenceError, match=r"no_audio_io.ckpt has no audio_io.*--audio_io"):
         MostInference.from_checkpoint(stripped)
-    assert MostInference.from_checkpoint(stripped, audio_io=audio_io).audio_io.num_units == NUM_UNITS
+    assert MostInference.from_checkpoint(stripped, audio_io=audio_io).audio_io.num_units == trained_run.num_units
 
 
-def test_moved_unit_quantizer_names_the_path_and_the_option(trained_run: TrainedRun, tmp_path: Path) -> None:  # noqa: F811
+def test_moved_unit_quantizer_names_the_path_and_the_option(trained_run: TrainedRun, tmp_path: Path) -> None:
     with pytest.raises(InferenceError, match=r"gone.safetensors.*does not exist.*--unit_quantizer"):
         MostInference.from_checkpoint(trained_run.checkpoint, unit_quantizer=tmp_path / "gone.safetensors")
