@@ -40,6 +40,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from lightning_most.tokenizer import SPECIAL_TOKENS
 from lightning_most.config import PRESETS, AttentionConfig, ModelConfig, MoEConfig, MoEVariant
 
 DEEPSEEK_V2 = "DeepseekV2ForCausalLM"
@@ -195,8 +196,9 @@ def config_from_hf(
         num_audio_units: discrete audio units appended after the text ids.
         audio_feature_dim: width of one continuous audio frame.
         moe_variant: MoE variant of the MoE layers (mamoe, vanilla, noshared); ignored for dense models.
-        text_vocab_size: text ids of the backbone; default the checkpoint's `vocab_size`. Give more when the
-            tokenizer and its special tokens need more rows (they start freshly initialised).
+        text_vocab_size: text ids of the backbone. Default: DeepSeek-V2's `vocab_size` (its 102400 rows
+            leave room after its ~100k tokens for our special tokens); Llama's `vocab_size` plus our
+            special tokens (its 128256 rows are exactly its tokenizer). New rows start freshly initialised.
     """
     file = Path(path)
     hf = read_hf_config(file.parent if file.name == "config.json" else file)
@@ -206,6 +208,8 @@ def config_from_hf(
     if moe.variant != "dense":
         moe = dataclasses.replace(moe, variant=moe_variant)
     vocab = hf["vocab_size"]
+    if text_vocab_size is None and arch != DEEPSEEK_V2:
+        text_vocab_size = vocab + len(SPECIAL_TOKENS)
     if text_vocab_size is not None and text_vocab_size < vocab:
         raise CheckpointError(
             f"{where}: vocab_size={vocab} does not fit text_vocab_size={text_vocab_size}; give at least {vocab}"

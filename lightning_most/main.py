@@ -1,7 +1,9 @@
 """Command-line entry point: `python -m lightning_most {fit,validate,test,predict,prepare} ...`.
 
 fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
-interpolate); `prepare` builds the embedded corpus.
+interpolate). The other commands are thin wrappers: `prepare` builds the embedded corpus,
+`synthesize` / `transcribe` / `evaluate` use a trained checkpoint, `convert` turns a local Hugging
+Face checkpoint into backbone weights for `init_from`, `grid` runs ablation grids.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ EXTRA_COMMANDS = {
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
     "evaluate": "lightning_most.commands.evaluate:main",
+    "convert": "lightning_most.checkpoints:main",
+    "grid": "lightning_most.grid:main",
 }
 
 

@@ -86,8 +86,8 @@ def _max_logit_difference(hf_model: torch.nn.Module, backbone: MoSTBackbone, T: 
     ids = torch.randint(0, VOCAB, (2, T))
     with torch.no_grad():
         reference = hf_model(ids).logits  # (B, T, VOCAB)
-        ours = backbone(ids, torch.zeros_like(ids)).logits  # (B, T, VOCAB + UNITS)
-    assert ours.shape == (2, T, VOCAB + UNITS)
+        ours = backbone(ids, torch.zeros_like(ids)).logits  # (B, T, text_vocab_size + UNITS)
+    assert ours.shape == (2, T, backbone.config.text_vocab_size + UNITS)
     return (reference - ours[..., :VOCAB]).abs().max().item()
 
 

@@ -70,7 +70,8 @@ class StageModule(pl.LightningModule):
             backbone_overrides: fields of the preset to change (any `ModelConfig` field, nested).
             tokenizer: "byte", or a local transformers tokenizer folder.
             optimizer: AdamW and schedule settings.
-            init_from: a Lightning checkpoint of an earlier stage whose backbone weights start this one.
+            init_from: backbone weights to start from: a Lightning checkpoint of an earlier stage, or a file
+                written by `python -m lightning_most convert` from a local Hugging Face checkpoint.
             activation_checkpointing: recompute each decoder block in backward (saves memory).
             asr_max_new_tokens: decoding budget of a transcript (dev WER, transcribe).
             tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize).
@@ -109,13 +110,14 @@ class StageModule(pl.LightningModule):
         if mesh is not None:
             from lightning_most.parallel import apply_fsdp2
 
-            apply_fsdp2(self.backbone, mesh)
+            apply_fsdp2(self.backbone, mesh, precision=self.trainer.precision)
 
     def _load_backbone_weights(self, path: str) -> None:
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"init_from={path}: no such checkpoint file")
-        state = torch.load(file, map_location="cpu", weights_only=False)
+        # Converted checkpoints (`python -m lightning_most convert`) hold tensors only; Lightning's also hold config.
+        state = torch.load(file, map_location="cpu", weights_only=file.suffix != ".ckpt")
         weights = state.get("state_dict", state)
         weights = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")} or weights
         missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
