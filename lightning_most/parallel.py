@@ -1,4 +1,16 @@
-"""FSDP2 for the backbone: `fully_shard` each decoder block, then the root (used from `configure_model`)."""
+"""FSDP2 for the backbone: `fully_shard` each decoder block, then the root (used from `configure_model`).
+
+Under Lightning's `ModelParallelStrategy` (`conf/strategy/fsdp.yaml`) the stage module builds the
+backbone in `configure_model` and calls `apply_fsdp2` with the strategy's device mesh. Each decoder
+block is one FSDP2 unit (its parameters are all-gathered just before it runs and freed after), the
+root unit holds the embeddings, the audio projector, the final norm and the heads.
+
+Precision follows the trainer's `precision` flag: with `bf16-mixed` (or `bf16-true`) the
+`MixedPrecisionPolicy` all-gathers parameters in bf16 and computes in bf16 while the sharded master
+weights, the optimizer state and the gradient reduce-scatter stay in fp32 (torchtitan's recipe);
+Lightning's autocast then only keeps its fp32 ops (softmax, norms, the loss) in fp32. Any other flag
+keeps FSDP2 in fp32.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +20,21 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from lightning_most.backbone import MoSTBackbone
 
 
-def apply_fsdp2(backbone: MoSTBackbone, device_mesh, param_dtype: torch.dtype | None = None) -> None:
-    """Shard `backbone` over the data-parallel mesh dimension; bf16 compute on GPUs with bf16 support."""
+def fsdp2_param_dtype(precision: str | None) -> torch.dtype | None:
+    """The FSDP2 compute dtype for a Lightning `precision` flag: bf16 for `bf16-*`, else None (fp32)."""
+    return torch.bfloat16 if precision is not None and str(precision).startswith("bf16") else None
+
+
+def apply_fsdp2(backbone: MoSTBackbone, device_mesh, precision: str | None = None) -> None:
+    """Shard `backbone` over the data-parallel mesh dimension, one FSDP2 unit per decoder block.
+
+    Args:
+        backbone: the freshly built backbone (not yet moved to the GPU).
+        device_mesh: the strategy's mesh; its `data_parallel` dimension is used when present.
+        precision: the trainer's precision flag, which decides the `MixedPrecisionPolicy` (module docstring).
+    """
     mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
-    if param_dtype is None and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        param_dtype = torch.bfloat16
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=fsdp2_param_dtype(precision), reduce_dtype=torch.float32)
     for block in backbone.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(backbone, mesh=mesh, mp_policy=policy)

@@ -1,0 +1,221 @@
+"""Train the tiny backbone on fixed batches under one strategy; write the global loss of every step to JSON.
+
+Run by `tests/test_distributed.py` as a script, because Lightning's launcher for `devices=2` on CPU
+re-runs the script (`python tests/distributed_train.py ...`) in a second process:
+
+    python tests/distributed_train.py --strategy fsdp --devices 2 --out losses.json --root runs/x
+
+The data: `NUM_STEPS` global batches of `GLOBAL_BATCH` rows of the same length, each rank's rows
+holding the same number of target tokens (`global_batches`). Rank r of W trains on rows
+[r * GLOBAL_BATCH / W, (r + 1) * GLOBAL_BATCH / W) of each global batch; the token-mean loss of the
+global batch is then the mean of the ranks' losses and the averaged gradients are the global
+batch's, so 1, 2 (DDP) and 2 (FSDP2) processes must log the same losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # noqa: E402
+
+from lightning_most.layouts import IGNORE_INDEX, TASKS  # noqa: E402
+from lightning_most.stages.base import OptimizerConfig, StageModule  # noqa: E402
+
+NUM_STEPS = 6  # one epoch
+GLOBAL_BATCH = 4
+SEQ_LEN = 24
+NUM_FRAMES = 4
+
+
+def global_batches(config, seed: int = 0) -> list[list[dict]]:
+    """`NUM_STEPS` global batches of `GLOBAL_BATCH` rows (T = SEQ_LEN): text, then audio units.
+
+    Even rows also carry `NUM_FRAMES` continuous audio frames (as an ASR prompt: no loss there), so
+    every parameter gets a gradient and each rank's rows hold the same number of targets.
+    """
+    g = torch.Generator().manual_seed(seed)
+    half = SEQ_LEN // 2
+    steps = []
+    for _ in range(NUM_STEPS):
+        rows = []
+        for i in range(GLOBAL_BATCH):
+            text = torch.randint(0, 256, (half,), generator=g)  # byte tokens
+            units = config.text_vocab_size + torch.randint(0, config.num_audio_units, (SEQ_LEN - half,), generator=g)
+            input_ids = torch.cat([text, units])  # (T,)
+            modality_ids = torch.cat([torch.zeros_like(text), torch.ones_like(units)])  # (T,)
+            labels = torch.cat([input_ids[1:], input_ids[:1]])  # (T,)
+            feature_mask = torch.zeros(SEQ_LEN, dtype=torch.bool)
+            if i % 2 == 0:
+                feature_mask[1 : 1 + NUM_FRAMES] = True
+                modality_ids[feature_mask] = 1
+                labels[: 1 + NUM_FRAMES] = IGNORE_INDEX
+            rows.append({
+                "input_ids": input_ids, "modality_ids": modality_ids, "labels": labels, "feature_mask": feature_mask,
+                "audio_features": torch.randn(int(feature_mask.sum()), config.audio_feature_dim, generator=g),
+            })
+        steps.append(rows)
+    return steps
+
+
+def collate_rows(rows: list[dict]) -> dict:
+    """Stack rows into the `lightning_most.layouts.collate` batch dict (frames concatenated in row order)."""
+    B = len(rows)
+    return {
+        "input_ids": torch.stack([r["input_ids"] for r in rows]),
+        "modality_ids": torch.stack([r["modality_ids"] for r in rows]),
+        "labels": torch.stack([r["labels"] for r in rows]),
+        "feature_mask": torch.stack([r["feature_mask"] for r in rows]),
+        "audio_features": torch.cat([r["audio_features"] for r in rows]),
+        "attention_mask": torch.ones(B, SEQ_LEN, dtype=torch.bool),
+        "task_ids": torch.full((B,), TASKS.index("tts")),
+        "texts": [""] * B,
+        "cut_ids": [f"row-{i}" for i in range(B)],
+    }
+
+
+class RankSlices:
+    """This rank's rows of each global batch, in order; resumable (`state_dict` = batches yielded this epoch).
+
+    It has a length, so Lightning does not fetch ahead and the position is the number of steps run.
+    """
+
+    def __init__(self, steps: list[list[dict]], rank: int, world_size: int) -> None:
+        per_rank = GLOBAL_BATCH // world_size
+        self.batches = [collate_rows(rows[rank * per_rank : (rank + 1) * per_rank]) for rows in steps]
+        self.position = 0
+        self._restored = False
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        if not self._restored:
+            self.position = 0
+        self._restored = False
+        while self.position < len(self.batches):
+            self.position += 1
+            yield self.batches[self.position - 1]
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+        self._restored = True
+
+
+class FixedBatches(pl.LightningDataModule):
+    """The global batches of `global_batches`, split across the trainer's ranks."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.steps = global_batches(config)
+
+    def train_dataloader(self) -> RankSlices:
+        return RankSlices(self.steps, self.trainer.global_rank, self.trainer.world_size)
+
+
+class GlobalLoss(pl.Callback):
+    """Mean over ranks of each step's loss (= the global batch's loss here), kept on every rank."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = trainer.strategy.reduce(outputs["loss"].detach().float(), reduce_op="mean")
+        self.losses[trainer.global_step] = float(loss)
+
+
+class KilledRun(RuntimeError):
+    """Stands in for a crashed job."""
+
+
+class KillAtStep(pl.Callback):
+    """Raises `KilledRun` as the batch after optimizer step `step` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise KilledRun(f"killed at step {self.step}")
+
+
+def strategy_for(name: str, devices: int):
+    """Lightning strategy object for `single`, `ddp` or `fsdp` (FSDP2 through ModelParallelStrategy)."""
+    if name == "single":
+        return "auto"
+    if name == "ddp":
+        # as conf/strategy/ddp.yaml: a batch without ASR rows leaves the audio projector unused
+        return DDPStrategy(process_group_backend="gloo", find_unused_parameters=True)
+    if name == "fsdp":
+        return ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
+    raise ValueError(f"unknown strategy {name!r}: single, ddp or fsdp")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags, train, write {"losses": {step: loss}, ...} from rank 0."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], required=True)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (0: never)")
+    parser.add_argument("--kill-at", type=int, default=None, help="raise after this many steps (a crashed run)")
+    parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint (file or sharded folder)")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    pl.seed_everything(0)
+    module = StageModule(
+        backbone="tiny",
+        backbone_overrides={"num_audio_units": 16},
+        optimizer=OptimizerConfig(lr=3e-3, warmup_steps=2, weight_decay=0.01),
+        activation_checkpointing=args.activation_checkpointing,
+        log_routing_every_n_steps=1000,
+    )
+    data = FixedBatches(module.config)
+    recorder = GlobalLoss()
+    callbacks: list[pl.Callback] = [recorder]
+    if args.checkpoint_every:
+        callbacks.append(ModelCheckpoint(dirpath=os.path.join(args.root, "checkpoints"),
+                                         every_n_train_steps=args.checkpoint_every, save_last=True, save_top_k=-1))
+    if args.kill_at is not None:
+        callbacks.append(KillAtStep(args.kill_at))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=args.devices, strategy=strategy_for(args.strategy, args.devices),
+        precision=args.precision, max_steps=NUM_STEPS, gradient_clip_val=1.0, callbacks=callbacks,
+        default_root_dir=args.root, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    killed = False
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=args.ckpt_path)
+    except KilledRun:
+        killed = True
+    if trainer.is_global_zero:
+        last = os.path.join(args.root, "checkpoints", "last.ckpt")
+        Path(args.out).write_text(json.dumps({
+            "losses": recorder.losses,
+            "killed": killed,
+            "world_size": trainer.world_size,
+            "last_checkpoint": last if os.path.exists(last) else None,
+            "last_checkpoint_is_dir": os.path.isdir(last),
+            "fsdp_wrapped_blocks": sum(type(b).__name__.startswith("FSDP") for b in module.backbone.layers),
+        }))
+
+
+if __name__ == "__main__":
+    main()
