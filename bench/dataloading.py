@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
     num_units = json.loads(paths.unit_quantizer.with_suffix(".json").read_text())["num_units"]
     features = FeatureConfig(frame_stack=args.frame_stack)
     frame_seconds = 0.01 * args.frame_stack
-    common = dict(features=features, max_duration=args.max_duration, num_buckets=8, num_workers=args.num_workers)
+    common = {
+        "features": features,
+        "max_duration": args.max_duration,
+        "num_buckets": 8,
+        "num_workers": args.num_workers,
+    }
     embedded = EmbeddedDataModule(args.corpus_dir, **common)
     fbank = delivery(embedded, args.batches, frame_seconds)
     print(f"embedded, fbank on the fly: {fbank}", flush=True)

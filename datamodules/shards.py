@@ -6,7 +6,7 @@ Lhotse Shar layout of `export_shar(cuts, out_dir)` (one row per shard of `shard_
     out_dir/recording.000000.tar        audio, re-encoded as `audio_format` (flac by default)
     out_dir/features.000000.tar         precomputed features (lilcom), when the cuts have them
     out_dir/units.000000.tar            discrete units (numpy), when the cuts have the `units` field
-    ...                                 one more tar per other custom array field
+    ...                                 one more tar per other custom array (numpy) or audio field
 
 Every data field the first cut carries is exported (audio, features, custom arrays). Reading back
 (`read_shar`) is lazy and sequential: each tar is streamed and its payload attached to the cut, so a
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
-from lhotse import CutSet
+from lhotse import CutSet, Recording
 from lhotse.array import Array, TemporalArray
 from lhotse.cut import Cut
 
@@ -41,6 +41,8 @@ def shar_fields(cut: Cut, audio_format: str = "flac") -> dict[str, str]:
     for name, value in (cut.custom or {}).items():
         if isinstance(value, (Array, TemporalArray)):
             fields[name] = "numpy"
+        elif isinstance(value, Recording):
+            fields[name] = audio_format
     return fields
 
 

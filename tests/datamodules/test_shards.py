@@ -45,3 +45,23 @@ def test_data_module_streams_from_shar_and_text_shards(tiny_corpus, tmp_path):
     batch = next(iter(module.train_dataloader()))
     assert batch["input_ids"].shape[0] == len(batch["cut_ids"]) > 0
     assert module.skipped == {}
+
+
+def test_shar_exports_precomputed_features(tmp_path):
+    from lhotse.testing.dummies import dummy_cut, dummy_in_memory_features
+
+    cuts = CutSet([dummy_cut(i, with_data=True, features=dummy_in_memory_features(i)) for i in range(3)])
+    fields = export_shar(cuts, tmp_path / "feats", shard_size=2)
+    assert set(fields) == {
+        "cuts",
+        "recording",
+        "features",
+        "custom_features",
+        "custom_indexes",
+        "custom_embedding",
+        "custom_recording",
+    }
+    for cut, again in zip(cuts, read_shar(tmp_path / "feats", shuffle_shards=False)):
+        np.testing.assert_allclose(again.load_features(), cut.load_features(), atol=0.1)  # lilcom is lossy
+        np.testing.assert_array_equal(again.load_custom_indexes(), cut.load_custom_indexes())
+        np.testing.assert_array_equal(again.load_custom_recording(), cut.load_custom_recording())
