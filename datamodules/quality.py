@@ -11,9 +11,11 @@ Reasons (keys of every `skipped` Counter):
     missing_units     a TTS cut without the `units` custom field, or whose units cannot be read
 
 The first four are read from the manifest, before batching (`CutChecker`, a sampler filter in the
-main process); the rest show up when a worker loads the cut (`dataset.py`). Each skip is logged as a
-warning naming the cut id and the reason (once per cut id and reason: an infinite loader meets the
-same bad cut every pass, and counts it every time).
+main process); the rest show up when a worker loads the cut (`dataset.py`). Each skip is counted
+every time it happens (an infinite loader meets the same bad cut every pass) and logged as a warning
+naming the cut id and the reason: once per cut id and reason by the sampler filter, once per batch
+by a worker. Under DDP every rank's sampler reads the whole stream (and keeps every world_size-th
+batch), so each rank's filter counts the bad manifest entries of the whole stream.
 """
 
 from __future__ import annotations
