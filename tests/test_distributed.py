@@ -81,10 +81,10 @@ def test_fsdp2_on_two_processes_matches_one_process(fsdp_killed: dict, single: d
 
 
 def test_fsdp2_resumes_from_its_sharded_checkpoint(runs: Path, fsdp_killed: dict, single: dict) -> None:
-    # meta.pt holds the hyperparameters (dataclasses), which torch.load's weights_only default rejects, and
-    # Lightning 2.6 does not pass fit(weights_only=False) to the sharded load: see docs/distributed.md.
+    # meta.pt holds the hyperparameters (our config dataclasses): they load under weights_only because
+    # stages/base.py registers them as safe globals (no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD needed).
     resumed = _train(runs, "fsdp_resumed", "--strategy", "fsdp", "--devices", "2", "--activation-checkpointing",
-                     "--ckpt-path", fsdp_killed["last_checkpoint"], env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+                     "--ckpt-path", fsdp_killed["last_checkpoint"])
     assert sorted(resumed["losses"]) == [4, 5, 6]  # continues after step 3, mid-epoch
     _same(resumed["losses"], single["losses"])
     _same({4: resumed["losses"][4]}, fsdp_killed["losses"])

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_most.audio import build_vocoder
 from lightning_most.backbone import MoSTBackbone, next_token_loss
-from lightning_most.config import ModelConfig, ModelOverrides, build_config
+from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverrides, MoEOverrides, build_config
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
 from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
@@ -45,6 +45,11 @@ class OptimizerConfig:
     decay_steps: int | None = None
     """Steps of the cosine; None = the trainer's max_steps (constant after warmup if that is -1)."""
     min_lr_ratio: float = 0.1
+
+
+# Checkpoints carry these config classes in their hyperparameters: let torch's weights_only loading
+# (the default of torch.load, used by sharded FSDP2 resumes) rebuild them without unpickling code.
+torch.serialization.add_safe_globals([OptimizerConfig, ModelOverrides, MoEOverrides, AttentionOverrides])
 
 
 class StageModule(pl.LightningModule):
