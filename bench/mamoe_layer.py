@@ -29,9 +29,9 @@ from lightning_most.mamoe import MoEBlock
 
 SHAPES = {
     # The quickstart (tiny preset) MoE layer on a 2048-token batch.
-    "tiny": dict(d=128, experts=16, inter=64, top_k=2, shared=1, tokens=2048),
+    "tiny": {"d": 128, "experts": 16, "inter": 64, "top_k": 2, "shared": 1, "tokens": 2048},
     # One DeepSeek-V2-Lite MoE layer on 4096 tokens, half text half audio.
-    "deepseek-v2-lite": dict(d=2048, experts=64, inter=1408, top_k=6, shared=2, tokens=4096),
+    "deepseek-v2-lite": {"d": 2048, "experts": 64, "inter": 1408, "top_k": 6, "shared": 2, "tokens": 4096},
 }
 
 

@@ -200,7 +200,7 @@ def attention_mask(padding_mask: Tensor, num_new: int) -> Tensor:
     The last `num_new` key positions are the queries. Each query always sees itself, so rows of padding
     queries are never fully masked (which would give NaN).
     """
-    B, S = padding_mask.shape
+    S = padding_mask.shape[1]
     q_pos = torch.arange(S - num_new, S, device=padding_mask.device)  # (T,)
     k_pos = torch.arange(S, device=padding_mask.device)  # (S,)
     causal = k_pos[None, :] <= q_pos[:, None]  # (T, S)

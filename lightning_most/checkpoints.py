@@ -40,8 +40,8 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from lightning_most.tokenizer import SPECIAL_TOKENS
 from lightning_most.config import PRESETS, AttentionConfig, ModelConfig, MoEConfig, MoEVariant
+from lightning_most.tokenizer import SPECIAL_TOKENS
 
 DEEPSEEK_V2 = "DeepseekV2ForCausalLM"
 LLAMA = "LlamaForCausalLM"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 MoEVariant = Literal["mamoe", "vanilla", "noshared", "dense"]
 GateKind = Literal["masked_softmax", "group_renormalized"]
@@ -43,7 +43,7 @@ class MoEConfig:
     """Hidden width of one expert's SwiGLU MLP."""
     num_modalities: int = 2
     """Number of modality ids (0 = text, 1 = audio, more can be added)."""
-    expert_groups: Optional[list[list[int]]] = None
+    expert_groups: list[list[int]] | None = None
     """Routed-expert indices allowed for each modality id; None derives them from `partition`."""
     partition: Partition = "halves"
     """How groups are derived when `expert_groups` is None: contiguous blocks, or expert e -> e % M."""
@@ -111,7 +111,7 @@ class AttentionConfig:
     """Key/value heads (gqa only)."""
     head_dim: int = 32
     """Per-head width of q/k/v (gqa only)."""
-    q_lora_rank: Optional[int] = None
+    q_lora_rank: int | None = None
     """Low-rank query compression (mla); None = a full query projection, as in DeepSeek-V2-Lite."""
     kv_lora_rank: int = 32
     """Width of the compressed key/value latent that the KV cache stores (mla)."""
@@ -122,7 +122,7 @@ class AttentionConfig:
     v_head_dim: int = 16
     """Per-head value width (mla)."""
     rope_theta: float = 10000.0
-    rope_scaling: Optional[dict[str, Any]] = None
+    rope_scaling: dict[str, Any] | None = None
     """Long-context RoPE scaling as in a Hugging Face config.json; None = plain RoPE. {"rope_type": "yarn",
     "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"}
     (DeepSeek-V2; also scales the MLA softmax by yarn_mscale(factor, mscale_all_dim)**2) or {"rope_type":
@@ -264,7 +264,7 @@ def _optional_twin(cls: type, name: str) -> type:
             twin = _TWINS[tp]
             fields.append((f.name, twin, field(default_factory=twin)))
         else:
-            fields.append((f.name, Optional[tp], None))
+            fields.append((f.name, tp | None, None))
     twin = dataclasses.make_dataclass(name, fields)
     twin.__module__ = __name__
     twin.__doc__ = f"Overrides for `{cls.__name__}`: every field optional; unset fields keep the preset's value."

@@ -42,7 +42,6 @@ from lightning_most.audio import (
     Vocoder,
 )
 from lightning_most.evaluation.protocols import SAMPLING_RATE
-from lightning_most.generation import generate, prompts_from_batch
 from lightning_most.layouts import AUDIO, TEXT, Example, asr_example, collate, speech_instruct_example, tts_example
 from lightning_most.stages.base import StageModule
 from lightning_most.stages.stage1 import Stage1Module
@@ -297,26 +296,8 @@ class MostInference:
         m = self.module
         empty = torch.zeros(0, dtype=torch.long)
         examples = [tts_example(m.tokenizer.encode(t), empty, m.specials, m.config.text_vocab_size) for t in texts]
-        prompt = prompts_from_batch(self._batch(examples), m.specials.pad)  # ends with <audio_start>
-        V = m.config.text_vocab_size
-        allowed = torch.zeros(m.config.vocab_size, dtype=torch.bool, device=self.device)
-        allowed[V : V + self.audio_io.num_units] = True
-        allowed[m.specials.audio_end] = True
-        was_training = m.backbone.training
-        m.backbone.eval()
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        ids = generate(
-            m.backbone,
-            prompt,
-            m.hparams.tts_max_new_tokens,
-            allowed,
-            (m.specials.audio_end,),
-            temperature=self.temperature,
-            top_k=self.top_k,
-            generator=generator,
-        )  # (B, max_units)
-        m.backbone.train(was_training)
-        return [row[row >= V] - V for row in ids.cpu()]
+        return m.units_for_batch(self._batch(examples), self.temperature, self.top_k, generator, self.audio_io.num_units)
 
     def vocode(self, units: list[Tensor]) -> list[Tensor]:
         """16 kHz waveform (S,) of each unit sequence (T,)."""

@@ -25,12 +25,12 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # noqa: E402
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-from lightning_most.layouts import IGNORE_INDEX, TASKS  # noqa: E402
-from lightning_most.stages.base import OptimizerConfig, StageModule  # noqa: E402
+from lightning_most.layouts import IGNORE_INDEX, TASKS
+from lightning_most.stages.base import OptimizerConfig, StageModule
 
 NUM_STEPS = 6  # one epoch
 GLOBAL_BATCH = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_most.config import ModelOverrides, MoEOverrides, PRESETS, build_config
+from lightning_most.config import PRESETS, ModelOverrides, MoEOverrides, build_config
 
 
 def test_overrides_merge_into_preset() -> None:

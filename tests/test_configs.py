@@ -26,7 +26,7 @@ def _print_config(capsys, *configs: str, extra: tuple[str, ...] = ()) -> dict:
 
 
 def test_cli_help_runs() -> None:
-    out = subprocess.run([sys.executable, "-m", "lightning_most", "fit", "--help"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "lightning_most", "fit", "--help"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 0 and "--config" in out.stdout
 
 

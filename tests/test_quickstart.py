@@ -32,7 +32,7 @@ def test_quickstart_command_trains_logs_and_reports(tmp_path: Path) -> None:
         *TINY_CORPUS,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.search(r"dev ASR WER: \d+\.\d+%", run.stdout), run.stdout[-2000:]
     log_dir = Path(re.search(r"TensorBoard logs: (\S+)", run.stdout).group(1))

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchmetrics.text import WordErrorRate
-
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_most.audio import build_vocoder
 from lightning_most.backbone import MoSTBackbone, next_token_loss
@@ -82,7 +80,7 @@ class StageModule(pl.LightningModule):
             tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize).
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
             num_audio_samples: dev texts spoken (Griffin-Lim) and logged to TensorBoard at each validation.
-        """
+    """
         super().__init__()
         self.save_hyperparameters()
         self.config: ModelConfig = build_config(backbone, backbone_overrides)
@@ -155,7 +153,7 @@ class StageModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self(batch)
-        loss, per_task, n_targets = self._task_losses(batch, out.logits)
+        loss, per_task, _n_targets = self._task_losses(batch, out.logits)
         B = batch["input_ids"].shape[0]
         for task, value in per_task.items():
             self.log(f"train/loss_{task}", value, batch_size=B)
@@ -234,19 +232,30 @@ class StageModule(pl.LightningModule):
         return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in ids.tolist()]
 
     @torch.no_grad()
-    def units_for_batch(self, batch: dict, temperature: float = 0.0, top_k: int | None = None) -> list[Tensor]:
-        """Audio units (unit indices, not ids) generated for the TTS prompts of a collated batch."""
+    def units_for_batch(
+        self,
+        batch: dict,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        num_units: int | None = None,
+    ) -> list[Tensor]:
+        """Audio units (unit indices, not ids) generated for the TTS prompts of a collated batch.
+
+        Only the corpus's `num_units` units (default: from `audio_io`) or <audio_end> may be emitted.
+        """
         was_training = self.backbone.training
         self.backbone.eval()
-        prompt = prompts_from_batch(batch, self.specials.pad)
+        prompt = prompts_from_batch(batch, self.specials.pad)  # each prompt ends with <audio_start>
         V = self.config.text_vocab_size
+        num_units = num_units or self.audio_io.get("num_units", self.config.num_audio_units)
         allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
-        allowed[V : V + self.audio_io.get("num_units", self.config.num_audio_units)] = True  # the corpus's units
+        allowed[V : V + num_units] = True
         allowed[self.specials.audio_end] = True
         ids = generate(self.backbone, prompt, self.hparams.tts_max_new_tokens, allowed, (self.specials.audio_end,),
-                       temperature=temperature, top_k=top_k)
+                       temperature=temperature, top_k=top_k, generator=generator)
         self.backbone.train(was_training)
-        return [torch.tensor([i - V for i in row if i >= V], dtype=torch.long) for row in ids.tolist()]
+        return [row[row >= V] - V for row in ids.cpu()]
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
