@@ -71,12 +71,19 @@ class RoutedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden_size, 2 * intermediate_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
 
-    def forward(self, x_sorted: Tensor, counts: Tensor) -> Tensor:
-        """x_sorted (N*k, d) sorted by expert, counts (E,) rows per expert -> (N*k, d)."""
+    def forward(self, x_sorted: Tensor, counts: Tensor, row_weights: Tensor | None = None) -> Tensor:
+        """x_sorted (N*k, d) sorted by expert, counts (E,) rows per expert -> (N*k, d).
+
+        `row_weights` (N*k,) scale each row's output; applied before the (linear) down projection,
+        on the h-wide activation rather than the d-wide output.
+        """
         offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's slice
         gate_up = grouped_matmul(x_sorted, self.gate_up_proj, counts, offsets)  # (N*k, 2h)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return grouped_matmul(F.silu(gate) * up, self.down_proj, counts, offsets)  # (N*k, d)
+        hidden = F.silu(gate) * up  # (N*k, h)
+        if row_weights is not None:
+            hidden = hidden * row_weights[:, None].to(hidden.dtype)
+        return grouped_matmul(hidden, self.down_proj, counts, offsets)  # (N*k, d)
 
     def expert_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` alone on x (.., d): the reference semantics of one expert."""
@@ -170,10 +177,11 @@ class MoEBlock(nn.Module):
         order = torch.argsort(expert_of_pair, stable=True)  # (N*k,)
         token_of_pair = order // k  # (N*k,) source token of each sorted pair
         counts = torch.bincount(expert_of_pair, minlength=E)  # (E,)
-        expert_out = self.experts(flat[token_of_pair], counts)  # (N*k, d)
-        pair_weight = weights.reshape(-1)[order].to(expert_out.dtype)  # (N*k,)
-        routed = expert_out.new_zeros(flat.shape).index_add_(0, token_of_pair, expert_out * pair_weight[:, None])  # (N, d)
-        routed = routed * self.config.routed_scaling_factor
+        pair_weight = weights.reshape(-1)[order]  # (N*k,) gate weight of each sorted pair
+        if self.config.routed_scaling_factor != 1.0:
+            pair_weight = pair_weight * self.config.routed_scaling_factor
+        expert_out = self.experts(flat[token_of_pair], counts, pair_weight)  # (N*k, d), already weighted
+        routed = expert_out.new_zeros(flat.shape).index_add_(0, token_of_pair, expert_out)  # (N, d)
 
         y = routed.reshape(B, T, d).to(h.dtype)
         if self.shared_experts is not None:
