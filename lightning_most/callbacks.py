@@ -28,19 +28,3 @@ class RunSummary(pl.Callback):
         if trainer.state.fn == "validate":
             self._report(trainer)
 
-
-class CpuThreads(pl.Callback):
-    """Set torch's intra-op CPU threads when a run starts.
-
-    On a small CPU machine the data workers need cores too: OpenMP threads that wait for a busy core
-    make every op slower (measured here: one elementwise op 8x slower with 2 threads than with 1
-    while another process ran), so the quickstart trains with one thread beside one data worker.
-    """
-
-    def __init__(self, num_threads: int = 1) -> None:
-        self.num_threads = num_threads
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        import torch
-
-        torch.set_num_threads(self.num_threads)
