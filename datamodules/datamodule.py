@@ -237,6 +237,10 @@ class MostDataModule(pl.LightningDataModule):
         """Lightning hook: the test sources, in order."""
         return self.make_eval_loader(self.test_sources, *self._distributed_position())
 
+    def predict_dataloader(self) -> ResumableLoader:
+        """Lightning hook: `predict` transcribes the test sources' ASR cuts, in order."""
+        return self.make_eval_loader(self.test_sources, *self._distributed_position())
+
     def state_dict(self) -> dict:
         """Lightning hook: the train loader's position (saved in the checkpoint)."""
         if self._train_loader is not None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,10 @@ TINY_CORPUS = [
 ]
 
 
-def test_quickstart_command_trains_logs_and_reports(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The quickstart command, 4 steps, on a miniature corpus in tmp (built because it is missing)."""
+    tmp_path = tmp_path_factory.mktemp("quickstart")
     cmd = [
         sys.executable, "-m", "lightning_most", "fit", "--config", "conf/quickstart.yaml",
         "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
@@ -32,7 +36,11 @@ def test_quickstart_command_trains_logs_and_reports(tmp_path: Path) -> None:
         *TINY_CORPUS,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900, check=False)
+    return tmp_path, subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900, check=False)
+
+
+def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
+    tmp_path, run = quickstart_run
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.search(r"dev ASR WER: \d+\.\d+%", run.stdout), run.stdout[-2000:]
     log_dir = Path(re.search(r"TensorBoard logs: (\S+)", run.stdout).group(1))
@@ -49,3 +57,20 @@ def test_quickstart_command_trains_logs_and_reports(tmp_path: Path) -> None:
     assert "routing/expert_load" in events.Tags()["images"]
     assert any(t.startswith("routing/load_") for t in events.Tags()["histograms"])
     assert any(t.startswith("tts_sample/") for t in events.Tags()["audio"])
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_checkpoint_runs_validate_test_predict(quickstart_run, subcommand: str) -> None:
+    tmp_path, run = quickstart_run
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpt = re.search(r"last checkpoint: (\S+)", run.stdout).group(1)
+    limit = {"validate": "val", "test": "test", "predict": "predict"}[subcommand]
+    cmd = [
+        sys.executable, "-m", "lightning_most", subcommand, "--config", "conf/quickstart.yaml", "--ckpt_path", ckpt,
+        "--trainer.logger", "false", f"--trainer.limit_{limit}_batches", "1",
+        "--data.init_args.corpus_dir", str(tmp_path / "corpus"), *TINY_CORPUS,
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if subcommand != "predict":
+        assert f"{limit}/asr_wer" in out.stdout

@@ -94,7 +94,7 @@ class StageModule(pl.LightningModule):
             )
         self.optim = optimizer or OptimizerConfig()
         self.backbone: MoSTBackbone | None = None
-        self.val_wer = WordErrorRate()
+        self.wer = torch.nn.ModuleDict({"val": WordErrorRate(), "test": WordErrorRate()})
         self.audio_io: dict[str, Any] = {}  # how audio became features/units in training (saved in checkpoints)
         self._last_step_time: float | None = None
         self._sample_texts: list[str] = []
@@ -174,31 +174,51 @@ class StageModule(pl.LightningModule):
         if skipped:
             self.log("train/skipped_cuts", float(sum(skipped.values())), batch_size=1)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _evaluation_step(self, batch: dict, stage: str) -> list[int]:
+        """Log `stage`/loss per task and update the stage's WER; return the batch's ASR rows."""
         out = self(batch)
         loss, per_task, _ = self._task_losses(batch, out.logits)
         B = batch["input_ids"].shape[0]
-        self.log("val/loss", loss, batch_size=B, sync_dist=True)
+        self.log(f"{stage}/loss", loss, batch_size=B, sync_dist=True)
         for task, value in per_task.items():
-            self.log(f"val/loss_{task}", value, batch_size=B, sync_dist=True)
+            self.log(f"{stage}/loss_{task}", value, batch_size=B, sync_dist=True)
         asr_rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
         if asr_rows:
             hyps = self.transcribe_batch(_select(batch, asr_rows))
             refs = [batch["texts"][i] for i in asr_rows]
-            self.val_wer.update([normalize_text(h) for h in hyps], [normalize_text(r) for r in refs])
+            self.wer[stage].update([normalize_text(h) for h in hyps], [normalize_text(r) for r in refs])
+        return asr_rows
 
-            if len(self._sample_texts) < self.hparams.num_audio_samples:
-                self._sample_texts += refs[: self.hparams.num_audio_samples - len(self._sample_texts)]
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        asr_rows = self._evaluation_step(batch, "val")
+        missing = self.hparams.num_audio_samples - len(self._sample_texts)
+        if missing > 0:
+            self._sample_texts += [batch["texts"][i] for i in asr_rows[:missing]]
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Greedy transcripts of the batch's ASR examples: one dict per example (cut id, hypothesis, reference)."""
+        rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
+        hyps = self.transcribe_batch(_select(batch, rows)) if rows else []
+        return [{"cut_id": batch["cut_ids"][i], "hypothesis": h, "reference": batch["texts"][i]} for i, h in zip(rows, hyps)]
+
+    def _log_wer(self, stage: str) -> None:
+        if self.wer[stage].total > 0:
+            self.log(f"{stage}/asr_wer", self.wer[stage].compute(), sync_dist=True)
+        self.wer[stage].reset()
 
     def on_validation_epoch_start(self) -> None:
-        self._sample_texts: list[str] = []
+        self._sample_texts = []
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_wer.total > 0:
-            self.log("val/asr_wer", self.val_wer.compute(), sync_dist=True)
-        self.val_wer.reset()
+        self._log_wer("val")
         if self._sample_texts and self.audio_io.get("unit_quantizer") and not self.trainer.sanity_checking:
             self._log_tts_samples(self._sample_texts)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_wer("test")
 
     def _log_tts_samples(self, texts: list[str]) -> None:
         """Speak dev texts (greedy units, Griffin-Lim) and log the audio to TensorBoard."""
