@@ -65,3 +65,18 @@ def test_wrong_key_or_type_fails_with_a_clear_message(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(ROOT / "conf/quickstart.yaml"), "--model.init_args.backbone_overrides.moe.top_k", "two"])
     assert "top_k" in capsys.readouterr().err
+
+
+def test_feature_width_mismatch_fails_before_training(tmp_path) -> None:
+    from datamodules import FeatureConfig, MostDataModule, SourceConfig
+    from lightning_most.config import build_config
+    from lightning_most.stages.base import check_data_fits_model
+
+    dm = MostDataModule([SourceConfig("c", "asr", str(tmp_path / "cuts.jsonl.gz"))],
+                        task_weights={"asr": 1.0}, features=FeatureConfig(num_mel_bins=80, frame_stack=2))
+    with pytest.raises(ValueError, match="backbone_overrides.audio_feature_dim=160"):
+        check_data_fits_model(build_config("tiny", {"audio_feature_dim": 320}), dm)
+    check_data_fits_model(build_config("tiny", {"audio_feature_dim": 160}), dm)
+    precomputed = MostDataModule([SourceConfig("c", "asr", str(tmp_path / "cuts.jsonl.gz"))],
+                                 task_weights={"asr": 1.0}, features=FeatureConfig(kind="precomputed"))
+    check_data_fits_model(build_config("tiny"), precomputed)  # width unknown in advance: no false alarm

@@ -333,10 +333,9 @@ def check_data_fits_model(config: ModelConfig, datamodule: Any) -> None:
     """Fail early, naming the fields, if the data's feature width or unit count differ from the backbone's."""
     if datamodule is None:
         return
-    feature_dim = getattr(datamodule, "feature_dim", None)
     try:
-        dim = feature_dim if not callable(feature_dim) else feature_dim()
-    except ValueError:
+        dim = getattr(datamodule, "feature_dim", None)
+    except ValueError:  # precomputed features: the width is only known from the stored arrays
         dim = None
     if dim is not None and dim != config.audio_feature_dim:
         raise ValueError(
