@@ -43,8 +43,11 @@ class SwiGLU(nn.Module):
 
 
 def _grouped_mm_ok(x: Tensor, w: Tensor) -> bool:
-    # torch._grouped_mm needs 16-byte aligned strides on both operands.
+    # torch._grouped_mm needs 16-byte aligned strides on both operands; its CUDA kernels are bf16 ones
+    # (fp32 on a GPU takes the per-expert fallback rather than risk an unsupported-dtype error).
     align = 16 // x.element_size()
+    if x.is_cuda and x.dtype != torch.bfloat16:
+        return False
     return hasattr(torch, "_grouped_mm") and x.shape[-1] % align == 0 and w.shape[-1] % align == 0
 
 
