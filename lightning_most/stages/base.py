@@ -138,22 +138,21 @@ class StageModule(pl.LightningModule):
         )
 
     # ---- losses ------------------------------------------------------------------------------
-    def _task_losses(self, batch: dict, logits: Tensor) -> tuple[Tensor, dict[str, Tensor], int]:
-        """Token-mean loss over all targets, per-task token-mean losses, and the target count."""
+    def _task_losses(self, batch: dict, logits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Token-mean loss over all targets, and the token-mean loss of each task in the batch."""
         labels = batch["labels"]
         per_token = next_token_loss(logits, labels, reduction="none").view_as(labels)  # (B, T)
         is_target = labels != IGNORE_INDEX
-        n_targets = int(is_target.sum())
-        loss = per_token.sum() / max(n_targets, 1)
+        loss = per_token.sum() / is_target.sum().clamp(min=1)
         per_task = {}
         for t in batch["task_ids"].unique().tolist():
             rows = batch["task_ids"] == t
             per_task[TASKS[t]] = per_token[rows].sum() / is_target[rows].sum().clamp(min=1)
-        return loss, per_task, n_targets
+        return loss, per_task
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self(batch)
-        loss, per_task, _n_targets = self._task_losses(batch, out.logits)
+        loss, per_task = self._task_losses(batch, out.logits)
         B = batch["input_ids"].shape[0]
         for task, value in per_task.items():
             self.log(f"train/loss_{task}", value, batch_size=B)
@@ -177,7 +176,7 @@ class StageModule(pl.LightningModule):
     def _evaluation_step(self, batch: dict, stage: str) -> list[int]:
         """Log `stage`/loss per task and update the stage's WER; return the batch's ASR rows."""
         out = self(batch)
-        loss, per_task, _ = self._task_losses(batch, out.logits)
+        loss, per_task = self._task_losses(batch, out.logits)
         B = batch["input_ids"].shape[0]
         self.log(f"{stage}/loss", loss, batch_size=B, sync_dist=True)
         for task, value in per_task.items():
