@@ -11,7 +11,8 @@
    ordinals ``1st 2nd 3rd 21st`` become ``first second third twenty first``, decimals ``3.05``
    become ``three point zero five``, integers become cardinals without "and" (``101`` -> ``one
    hundred one``, ``1990`` -> ``one thousand nine hundred ninety``; a year read as "nineteen
-   ninety" therefore still counts as different words).
+   ninety" therefore still counts as different words). A number too long for cardinal words
+   (inflect's limit, about 10^36: a looping hypothesis can emit one) is read digit by digit.
 6. Hyphens separate words: ``well-known`` -> ``well known``.
 7. Apostrophes are kept inside a word (``don't``, ``o'clock``) and dropped at a word's edges
    (``'tis`` -> ``tis``, ``dogs'`` -> ``dogs``, quotes ``'yes'`` -> ``yes``).
@@ -49,7 +50,11 @@ def _inflect_engine() -> inflect.engine:
 
 def number_to_words(number: str) -> str:
     """Spell one number token (``"21"``, ``"21st"``, ``"3.05"``) as space-separated words."""
-    words = _inflect_engine().number_to_words(number, andword="")
+    try:
+        words = _inflect_engine().number_to_words(number, andword="")
+    except inflect.NumOutOfRangeError:
+        digits = _inflect_engine().number_to_words(number, group=1, andword="")  # "1 2 3" -> "one, two, three"
+        words = digits if isinstance(digits, str) else " ".join(digits)
     return " ".join(words.replace(",", " ").replace("-", " ").split())
 
 

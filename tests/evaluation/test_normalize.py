@@ -39,3 +39,8 @@ def test_normalize_is_idempotent() -> None:
     text = "Mr. O’Neil's 2 well-known cafés—& 3.5% more!"
     once = normalize_text(text)
     assert normalize_text(once) == once
+
+
+def test_a_number_beyond_cardinal_words_is_read_digit_by_digit() -> None:
+    # A looping hypothesis can emit a digit run longer than inflect can spell as a cardinal.
+    assert normalize_text("so 1" + "0" * 60 + " ok") == "so one " + "zero " * 60 + "ok"
