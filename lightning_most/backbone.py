@@ -8,10 +8,11 @@ Plain PyTorch (no Lightning). Inputs follow the batch contract of `layouts.py`:
     audio_features  (N, F) float  continuous frames for the N positions where feature_mask is True
     feature_mask    (B, T) bool
 
-Embedding: ids -> `embed_tokens`, frames -> `audio_projector` (LayerNorm + 2-layer MLP), placed at feature_mask.
+Embedding: ids -> `embed_tokens`, frames -> `audio_projector` (LayerNorm + 2-layer MLP), then the optional
+`audio_encoder` (bidirectional context within each utterance, `audio_encoder.py`), placed at feature_mask.
 Decoder: `num_layers` pre-norm blocks, the first `first_k_dense` with a dense SwiGLU, the rest MAMoE.
 Heads: a text LM head (text ids) and an audio-unit head (units), concatenated into (B, T, V) logits
-over the unified id space.
+over the unified id space; with `audio_encoder.ctc_head`, a CTC head (text ids + blank) on the encoder output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_most.attention import KVCache, RMSNorm, build_attention
+from lightning_most.audio_encoder import AudioEncoder
 from lightning_most.attention import attention_mask as attention_mask_for
 from lightning_most.config import ModelConfig
 from lightning_most.layouts import IGNORE_INDEX
@@ -38,6 +40,8 @@ class BackboneOutput:
     aux_loss: Tensor  # () sum of the MoE layers' load-balancing losses
     routing: list[RoutingStats] = field(default_factory=list)  # one per MoE layer, in layer order
     hidden: Tensor | None = None  # (B, T, d) final normed hidden states
+    ctc_logits: Tensor | None = None  # (R, L, text_vocab_size + 1) per audio segment (blank last), with a CTC head
+    ctc_lengths: Tensor | None = None  # (R,) frames of each segment; segments are the rows with frames, in order
 
 
 class DecoderBlock(nn.Module):
@@ -81,6 +85,9 @@ class MoSTBackbone(nn.Module):
         self.audio_projector = nn.Sequential(
             nn.LayerNorm(config.audio_feature_dim), nn.Linear(config.audio_feature_dim, d), nn.GELU(), nn.Linear(d, d)
         )
+        encoder = config.audio_encoder
+        self.audio_encoder = AudioEncoder(d, encoder) if encoder.enabled else None
+        self.ctc_head = nn.Linear(d, config.text_vocab_size + 1) if encoder.ctc_head else None
         self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(d, config.rms_norm_eps)
         # Tied (Llama-3.2): the text head reuses the text rows of the embedding table.
@@ -108,17 +115,26 @@ class MoSTBackbone(nn.Module):
             elif isinstance(module, ModalityAwareRouter):
                 nn.init.normal_(module.weight, std=std)
 
-    def embed(self, input_ids: Tensor, audio_features: Tensor | None = None, feature_mask: Tensor | None = None) -> Tensor:
-        """Input embeddings (B, T, d): token embeddings with projected audio frames at feature_mask."""
+    def embed(
+        self, input_ids: Tensor, audio_features: Tensor | None = None, feature_mask: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Input embeddings (B, T, d) with projected (and encoded) audio frames at feature_mask, and the encoder's
+        padded output per audio segment ((R, L, d), frames per segment (R,)) or None without an encoder or frames."""
         x = self.embed_tokens(input_ids)  # (B, T, d)
+        segments = None
         if feature_mask is not None and audio_features is not None and audio_features.numel():
             frames = self.audio_projector(audio_features.to(x.dtype))  # (N, d)
             if frames.shape[0] != int(feature_mask.sum()):
                 raise ValueError(
                     f"audio_features has {frames.shape[0]} frames but feature_mask marks {int(feature_mask.sum())} positions"
                 )
+            if self.audio_encoder is not None:
+                counts = feature_mask.sum(dim=1)
+                counts = counts[counts > 0]  # (R,) one audio segment per row with frames
+                frames, padded = self.audio_encoder(frames, counts)
+                segments = (padded, counts)
             x = x.masked_scatter(feature_mask[..., None], frames)
-        return x
+        return x, segments
 
     def forward(
         self,
@@ -140,7 +156,7 @@ class MoSTBackbone(nn.Module):
         valid = attention_mask[:, past:]  # (B, T)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T), left padding safe
         mask = attention_mask_for(attention_mask, T)  # (B, 1, T, S)
-        x = self.embed(input_ids, audio_features, feature_mask)
+        x, segments = self.embed(input_ids, audio_features, feature_mask)
 
         aux = x.new_zeros((), dtype=torch.float32)
         routing: list[RoutingStats] = []
@@ -158,7 +174,10 @@ class MoSTBackbone(nn.Module):
         else:
             text_logits = self.text_head(h)
         logits = torch.cat([text_logits, self.audio_head(h)], dim=-1)  # (B, T, V)
-        return BackboneOutput(logits=logits, aux_loss=aux, routing=routing, hidden=h if return_hidden else None)
+        out = BackboneOutput(logits=logits, aux_loss=aux, routing=routing, hidden=h if return_hidden else None)
+        if self.ctc_head is not None and segments is not None:
+            out.ctc_logits, out.ctc_lengths = self.ctc_head(segments[0]), segments[1]
+        return out
 
     def num_parameters(self, active: bool = False) -> int:
         """Total parameters, or those one token uses (top_k of the routed experts per MoE layer)."""

@@ -7,13 +7,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class RunSummary(pl.Callback):
-    """At the end of fit/validate, print the dev ASR WER and where the TensorBoard logs are."""
+    """At the end of fit/validate, print the dev ASR WER (and the CTC head's, if any) and where the TensorBoard logs are."""
 
     def _report(self, trainer: pl.Trainer) -> None:
         if not trainer.is_global_zero:
             return
         wer = trainer.callback_metrics.get("val/asr_wer")
         lines = [f"dev ASR WER: {float(wer):.2%}" if wer is not None else "dev ASR WER: not measured (no ASR dev data)"]
+        ctc_wer = trainer.callback_metrics.get("val/asr_ctc_wer")
+        if ctc_wer is not None:
+            lines.append(f"dev ASR WER of the audio encoder's CTC head (greedy): {float(ctc_wer):.2%}")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 lines.append(f"TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {logger.root_dir})")

@@ -146,6 +146,40 @@ class AttentionConfig:
 
 
 @dataclass
+class AudioEncoderConfig:
+    """Trainable bidirectional context over each utterance's audio frames, between the input projection and
+    the decoder (`audio_encoder.py`). With no layers (the default, and MoST's setting: frozen HuBERT input
+    already has context) it is not built. A model trained from scratch on log-mel frames needs it."""
+
+    num_conv_layers: int = 0
+    """Residual depthwise-convolution blocks (local context)."""
+    kernel_size: int = 5
+    """Time width of each convolution, in input positions."""
+    num_layers: int = 0
+    """Bidirectional pre-norm transformer layers after the convolutions."""
+    num_heads: int = 4
+    ffn_multiplier: int = 4
+    """Feed-forward width of the transformer layers, in multiples of hidden_size."""
+    ctc_head: bool = False
+    """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc_weight` trains it on ASR
+    transcripts. It teaches a from-scratch encoder phonetic frames long before the decoder learns to align."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_conv_layers", "num_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"audio_encoder.{name} must be >= 0, got {getattr(self, name)}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"audio_encoder.kernel_size must be odd and >= 1, got {self.kernel_size}")
+        if self.ctc_head and not self.enabled:
+            raise ValueError("audio_encoder.ctc_head needs an encoder: set num_conv_layers or num_layers > 0")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the encoder has any layer (otherwise it is not built)."""
+        return self.num_conv_layers + self.num_layers > 0
+
+
+@dataclass
 class ModelConfig:
     """The whole backbone: decoder shape, vocabularies, audio input, attention and MoE settings."""
 
@@ -168,6 +202,7 @@ class ModelConfig:
     """Share the text LM head with the text rows of the embedding (Llama-3.2 does)."""
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.first_k_dense <= self.num_layers:
@@ -274,6 +309,7 @@ def _optional_twin(cls: type, name: str) -> type:
 _TWINS: dict[type, type] = {}
 _TWINS[AttentionConfig] = AttentionOverrides = _optional_twin(AttentionConfig, "AttentionOverrides")
 _TWINS[MoEConfig] = MoEOverrides = _optional_twin(MoEConfig, "MoEOverrides")
+_TWINS[AudioEncoderConfig] = AudioEncoderOverrides = _optional_twin(AudioEncoderConfig, "AudioEncoderOverrides")
 ModelOverrides = _optional_twin(ModelConfig, "ModelOverrides")
 
 
@@ -310,4 +346,4 @@ def _overrides_from_dict(twin: type, values: dict, where: str) -> Any:
     return twin(**kwargs)
 
 
-_TWINS_BY_NAME = {"attention": AttentionOverrides, "moe": MoEOverrides}
+_TWINS_BY_NAME = {"attention": AttentionOverrides, "moe": MoEOverrides, "audio_encoder": AudioEncoderOverrides}

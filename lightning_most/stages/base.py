@@ -62,9 +62,11 @@ class StageModule(pl.LightningModule):
         init_from: str | None = None,
         activation_checkpointing: bool = False,
         asr_max_new_tokens: int = 160,
+        asr_max_tokens_per_frame: float | None = None,
         tts_max_new_tokens: int = 600,
         log_routing_every_n_steps: int = 100,
         num_audio_samples: int = 2,
+        ctc_weight: float = 0.0,
     ) -> None:
         """Build the stage.
 
@@ -77,9 +79,13 @@ class StageModule(pl.LightningModule):
                 written by `python -m lightning_most convert` from a local Hugging Face checkpoint.
             activation_checkpointing: recompute each decoder block in backward (saves memory).
             asr_max_new_tokens: decoding budget of a transcript (dev WER, transcribe).
+            asr_max_tokens_per_frame: also cap each transcript at this many tokens per input frame (ESPnet's
+                `maxlenratio`), so a decoder that loops stops near the audio's length; None = no cap.
             tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize).
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
             num_audio_samples: dev texts spoken (Griffin-Lim) and logged to TensorBoard at each validation.
+            ctc_weight: weight of a CTC loss on the audio encoder's output against ASR transcripts (needs
+                `backbone_overrides.audio_encoder.ctc_head`); 0 = none, as in MoST (frozen HuBERT input).
     """
         super().__init__()
         self.save_hyperparameters()
@@ -93,8 +99,16 @@ class StageModule(pl.LightningModule):
                 f"{self.config.text_vocab_size}: set model.init_args.backbone_overrides.text_vocab_size"
             )
         self.optim = optimizer or OptimizerConfig()
+        if ctc_weight < 0:
+            raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
+        if ctc_weight > 0 and not self.config.audio_encoder.ctc_head:
+            raise ValueError(
+                f"ctc_weight={ctc_weight} needs a CTC head: set model.init_args.backbone_overrides.audio_encoder.ctc_head "
+                "(and num_conv_layers / num_layers > 0), or ctc_weight=0"
+            )
         self.backbone: MoSTBackbone | None = None
-        self.wer = torch.nn.ModuleDict({"val": WordErrorRate(), "test": WordErrorRate()})
+        # `*_ctc`: greedy CTC transcripts of the audio encoder's head (with `audio_encoder.ctc_head`).
+        self.wer = torch.nn.ModuleDict({k: WordErrorRate() for k in ("val", "test", "val_ctc", "test_ctc")})
         self.audio_io: dict[str, Any] = {}  # how audio became features/units in training (saved in checkpoints)
         self._last_step_time: float | None = None
         self._sample_texts: list[str] = []
@@ -150,6 +164,22 @@ class StageModule(pl.LightningModule):
             per_task[TASKS[t]] = per_token[rows].sum() / is_target[rows].sum().clamp(min=1)
         return loss, per_task
 
+    def _ctc_loss(self, batch: dict, out) -> Tensor | None:
+        """Mean per-token CTC loss of the ASR rows' encoder output against their transcripts (None without any)."""
+        if out.ctc_logits is None:
+            return None
+        has_frames = batch["feature_mask"].any(dim=1)  # (B,) segment r = the r-th row with frames
+        is_asr = batch["task_ids"][has_frames] == TASKS.index("asr")  # (R,)
+        if not bool(is_asr.any()):
+            return None
+        labels = batch["labels"][has_frames][is_asr]  # (R_asr, T)
+        is_text = (labels != IGNORE_INDEX) & (labels < self.specials.base_vocab_size)  # transcript tokens, no <eos>
+        log_probs = out.ctc_logits[is_asr].float().log_softmax(-1).transpose(0, 1)  # (L, R_asr, V + 1)
+        return torch.nn.functional.ctc_loss(
+            log_probs, labels[is_text], out.ctc_lengths[is_asr], is_text.sum(dim=1),
+            blank=self.config.text_vocab_size, reduction="mean", zero_infinity=True,
+        )
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self(batch)
         loss, per_task = self._task_losses(batch, out.logits)
@@ -161,7 +191,12 @@ class StageModule(pl.LightningModule):
         self._log_throughput(batch)
         if self.global_step % self.hparams.log_routing_every_n_steps == 0 and out.routing:
             log_routing(self, out.routing, self.global_step)
-        return loss + out.aux_loss
+        total = loss + out.aux_loss
+        ctc = self._ctc_loss(batch, out) if self.hparams.ctc_weight > 0 else None
+        if ctc is not None:
+            self.log("train/loss_ctc", ctc, batch_size=B)
+            total = total + self.hparams.ctc_weight * ctc
+        return total
 
     def _log_throughput(self, batch: dict) -> None:
         now = time.perf_counter()
@@ -181,11 +216,16 @@ class StageModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=B, sync_dist=True)
         for task, value in per_task.items():
             self.log(f"{stage}/loss_{task}", value, batch_size=B, sync_dist=True)
+        ctc = self._ctc_loss(batch, out)
+        if ctc is not None:
+            self.log(f"{stage}/loss_ctc", ctc, batch_size=B, sync_dist=True)
         asr_rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
         if asr_rows:
             hyps = self.transcribe_batch(_select(batch, asr_rows))
-            refs = [batch["texts"][i] for i in asr_rows]
-            self.wer[stage].update([normalize_text(h) for h in hyps], [normalize_text(r) for r in refs])
+            refs = [normalize_text(batch["texts"][i]) for i in asr_rows]
+            self.wer[stage].update([normalize_text(h) for h in hyps], refs)
+            if out.ctc_logits is not None:
+                self.wer[f"{stage}_ctc"].update([normalize_text(h) for h in self._ctc_transcripts(batch, out)], refs)
         return asr_rows
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -204,9 +244,23 @@ class StageModule(pl.LightningModule):
         return [{"cut_id": batch["cut_ids"][i], "hypothesis": h, "reference": batch["texts"][i]} for i, h in zip(rows, hyps)]
 
     def _log_wer(self, stage: str) -> None:
-        if self.wer[stage].total > 0:
-            self.log(f"{stage}/asr_wer", self.wer[stage].compute(), sync_dist=True)
-        self.wer[stage].reset()
+        for key, name in ((stage, "asr_wer"), (f"{stage}_ctc", "asr_ctc_wer")):
+            if self.wer[key].total > 0:
+                self.log(f"{stage}/{name}", self.wer[key].compute(), sync_dist=True)
+            self.wer[key].reset()
+
+    def _ctc_transcripts(self, batch: dict, out) -> list[str]:
+        """Greedy CTC transcripts (best id per frame, repeats merged, blanks dropped) of the batch's ASR rows."""
+        has_frames = batch["feature_mask"].any(dim=1)
+        is_asr = (batch["task_ids"][has_frames] == TASKS.index("asr")).tolist()
+        best = out.ctc_logits.argmax(-1)  # (R, L)
+        blank, base = self.config.text_vocab_size, self.specials.base_vocab_size
+        texts = []
+        for r, length in enumerate(out.ctc_lengths.tolist()):
+            if is_asr[r]:
+                ids = torch.unique_consecutive(best[r, :length]).tolist()
+                texts.append(self.tokenizer.decode([i for i in ids if i != blank and i < base]))
+        return texts
 
     def on_validation_epoch_start(self) -> None:
         self._sample_texts = []
@@ -248,7 +302,12 @@ class StageModule(pl.LightningModule):
         allowed[self.specials.eos] = True
         ids = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,))
         self.backbone.train(was_training)
-        return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in ids.tolist()]
+        rows = ids.tolist()
+        ratio = self.hparams.get("asr_max_tokens_per_frame")
+        if ratio is not None:  # greedy rows are independent: cutting one after decoding = stopping it there
+            frames = prompt["feature_mask"].sum(dim=1).tolist()
+            rows = [row[: max(1, math.ceil(ratio * n))] for row, n in zip(rows, frames)]
+        return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in rows]
 
     @torch.no_grad()
     def units_for_batch(
