@@ -123,18 +123,30 @@ class MoSTBackbone(nn.Module):
         x = self.embed_tokens(input_ids)  # (B, T, d)
         segments = None
         if feature_mask is not None and audio_features is not None and audio_features.numel():
-            frames = self.audio_projector(audio_features.to(x.dtype))  # (N, d)
-            if frames.shape[0] != int(feature_mask.sum()):
-                raise ValueError(
-                    f"audio_features has {frames.shape[0]} frames but feature_mask marks {int(feature_mask.sum())} positions"
-                )
-            if self.audio_encoder is not None:
-                counts = feature_mask.sum(dim=1)
-                counts = counts[counts > 0]  # (R,) one audio segment per row with frames
-                frames, padded = self.audio_encoder(frames, counts)
-                segments = (padded, counts)
+            frames, segments = self.audio_frames(audio_features.to(x.dtype), feature_mask)
             x = x.masked_scatter(feature_mask[..., None], frames)
         return x, segments
+
+    def audio_frames(self, audio_features: Tensor, feature_mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Projected (and encoded) frames (N, d), and the encoder's padded output per segment as in `embed`."""
+        frames = self.audio_projector(audio_features)  # (N, d)
+        if frames.shape[0] != int(feature_mask.sum()):
+            raise ValueError(
+                f"audio_features has {frames.shape[0]} frames but feature_mask marks {int(feature_mask.sum())} positions"
+            )
+        if self.audio_encoder is None:
+            return frames, None
+        counts = feature_mask.sum(dim=1)
+        counts = counts[counts > 0]  # (R,) one audio segment per row with frames
+        frames, padded = self.audio_encoder(frames, counts)
+        return frames, (padded, counts)
+
+    def ctc_logits(self, audio_features: Tensor, feature_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """CTC head only, without the decoder: logits (R, L, text_vocab_size + 1) and frames per segment (R,)."""
+        if self.ctc_head is None:
+            raise ValueError("this backbone has no CTC head: set audio_encoder.ctc_head (and encoder layers)")
+        _, (padded, counts) = self.audio_frames(audio_features, feature_mask)
+        return self.ctc_head(padded), counts
 
     def forward(
         self,

@@ -126,3 +126,32 @@ def test_transcripts_are_capped_at_tokens_per_frame() -> None:
     assert [len(h) for h in hyps] == [2, 5]  # ceil(0.25 x 8), ceil(0.25 x 20)
     module.hparams.asr_max_tokens_per_frame = None
     assert [len(h) for h in module.transcribe_batch(asr)] == [40, 40]
+
+
+def test_ctc_warmup_steps_train_the_encoder_alone_then_everything() -> None:
+    torch.manual_seed(0)
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER},
+                          ctc_weight=1.0, ctc_warmup_steps=1)
+    module.configure_model()
+    batch = _asr_batch(module.config, frames=(24, 30))
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+
+    class _Trainer:
+        global_step = 0
+        world_size = 1
+        datamodule = None
+
+    module._trainer = _Trainer()
+    opt = torch.optim.AdamW(module.backbone.parameters(), lr=1e-2)
+    before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
+    module.training_step(batch, 0).backward()
+    opt.step()
+    opt.zero_grad()
+    changed = {k for k, v in module.backbone.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("audio_projector.", "audio_encoder.", "ctc_head.")) for k in changed)
+    _Trainer.global_step = 1  # warmup over: the decoder trains too
+    module.training_step(batch, 0).backward()
+    opt.step()
+    assert not torch.equal(module.backbone.layers[0].self_attn.o_proj.weight, before["layers.0.self_attn.o_proj.weight"])
+    with pytest.raises(ValueError, match="set ctc_weight > 0"):
+        Stage1Module(backbone_overrides={"audio_encoder": ENCODER}, ctc_warmup_steps=5)

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchmetrics.text import WordErrorRate
 
 from lightning_most.audio import build_vocoder
-from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.backbone import BackboneOutput, MoSTBackbone, next_token_loss
 from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverrides, MoEOverrides, build_config
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
@@ -67,6 +67,7 @@ class StageModule(pl.LightningModule):
         log_routing_every_n_steps: int = 100,
         num_audio_samples: int = 2,
         ctc_weight: float = 0.0,
+        ctc_warmup_steps: int = 0,
     ) -> None:
         """Build the stage.
 
@@ -86,6 +87,9 @@ class StageModule(pl.LightningModule):
             num_audio_samples: dev texts spoken (Griffin-Lim) and logged to TensorBoard at each validation.
             ctc_weight: weight of a CTC loss on the audio encoder's output against ASR transcripts (needs
                 `backbone_overrides.audio_encoder.ctc_head`); 0 = none, as in MoST (frozen HuBERT input).
+            ctc_warmup_steps: the first N steps train only the audio projection, encoder and CTC head, on the
+                batches' ASR rows (the decoder is not run): a from-scratch model pre-trains its own speech
+                encoder where MoST starts from a pretrained HuBERT. Under DDP set find_unused_parameters.
     """
         super().__init__()
         self.save_hyperparameters()
@@ -101,6 +105,10 @@ class StageModule(pl.LightningModule):
         self.optim = optimizer or OptimizerConfig()
         if ctc_weight < 0:
             raise ValueError(f"ctc_weight must be >= 0, got {ctc_weight}")
+        if ctc_warmup_steps < 0:
+            raise ValueError(f"ctc_warmup_steps must be >= 0, got {ctc_warmup_steps}")
+        if ctc_warmup_steps > 0 and ctc_weight <= 0:
+            raise ValueError(f"ctc_warmup_steps={ctc_warmup_steps} trains the CTC head: set ctc_weight > 0")
         if ctc_weight > 0 and not self.config.audio_encoder.ctc_head:
             raise ValueError(
                 f"ctc_weight={ctc_weight} needs a CTC head: set model.init_args.backbone_overrides.audio_encoder.ctc_head "
@@ -166,7 +174,7 @@ class StageModule(pl.LightningModule):
 
     def _ctc_loss(self, batch: dict, out) -> Tensor | None:
         """Mean per-token CTC loss of the ASR rows' encoder output against their transcripts (None without any)."""
-        if out.ctc_logits is None:
+        if out.ctc_logits is None or out.ctc_lengths is None:
             return None
         has_frames = batch["feature_mask"].any(dim=1)  # (B,) segment r = the r-th row with frames
         is_asr = batch["task_ids"][has_frames] == TASKS.index("asr")  # (R,)
@@ -180,7 +188,22 @@ class StageModule(pl.LightningModule):
             blank=self.config.text_vocab_size, reduction="mean", zero_infinity=True,
         )
 
+    def _ctc_warmup_step(self, batch: dict) -> Tensor:
+        """Encoder-only step: the CTC loss of the ASR rows (a graph-connected zero if the batch has none)."""
+        B = batch["input_ids"].shape[0]
+        out = None
+        if batch.get("audio_features") is not None and batch["audio_features"].numel():
+            logits, lengths = self.backbone.ctc_logits(batch["audio_features"], batch["feature_mask"])
+            out = BackboneOutput(logits=logits, aux_loss=logits.new_zeros(()), ctc_logits=logits, ctc_lengths=lengths)
+        ctc = self._ctc_loss(batch, out) if out is not None else None
+        if ctc is None:
+            return sum(p.sum() for p in self.backbone.ctc_head.parameters()) * 0.0
+        self.log("train/loss_ctc", ctc, batch_size=B)
+        return self.hparams.ctc_weight * ctc
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if self.global_step < self.hparams.get("ctc_warmup_steps", 0):
+            return self._ctc_warmup_step(batch)
         out = self(batch)
         loss, per_task = self._task_losses(batch, out.logits)
         B = batch["input_ids"].shape[0]
