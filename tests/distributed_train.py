@@ -38,16 +38,17 @@ SEQ_LEN = 24
 NUM_FRAMES = 4
 
 
-def global_batches(config, seed: int = 0) -> list[list[dict]]:
+def global_batches(config, seed: int = 0, frames_from_step: int = 1) -> list[list[dict]]:
     """`NUM_STEPS` global batches of `GLOBAL_BATCH` rows (T = SEQ_LEN): text, then audio units.
 
-    Even rows also carry `NUM_FRAMES` continuous audio frames (as an ASR prompt: no loss there), so
-    every parameter gets a gradient and each rank's rows hold the same number of targets.
+    From step `frames_from_step` (1 = the first), even rows also carry `NUM_FRAMES` continuous audio
+    frames (as an ASR prompt: no loss there), so every parameter gets a gradient; before it the audio
+    projector gets none. Each rank's rows hold the same number of targets either way.
     """
     g = torch.Generator().manual_seed(seed)
     half = SEQ_LEN // 2
     steps = []
-    for _ in range(NUM_STEPS):
+    for step in range(1, NUM_STEPS + 1):
         rows = []
         for i in range(GLOBAL_BATCH):
             text = torch.randint(0, 256, (half,), generator=g)  # byte tokens
@@ -57,9 +58,10 @@ def global_batches(config, seed: int = 0) -> list[list[dict]]:
             labels = torch.cat([input_ids[1:], input_ids[:1]])  # (T,)
             feature_mask = torch.zeros(SEQ_LEN, dtype=torch.bool)
             if i % 2 == 0:
-                feature_mask[1 : 1 + NUM_FRAMES] = True
-                modality_ids[feature_mask] = 1
                 labels[: 1 + NUM_FRAMES] = IGNORE_INDEX
+                if step >= frames_from_step:
+                    feature_mask[1 : 1 + NUM_FRAMES] = True
+                    modality_ids[feature_mask] = 1
             rows.append({
                 "input_ids": input_ids, "modality_ids": modality_ids, "labels": labels, "feature_mask": feature_mask,
                 "audio_features": torch.randn(int(feature_mask.sum()), config.audio_feature_dim, generator=g),
@@ -118,9 +120,9 @@ class RankSlices:
 class FixedBatches(pl.LightningDataModule):
     """The global batches of `global_batches`, split across the trainer's ranks."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, frames_from_step: int = 1) -> None:
         super().__init__()
-        self.steps = global_batches(config)
+        self.steps = global_batches(config, frames_from_step=frames_from_step)
 
     def train_dataloader(self) -> RankSlices:
         return RankSlices(self.steps, self.trainer.global_rank, self.trainer.world_size)
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (0: never)")
     parser.add_argument("--kill-at", type=int, default=None, help="raise after this many steps (a crashed run)")
     parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint (file or sharded folder)")
+    parser.add_argument("--frames-from-step", type=int, default=1,
+                        help="first step whose batch has audio frames (before it the audio projector gets no gradient)")
     parser.add_argument("--root", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         activation_checkpointing=args.activation_checkpointing,
         log_routing_every_n_steps=1000,
     )
-    data = FixedBatches(module.config)
+    data = FixedBatches(module.config, args.frames_from_step)
     recorder = GlobalLoss()
     callbacks: list[pl.Callback] = [recorder]
     if args.checkpoint_every:

@@ -108,3 +108,16 @@ def test_strategy_configs_compose_with_a_base_config(strategy: str, capsys: pyte
     else:
         assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
         assert trainer["strategy"]["init_args"]["find_unused_parameters"] is True
+
+
+def test_fsdp2_resumes_when_a_parameter_had_no_gradient_before_the_checkpoint(runs: Path) -> None:
+    # No audio frames before step 5: at the step-3 checkpoint the audio projector has never had a gradient.
+    # AdamW had no state for it, and a sharded load expects one for every parameter (fill_missing_adamw_state).
+    late = ("--frames-from-step", "5")
+    reference = _train(runs, "single_late_audio", "--strategy", "single", "--devices", "1", *late)
+    killed = _train(runs, "fsdp_late_audio_killed", "--strategy", "fsdp", "--devices", "2", *late,
+                    "--checkpoint-every", "3", "--kill-at", "4")
+    resumed = _train(runs, "fsdp_late_audio_resumed", "--strategy", "fsdp", "--devices", "2", *late,
+                     "--ckpt-path", killed["last_checkpoint"])
+    assert sorted(resumed["losses"]) == [4, 5, 6]
+    _same(resumed["losses"], reference["losses"])

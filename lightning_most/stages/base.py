@@ -383,6 +383,10 @@ class StageModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        for optimizer in self.trainer.optimizers if self.trainer else []:
+            fill_missing_adamw_state(optimizer)
+
     # ---- checkpoints -------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
@@ -396,6 +400,32 @@ class StageModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.audio_io = checkpoint.get("audio_io", {})
         self.configure_model()
+
+
+def fill_missing_adamw_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter that has had no gradient yet the zero state AdamW would create at its first step.
+
+    A sharded (FSDP2) checkpoint is loaded against a state for every parameter, so one saved while some
+    parameter never had a gradient (the audio projector before the first ASR batch, the decoder during
+    `ctc_warmup_steps`) could not be resumed. The zero state is exactly what AdamW starts from, and
+    parameters without a gradient are still skipped by its step, so training is unchanged.
+    """
+    if not isinstance(optimizer, torch.optim.AdamW):
+        return
+    for group in optimizer.param_groups:
+        on_device = group.get("capturable") or group.get("fused")
+        for p in group["params"]:
+            if optimizer.state.get(p):
+                continue
+            step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            state = {
+                "step": torch.zeros((), dtype=step_dtype, device=p.device) if on_device else torch.tensor(0.0, dtype=step_dtype),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            optimizer.state[p] = state
 
 
 def _select(batch: dict, rows: list[int]) -> dict:
