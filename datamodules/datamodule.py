@@ -6,9 +6,10 @@ by their duration-equivalent, `text.py`), split across ranks by the sampler, and
 collated in `num_workers` seeded worker processes (`dataset.py`). With `infinite=True` (default) the
 stream never ends: train with `trainer.max_steps` and an integer `val_check_interval`.
 
-Val / test: the dev / test sources in manifest order (`SimpleCutSampler`, no shuffling), each cut
-laid out for the task of its source (list a corpus twice, once with task asr and once with tts, to
-evaluate both).
+Val / test: the dev / test sources interleaved in a seeded, fixed order (lhotse mux; each source in
+manifest order; `SimpleCutSampler`, no shuffling), so that a limited number of eval batches
+(`trainer.limit_val_batches`) holds every source; each cut is laid out for the task of its source
+(list a corpus twice, once with task asr and once with tts, to evaluate both).
 
 Every batch is the `lightning_most.layouts.collate` dict (B batch, T positions, N audio-frame
 positions, F = `feature_dim`):
@@ -26,9 +27,7 @@ it fetches one batch ahead of the step). Cuts skipped as bad data are counted in
 
 from __future__ import annotations
 
-import functools
 import json
-import operator
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -201,11 +200,12 @@ class MostDataModule(pl.LightningDataModule):
         return ResumableLoader(self.dataset, sampler, skips, self.num_workers, self.seed, self.pin_memory)
 
     def make_eval_loader(self, sources: list[SourceConfig], rank: int = 0, world_size: int = 1) -> ResumableLoader:
-        """A deterministic loader over `sources` in manifest order, one pass."""
+        """A deterministic one-pass loader over `sources`, interleaved in a seeded fixed order (see the module docstring)."""
         if not sources:
             raise ValueError("no evaluation sources: set `val_sources` / `test_sources` of the data module.")
         cutsets = [open_source(s, self.tokenizer, self.text_tokens_per_second, self.seed, False) for s in sources]
-        cuts: CutSet = functools.reduce(operator.add, cutsets)
+        # Interleaved, not concatenated: the first batches then hold every task and corpus, not only the first source's.
+        cuts: CutSet = cutsets[0] if len(cutsets) == 1 else CutSet.mux(*cutsets, seed=self.seed)
         sampler = SimpleCutSampler(
             cuts, max_duration=self.eval_max_duration, shuffle=False, rank=rank, world_size=world_size
         )

@@ -172,4 +172,9 @@ def test_embedded_data_module_reads_the_corpus_and_describes_its_audio(tiny_corp
     audio_io = module.audio_io()
     assert audio_io["unit_encoder"]["encoder"] == "fbank" and audio_io["features"]["num_mel_bins"] == 80
     assert {TASKS[t] for b in module.val_dataloader() for t in b["task_ids"]} == {"asr", "tts"}
+    # Sources are interleaved, not concatenated: TTS batches start before the last ASR one, so a run
+    # limited to the first dev batches (trainer.limit_val_batches) evaluates both tasks.
+    tasks = [{TASKS[t] for t in b["task_ids"]} for b in module.val_dataloader()]
+    assert min(i for i, t in enumerate(tasks) if "tts" in t) < max(i for i, t in enumerate(tasks) if "asr" in t)
+    assert tasks == [{TASKS[t] for t in b["task_ids"]} for b in module.val_dataloader()]  # the same order every pass
     assert set(next(iter(module.train_dataloader()))) >= {"input_ids", "labels", "modality_ids", "task_ids"}
