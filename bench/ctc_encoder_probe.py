@@ -14,9 +14,9 @@ corpus.) Results: bench/RESULTS.md. Learning rate: linear warmup over 100 steps,
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,11 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules import EmbeddedDataModule  # noqa: E402
-from datamodules.dataset import FeatureConfig  # noqa: E402
-from lightning_most.audio_encoder import AudioEncoder  # noqa: E402
-from lightning_most.config import AudioEncoderConfig  # noqa: E402
-from lightning_most.evaluation.normalize import normalize_text  # noqa: E402
+from datamodules import EmbeddedDataModule
+from datamodules.dataset import FeatureConfig
+from lightning_most.audio_encoder import AudioEncoder
+from lightning_most.config import AudioEncoderConfig
+from lightning_most.evaluation.normalize import normalize_text
 
 BLANK = 256  # byte tokens 0-255, then the blank
 

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_most.attention import KVCache, RMSNorm, build_attention
-from lightning_most.audio_encoder import AudioEncoder
 from lightning_most.attention import attention_mask as attention_mask_for
+from lightning_most.audio_encoder import AudioEncoder
 from lightning_most.config import ModelConfig
 from lightning_most.layouts import IGNORE_INDEX
 from lightning_most.mamoe import ModalityAwareRouter, MoEBlock, RoutedExperts, RoutingStats, SwiGLU
