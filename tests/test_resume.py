@@ -9,12 +9,14 @@ is part of what is tested (without it the resumed run would replay the first bat
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 import yaml
 
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
@@ -153,3 +155,25 @@ def test_killed_run_resumes_with_identical_losses(resume_corpus: Path, tmp_path:
     assert [resumed.losses[s] for s in steps] == pytest.approx([reference.losses[s] for s in steps], rel=1e-6, abs=1e-7)
     # The losses move, so equal numbers mean something.
     assert abs(reference.losses[MAX_STEPS] - reference.losses[CHECKPOINT_EVERY + 1]) > 1e-3
+
+
+def test_filling_missing_adamw_state_leaves_training_unchanged() -> None:
+    from lightning_most.stages.base import fill_missing_adamw_state
+
+    torch.manual_seed(0)
+    used, late = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)  # `late` gets its first gradient at step 3
+    copies = [torch.nn.ModuleList([used, late]), copy.deepcopy(torch.nn.ModuleList([used, late]))]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=0.1, weight_decay=0.1) for m in copies]
+    x = torch.randn(8, 4)
+    for step in range(4):
+        for filled, (model, opt) in enumerate(zip(copies, optimizers)):
+            loss = model[0](x).square().mean() + (model[1](x).square().mean() if step >= 3 else 0.0)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if filled:
+                fill_missing_adamw_state(opt)
+                assert len(opt.state) == 4  # the late layer's weight and bias have a (zero) state
+    assert len(optimizers[0].state) == 4  # by now the plain optimizer has them too
+    for a, b in zip(copies[0].parameters(), copies[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

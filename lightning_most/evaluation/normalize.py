@@ -53,8 +53,7 @@ def number_to_words(number: str) -> str:
     try:
         words = _inflect_engine().number_to_words(number, andword="")
     except inflect.NumOutOfRangeError:
-        digits = _inflect_engine().number_to_words(number, group=1, andword="")  # "1 2 3" -> "one, two, three"
-        words = digits if isinstance(digits, str) else " ".join(digits)
+        words = _inflect_engine().number_to_words(number, group=1, andword="")  # "123" -> "one, two, three"
     return " ".join(words.replace(",", " ").replace("-", " ").split())
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchmetrics.text import WordErrorRate
 
 from lightning_most.audio import build_vocoder
-from lightning_most.backbone import BackboneOutput, MoSTBackbone, next_token_loss
+from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverrides, MoEOverrides, build_config
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
@@ -172,30 +172,33 @@ class StageModule(pl.LightningModule):
             per_task[TASKS[t]] = per_token[rows].sum() / is_target[rows].sum().clamp(min=1)
         return loss, per_task
 
-    def _ctc_loss(self, batch: dict, out) -> Tensor | None:
+    @staticmethod
+    def _asr_segments(batch: dict) -> Tensor:
+        """(R,) bool: which audio segments (the rows with frames, in order) belong to ASR rows."""
+        has_frames = batch["feature_mask"].any(dim=1)  # (B,)
+        return batch["task_ids"][has_frames] == TASKS.index("asr")
+
+    def _ctc_loss(self, batch: dict, ctc_logits: Tensor | None, ctc_lengths: Tensor | None) -> Tensor | None:
         """Mean per-token CTC loss of the ASR rows' encoder output against their transcripts (None without any)."""
-        if out.ctc_logits is None or out.ctc_lengths is None:
+        if ctc_logits is None or ctc_lengths is None:
             return None
-        has_frames = batch["feature_mask"].any(dim=1)  # (B,) segment r = the r-th row with frames
-        is_asr = batch["task_ids"][has_frames] == TASKS.index("asr")  # (R,)
+        is_asr = self._asr_segments(batch)  # (R,)
         if not bool(is_asr.any()):
             return None
-        labels = batch["labels"][has_frames][is_asr]  # (R_asr, T)
+        labels = batch["labels"][batch["feature_mask"].any(dim=1)][is_asr]  # (R_asr, T)
         is_text = (labels != IGNORE_INDEX) & (labels < self.specials.base_vocab_size)  # transcript tokens, no <eos>
-        log_probs = out.ctc_logits[is_asr].float().log_softmax(-1).transpose(0, 1)  # (L, R_asr, V + 1)
+        log_probs = ctc_logits[is_asr].float().log_softmax(-1).transpose(0, 1)  # (L, R_asr, V + 1)
         return torch.nn.functional.ctc_loss(
-            log_probs, labels[is_text], out.ctc_lengths[is_asr], is_text.sum(dim=1),
+            log_probs, labels[is_text], ctc_lengths[is_asr], is_text.sum(dim=1),
             blank=self.config.text_vocab_size, reduction="mean", zero_infinity=True,
         )
 
     def _ctc_warmup_step(self, batch: dict) -> Tensor:
         """Encoder-only step: the CTC loss of the ASR rows (a graph-connected zero if the batch has none)."""
         B = batch["input_ids"].shape[0]
-        out = None
+        ctc = None
         if batch.get("audio_features") is not None and batch["audio_features"].numel():
-            logits, lengths = self.backbone.ctc_logits(batch["audio_features"], batch["feature_mask"])
-            out = BackboneOutput(logits=logits, aux_loss=logits.new_zeros(()), ctc_logits=logits, ctc_lengths=lengths)
-        ctc = self._ctc_loss(batch, out) if out is not None else None
+            ctc = self._ctc_loss(batch, *self.backbone.ctc_logits(batch["audio_features"], batch["feature_mask"]))
         if ctc is None:
             return sum(p.sum() for p in self.backbone.ctc_head.parameters()) * 0.0
         self.log("train/loss_ctc", ctc, batch_size=B)
@@ -215,7 +218,7 @@ class StageModule(pl.LightningModule):
         if self.global_step % self.hparams.log_routing_every_n_steps == 0 and out.routing:
             log_routing(self, out.routing, self.global_step)
         total = loss + out.aux_loss
-        ctc = self._ctc_loss(batch, out) if self.hparams.ctc_weight > 0 else None
+        ctc = self._ctc_loss(batch, out.ctc_logits, out.ctc_lengths) if self.hparams.ctc_weight > 0 else None
         if ctc is not None:
             self.log("train/loss_ctc", ctc, batch_size=B)
             total = total + self.hparams.ctc_weight * ctc
@@ -239,7 +242,7 @@ class StageModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=B, sync_dist=True)
         for task, value in per_task.items():
             self.log(f"{stage}/loss_{task}", value, batch_size=B, sync_dist=True)
-        ctc = self._ctc_loss(batch, out)
+        ctc = self._ctc_loss(batch, out.ctc_logits, out.ctc_lengths)
         if ctc is not None:
             self.log(f"{stage}/loss_ctc", ctc, batch_size=B, sync_dist=True)
         asr_rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
@@ -274,8 +277,7 @@ class StageModule(pl.LightningModule):
 
     def _ctc_transcripts(self, batch: dict, out) -> list[str]:
         """Greedy CTC transcripts (best id per frame, repeats merged, blanks dropped) of the batch's ASR rows."""
-        has_frames = batch["feature_mask"].any(dim=1)
-        is_asr = (batch["task_ids"][has_frames] == TASKS.index("asr")).tolist()
+        is_asr = self._asr_segments(batch).tolist()
         best = out.ctc_logits.argmax(-1)  # (R, L)
         blank, base = self.config.text_vocab_size, self.specials.base_vocab_size
         texts = []
@@ -412,6 +414,8 @@ def fill_missing_adamw_state(optimizer: torch.optim.Optimizer) -> None:
     """
     if not isinstance(optimizer, torch.optim.AdamW):
         return
+    if len(optimizer.state) >= sum(len(g["params"]) for g in optimizer.param_groups):
+        return  # every parameter has its state (every step after the first few): nothing to walk
     for group in optimizer.param_groups:
         on_device = group.get("capturable") or group.get("fused")
         for p in group["params"]:
