@@ -75,7 +75,8 @@ class MostDataModule(pl.LightningDataModule):
             val_sources: dev corpora, one entry per (corpus, task) to evaluate.
             test_sources: test corpora, likewise.
             tokenizer: "byte" or a local transformers tokenizer folder (`lightning_most.tokenizer`).
-            features: ASR input features (on-the-fly fbank by default, or precomputed; frame stacking).
+            features: ASR input features (on-the-fly fbank by default, frozen Whisper encoder states, or
+                precomputed; frame stacking).
             max_duration: seconds of audio (text: duration-equivalent) per batch.
             num_buckets: duration buckets of the train sampler.
             buffer_size: cuts held by the bucketing sampler: more shuffles better but lets the task mix of
@@ -131,10 +132,10 @@ class MostDataModule(pl.LightningDataModule):
 
     @property
     def feature_dim(self) -> int:
-        """F of `audio_features` for the on-the-fly fbank (num_mel_bins * frame_stack)."""
-        if self.features.kind != "fbank":
-            raise ValueError("feature_dim is known in advance only for kind='fbank'; precomputed features set it")
-        return self.features.num_mel_bins * self.features.frame_stack
+        """F of `audio_features`: frame width (fbank bins, Whisper d_model) x frame_stack."""
+        if self.features.kind == "precomputed":
+            raise ValueError("feature_dim is not known in advance for kind='precomputed': the stored features set it")
+        return self.dataset.extractor.num_features * self.features.frame_stack
 
     def _unit_description(self) -> dict:
         if self.unit_quantizer is None:

@@ -4,14 +4,24 @@ The sources follow from the corpus folder (`embedded.corpus_paths`): train ASR a
 `embedded_cuts_train`, text LM on `text_train`; validation ASR + TTS on dev; test ASR + TTS on the
 test split (held-out speakers). `prepare_data` builds the corpus with `corpus` (an
 `EmbeddedCorpusConfig`) when the folder does not hold one built with that config.
+
+With `features.kind == "whisper"` the speech sources are the corpus's cuts with stored Whisper
+encoder states (`whisper_features/` under the corpus, written by `prepare_data` through
+`encoder_features.prepare_whisper_features`, about 45 s for the default corpus on 2 cores), so
+training reads the states instead of running the encoder for every batch.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from datamodules.datamodule import MostDataModule
 from datamodules.dataset import FeatureConfig
-from datamodules.embedded import EmbeddedCorpusConfig, corpus_paths, prepare_embedded_corpus
+from datamodules.embedded import SPLITS, EmbeddedCorpusConfig, corpus_paths, prepare_embedded_corpus
+from datamodules.encoder_features import prepare_whisper_features
 from datamodules.mixing import SourceConfig
+
+WHISPER_FEATURES_DIR = "whisper_features"
 
 
 def _speech_sources(path: str) -> list[SourceConfig]:
@@ -44,14 +54,17 @@ class EmbeddedDataModule(MostDataModule):
         paths = corpus_paths(corpus_dir)
         self.corpus_dir = corpus_dir
         self.corpus = corpus or EmbeddedCorpusConfig()
+        self.speech_cuts = dict(paths.cuts)
+        if features is not None and features.kind == "whisper":
+            self.speech_cuts = {split: self._whisper_cuts(split) for split in SPLITS}
         super().__init__(
             train_sources=[
-                *_speech_sources(str(paths.cuts["train"])),
+                *_speech_sources(str(self.speech_cuts["train"])),
                 SourceConfig("fortunes", "text_lm", str(paths.text["train"])),
             ],
             task_weights=task_weights,
-            val_sources=_speech_sources(str(paths.cuts["dev"])),
-            test_sources=_speech_sources(str(paths.cuts["test"])),
+            val_sources=_speech_sources(str(self.speech_cuts["dev"])),
+            test_sources=_speech_sources(str(self.speech_cuts["test"])),
             tokenizer=tokenizer,
             features=features,
             max_duration=max_duration,
@@ -68,6 +81,13 @@ class EmbeddedDataModule(MostDataModule):
             unit_quantizer=str(paths.unit_quantizer),
         )
 
+    def _whisper_cuts(self, split: str) -> Path:
+        return Path(self.corpus_dir) / WHISPER_FEATURES_DIR / f"embedded_cuts_{split}.jsonl.gz"
+
     def prepare_data(self) -> None:
-        """Lightning hook (one process per node): build the corpus unless it is already there."""
-        prepare_embedded_corpus(self.corpus_dir, self.corpus)
+        """Lightning hook (one process per node): build the corpus (and stored Whisper states) unless already there."""
+        paths = prepare_embedded_corpus(self.corpus_dir, self.corpus)
+        if self.features.kind == "whisper":
+            for split in SPLITS:
+                out = self._whisper_cuts(split)
+                prepare_whisper_features(paths.cuts[split], out, out.parent / split, self.features)

