@@ -157,8 +157,13 @@ class MoSTBackbone(nn.Module):
         feature_mask: Tensor | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        position_ids: Tensor | None = None,
     ) -> BackboneOutput:
-        """Logits over the unified vocabulary, the summed aux loss, and per-MoE-layer routing stats."""
+        """Logits over the unified vocabulary, the summed aux loss, and per-MoE-layer routing stats.
+
+        `position_ids` (B, T), the RoPE positions of the T new inputs, may be fractional (`positions.py`);
+        by default a position is the count of real positions before it (left padding safe).
+        """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if attention_mask is None:
@@ -166,7 +171,10 @@ class MoSTBackbone(nn.Module):
         if attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask must be (B, cached + T) = {(B, past + T)}, got {tuple(attention_mask.shape)}")
         valid = attention_mask[:, past:]  # (B, T)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T), left padding safe
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T), left padding safe
+        elif position_ids.shape != (B, T):
+            raise ValueError(f"position_ids must be (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
         mask = attention_mask_for(attention_mask, T)  # (B, 1, T, S)
         x, segments = self.embed(input_ids, audio_features, feature_mask)
 

@@ -46,6 +46,7 @@ def generate(
     top_k: int | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    positions: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Decode up to `max_new_tokens` ids after a left-padded prompt.
 
@@ -59,6 +60,8 @@ def generate(
         top_k: sample only among the k most likely ids.
         use_cache: reuse keys/values of earlier positions (False recomputes the whole sequence each step).
         generator: RNG for sampling.
+        positions: (prompt positions (B, T), start (B,), step (B,)): RoPE positions of the prompt, and generated
+            id t sits at start + t * step (`positions.decoding_positions`); None = consecutive positions.
 
     Returns:
         (B, max_new_tokens) generated ids; positions after a sequence stopped hold -1.
@@ -72,11 +75,13 @@ def generate(
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
 
     full = dict(prompt)  # the whole sequence so far
+    if positions is not None:
+        full["position_ids"], start, stride = positions
     step = full  # what the next forward pass is fed: everything without a cache, the new position with one
     for t in range(max_new_tokens):
         logits = model(
             step["input_ids"], step["modality_ids"], full["attention_mask"],
-            step.get("audio_features"), step.get("feature_mask"), cache=cache,
+            step.get("audio_features"), step.get("feature_mask"), cache=cache, position_ids=step.get("position_ids"),
         ).logits[:, -1]  # (B, V)
         next_id = _pick(logits.float(), allowed_ids, temperature, top_k, generator)  # (B,)
         out[:, t] = torch.where(done, -1, next_id)
@@ -89,6 +94,8 @@ def generate(
             "feature_mask": torch.zeros(B, 1, dtype=torch.bool, device=device),
             "attention_mask": torch.ones(B, 1, dtype=torch.bool, device=device),
         }
+        if positions is not None:
+            new["position_ids"] = (start + t * stride)[:, None].to(full["position_ids"].dtype)
         full = {**full, **{k: torch.cat([full[k], v], dim=1) for k, v in new.items() if k in full}}
         step = new if use_cache else full
     return out

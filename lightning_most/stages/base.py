@@ -27,8 +27,11 @@ from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverride
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
 from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
+from lightning_most.positions import audio_scaled_positions, decoding_positions
 from lightning_most.routing_logging import log_routing
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
+
+ASR_POSITIONS = ("sequential", "audio_scaled")
 
 
 @dataclass
@@ -68,6 +71,8 @@ class StageModule(pl.LightningModule):
         num_audio_samples: int = 2,
         ctc_weight: float = 0.0,
         ctc_warmup_steps: int = 0,
+        asr_positions: str = "sequential",
+        asr_length_jitter: float = 0.15,
     ) -> None:
         """Build the stage.
 
@@ -90,6 +95,11 @@ class StageModule(pl.LightningModule):
             ctc_warmup_steps: the first N steps train only the audio projection, encoder and CTC head, on the
                 batches' ASR rows (the decoder is not run): a from-scratch model pre-trains its own speech
                 encoder where MoST starts from a pretrained HuBERT. Under DDP set find_unused_parameters.
+            asr_positions: RoPE positions of ASR transcripts: "sequential" (MoST), or "audio_scaled", spread over
+                the audio's frames (`lightning_most.positions`) so that a decoder trained from scratch learns to
+                read its audio in hundreds of steps; needs the CTC head, whose greedy length sets them in decoding.
+            asr_length_jitter: audio_scaled training scales each transcript's length by a factor drawn from
+                [1 - j, 1 + j], so the decoder tolerates the CTC estimate's error.
     """
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +124,15 @@ class StageModule(pl.LightningModule):
                 f"ctc_weight={ctc_weight} needs a CTC head: set model.init_args.backbone_overrides.audio_encoder.ctc_head "
                 "(and num_conv_layers / num_layers > 0), or ctc_weight=0"
             )
+        if asr_positions not in ASR_POSITIONS:
+            raise ValueError(f"asr_positions={asr_positions!r}: use one of {ASR_POSITIONS}")
+        if asr_positions == "audio_scaled" and not self.config.audio_encoder.ctc_head:
+            raise ValueError(
+                "asr_positions='audio_scaled' needs the CTC head (its greedy transcript length sets the positions in "
+                "decoding): set model.init_args.backbone_overrides.audio_encoder.ctc_head and ctc_weight > 0"
+            )
+        if not 0 <= asr_length_jitter < 1:
+            raise ValueError(f"asr_length_jitter must lie in [0, 1), got {asr_length_jitter}")
         self.backbone: MoSTBackbone | None = None
         # `*_ctc`: greedy CTC transcripts of the audio encoder's head (with `audio_encoder.ctc_head`).
         self.wer = torch.nn.ModuleDict({k: WordErrorRate() for k in ("val", "test", "val_ctc", "test_ctc")})
@@ -156,8 +175,25 @@ class StageModule(pl.LightningModule):
         """Backbone outputs for a collated batch."""
         return self.backbone(
             batch["input_ids"], batch["modality_ids"], batch["attention_mask"],
-            batch.get("audio_features"), batch["feature_mask"],
+            batch.get("audio_features"), batch["feature_mask"], position_ids=self._positions(batch),
         )
+
+    @property
+    def _scaled_positions(self) -> bool:
+        return self.hparams.get("asr_positions", "sequential") == "audio_scaled"
+
+    def _positions(self, batch: dict) -> Tensor | None:
+        """Teacher-forced positions: None (consecutive), or audio_scaled ones from the true transcript lengths."""
+        if not self._scaled_positions:
+            return None
+        is_asr = batch["task_ids"] == TASKS.index("asr")  # (B,)
+        lengths = ((batch["labels"] != IGNORE_INDEX).sum(dim=1) - 1).clamp(min=0).float()  # transcript, <eos> excluded
+        jitter = self.hparams.asr_length_jitter
+        if self.training and jitter > 0:  # seeded by the step: a resumed run draws the same factors
+            generator = torch.Generator().manual_seed(int(self.global_step))
+            factors = 1 + jitter * (2 * torch.rand(lengths.shape[0], generator=generator) - 1)
+            lengths = lengths * factors.to(lengths.device)
+        return audio_scaled_positions(batch["attention_mask"], batch["feature_mask"], is_asr, lengths)
 
     # ---- losses ------------------------------------------------------------------------------
     def _task_losses(self, batch: dict, logits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -275,17 +311,27 @@ class StageModule(pl.LightningModule):
                 self.log(f"{stage}/{name}", self.wer[key].compute(), sync_dist=True)
             self.wer[key].reset()
 
-    def _ctc_transcripts(self, batch: dict, out) -> list[str]:
-        """Greedy CTC transcripts (best id per frame, repeats merged, blanks dropped) of the batch's ASR rows."""
-        is_asr = self._asr_segments(batch).tolist()
-        best = out.ctc_logits.argmax(-1)  # (R, L)
+    def _greedy_ctc_ids(self, ctc_logits: Tensor, ctc_lengths: Tensor) -> list[list[int]]:
+        """Greedy CTC token ids of each audio segment (best id per frame, repeats merged, blanks dropped)."""
+        best = ctc_logits.argmax(-1)  # (R, L)
         blank, base = self.config.text_vocab_size, self.specials.base_vocab_size
-        texts = []
-        for r, length in enumerate(out.ctc_lengths.tolist()):
-            if is_asr[r]:
-                ids = torch.unique_consecutive(best[r, :length]).tolist()
-                texts.append(self.tokenizer.decode([i for i in ids if i != blank and i < base]))
-        return texts
+        out = []
+        for r, length in enumerate(ctc_lengths.tolist()):
+            ids = torch.unique_consecutive(best[r, :length]).tolist()
+            out.append([i for i in ids if i != blank and i < base])
+        return out
+
+    def _ctc_ids(self, prompt: dict) -> list[list[int]]:
+        """Greedy CTC ids of each prompt row (every row must hold audio)."""
+        if prompt.get("audio_features") is None or not bool(prompt["feature_mask"].any(dim=1).all()):
+            raise ValueError("audio_scaled decoding needs audio frames in every prompt row")
+        return self._greedy_ctc_ids(*self.backbone.ctc_logits(prompt["audio_features"], prompt["feature_mask"]))
+
+    def _ctc_transcripts(self, batch: dict, out) -> list[str]:
+        """Greedy CTC transcripts of the batch's ASR rows."""
+        is_asr = self._asr_segments(batch).tolist()
+        ids = self._greedy_ctc_ids(out.ctc_logits, out.ctc_lengths)
+        return [self.tokenizer.decode(row) for row, keep in zip(ids, is_asr) if keep]
 
     def on_validation_epoch_start(self) -> None:
         self._sample_texts = []
@@ -325,7 +371,12 @@ class StageModule(pl.LightningModule):
         allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
         allowed[: self.specials.base_vocab_size] = True
         allowed[self.specials.eos] = True
-        ids = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,))
+        positions = None
+        if self._scaled_positions:
+            lengths = torch.tensor([len(t) for t in self._ctc_ids(prompt)], dtype=torch.float32, device=self.device)
+            positions = decoding_positions(prompt, torch.ones_like(lengths, dtype=torch.bool), lengths)
+        ids = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,),
+                       positions=positions)
         self.backbone.train(was_training)
         rows = ids.tolist()
         ratio = self.hparams.get("asr_max_tokens_per_frame")

@@ -1,0 +1,111 @@
+"""audio_scaled transcript positions: where each token sits, decoding uses the same positions as training,
+cached generation matches uncached, and the stage module estimates lengths from its CTC head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_most.backbone import MoSTBackbone
+from lightning_most.config import build_config
+from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.layouts import asr_example, collate, text_lm_example
+from lightning_most.positions import audio_scaled_positions, decoding_positions
+from lightning_most.stages import Stage1Module
+from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
+
+TOK = ByteTokenizer()
+SPECIALS = SpecialTokens(TOK.base_vocab_size)
+ENCODER = {"num_conv_layers": 1, "num_layers": 1, "ctc_head": True}
+
+
+def _batch(cfg, texts=("hello world", "good day"), frames=(24, 9)) -> dict:
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        asr_example(TOK.encode(t), SPECIALS, cfg.text_vocab_size, features=torch.randn(n, cfg.audio_feature_dim, generator=g))
+        for t, n in zip(texts, frames)
+    ]
+    return collate(examples + [text_lm_example(TOK.encode("no audio"), SPECIALS)], SPECIALS.pad)
+
+
+def test_transcript_tokens_are_spread_over_the_frames() -> None:
+    cfg = build_config("tiny")
+    batch = _batch(cfg)
+    is_asr = batch["task_ids"] == 0
+    lengths = torch.tensor([11.0, 8.0, 0.0])  # len("hello world"), len("good day")
+    pos = audio_scaled_positions(batch["attention_mask"], batch["feature_mask"], is_asr, lengths)
+    # Row 0: |bos| |audio_start| 24 frames |audio_end| at 0..26, then <asr> t_0 .. t_10 <eos> at 2 + (k + 0.5) r.
+    rate = 24 / 12
+    assert pos[0, :27].tolist() == list(range(27))
+    expected = [2 + (k + 0.5) * rate for k in range(13)]
+    torch.testing.assert_close(pos[0, 27:40], torch.tensor(expected))
+    assert pos[0, 38].item() == pytest.approx(2 + 11.5 * rate)  # the query of <eos>: the last frame's neighbourhood
+    # The text-LM row keeps consecutive positions.
+    n = int(batch["attention_mask"][2].sum())
+    assert pos[2, :n].tolist() == list(range(n))
+
+
+def test_decoding_positions_are_the_training_positions_of_the_same_sequence() -> None:
+    cfg = build_config("tiny")
+    batch = _batch(cfg)
+    asr = {k: v[:2] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+    asr["audio_features"] = batch["audio_features"]
+    lengths = torch.tensor([11.0, 8.0])
+    full = audio_scaled_positions(asr["attention_mask"], asr["feature_mask"], torch.ones(2, dtype=torch.bool), lengths)
+    prompt = prompts_from_batch(asr, SPECIALS.pad)  # left-padded: the rows' prompts end in the last column
+    prompt_pos, start, step = decoding_positions(prompt, torch.ones(2, dtype=torch.bool), lengths)
+    for i, n in enumerate(asr["prompt_lengths"].tolist()):
+        torch.testing.assert_close(prompt_pos[i, -n:], full[i, :n])
+        real = int(asr["attention_mask"][i].sum())
+        generated = start[i] + torch.arange(real - n) * step[i]  # what generate gives t_0, t_1, ... <eos>
+        torch.testing.assert_close(generated, full[i, n:real])
+
+
+def test_cached_generation_with_scaled_positions_matches_uncached() -> None:
+    model = MoSTBackbone(build_config("tiny", {"num_audio_units": 32, "audio_encoder": ENCODER})).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.2) if p.dim() > 1 else None
+    batch = _batch(model.config)
+    asr = {k: v[:2] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+    asr["audio_features"] = batch["audio_features"]
+    prompt = prompts_from_batch(asr, SPECIALS.pad)
+    positions = decoding_positions(prompt, torch.ones(2, dtype=torch.bool), torch.tensor([11.0, 8.0]))
+    cached = generate(model, prompt, 10, positions=positions, use_cache=True)
+    assert torch.equal(cached, generate(model, prompt, 10, positions=positions, use_cache=False))
+    assert not torch.equal(cached, generate(model, prompt, 10))  # the positions reach the attention
+
+
+def test_stage_module_scales_by_true_lengths_in_training_and_ctc_lengths_in_decoding(monkeypatch) -> None:
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0,
+                          asr_positions="audio_scaled", asr_length_jitter=0.0, asr_max_new_tokens=6)
+    module.configure_model()
+    batch = _batch(module.config)
+    expected = audio_scaled_positions(batch["attention_mask"], batch["feature_mask"], batch["task_ids"] == 0,
+                                      torch.tensor([11.0, 8.0, 0.0]))
+    torch.testing.assert_close(module._positions(batch), expected)
+    # Jitter is drawn from the step, so a resumed run sees the same positions.
+    module.hparams.asr_length_jitter = 0.2
+    module.train()
+    first, again = module._positions(batch), module._positions(batch)
+    assert torch.equal(first, again) and not torch.equal(first, expected)
+    # Decoding estimates L from the greedy CTC transcript.
+    seen = {}
+    real = module._ctc_ids
+
+    def spy(prompt):
+        seen["ids"] = real(prompt)
+        return seen["ids"]
+
+    monkeypatch.setattr(module, "_ctc_ids", spy)
+    asr = {k: v[:2] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+    asr["audio_features"] = batch["audio_features"]
+    assert len(module.transcribe_batch(asr)) == 2 and len(seen["ids"]) == 2
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="needs the CTC head"):
+        Stage1Module(asr_positions="audio_scaled")
+    with pytest.raises(ValueError, match="asr_positions='diagonal'"):
+        Stage1Module(asr_positions="diagonal")
+    with pytest.raises(ValueError, match="asr_length_jitter"):
+        Stage1Module(asr_length_jitter=1.5)
