@@ -6,6 +6,8 @@ generated id takes the modality of its range: ids >= text_vocab_size are audio u
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -47,6 +49,7 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     positions: tuple[Tensor, Tensor, Tensor] | None = None,
+    rescorer: Any | None = None,
 ) -> Tensor:
     """Decode up to `max_new_tokens` ids after a left-padded prompt.
 
@@ -62,6 +65,8 @@ def generate(
         generator: RNG for sampling.
         positions: (prompt positions (B, T), start (B,), step (B,)): RoPE positions of the prompt, and generated
             id t sits at start + t * step (`positions.decoding_positions`); None = consecutive positions.
+        rescorer: turns each step's logits (B, V) into the scores ids are picked by, and is told the picked ids
+            (`rescorer.advance(ids)`), e.g. `ctc_prefix.JointCTCRescorer`.
 
     Returns:
         (B, max_new_tokens) generated ids; positions after a sequence stopped hold -1.
@@ -83,7 +88,11 @@ def generate(
             step["input_ids"], step["modality_ids"], full["attention_mask"],
             step.get("audio_features"), step.get("feature_mask"), cache=cache, position_ids=step.get("position_ids"),
         ).logits[:, -1]  # (B, V)
+        if rescorer is not None:
+            logits = rescorer(logits)
         next_id = _pick(logits.float(), allowed_ids, temperature, top_k, generator)  # (B,)
+        if rescorer is not None:
+            rescorer.advance(next_id)
         out[:, t] = torch.where(done, -1, next_id)
         done = done | torch.isin(next_id, stop)
         if bool(done.all()):

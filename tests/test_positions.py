@@ -90,16 +90,16 @@ def test_stage_module_scales_by_true_lengths_in_training_and_ctc_lengths_in_deco
     assert torch.equal(first, again) and not torch.equal(first, expected)
     # Decoding estimates L from the greedy CTC transcript.
     seen = {}
-    real = module._ctc_ids
+    real = module._prompt_ctc
 
     def spy(prompt):
-        seen["ids"] = real(prompt)
-        return seen["ids"]
+        seen["ctc"] = real(prompt)
+        return seen["ctc"]
 
-    monkeypatch.setattr(module, "_ctc_ids", spy)
+    monkeypatch.setattr(module, "_prompt_ctc", spy)
     asr = {k: v[:2] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
     asr["audio_features"] = batch["audio_features"]
-    assert len(module.transcribe_batch(asr)) == 2 and len(seen["ids"]) == 2
+    assert len(module.transcribe_batch(asr)) == 2 and seen["ctc"][1].tolist() == [24, 9]
 
 
 def test_bad_settings_are_refused() -> None:

@@ -24,6 +24,7 @@ from torchmetrics.text import WordErrorRate
 from lightning_most.audio import build_vocoder
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverrides, MoEOverrides, build_config
+from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
 from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
@@ -73,6 +74,7 @@ class StageModule(pl.LightningModule):
         ctc_warmup_steps: int = 0,
         asr_positions: str = "sequential",
         asr_length_jitter: float = 0.15,
+        asr_ctc_decoding_weight: float = 0.0,
     ) -> None:
         """Build the stage.
 
@@ -100,6 +102,8 @@ class StageModule(pl.LightningModule):
                 read its audio in hundreds of steps; needs the CTC head, whose greedy length sets them in decoding.
             asr_length_jitter: audio_scaled training scales each transcript's length by a factor drawn from
                 [1 - j, 1 + j], so the decoder tolerates the CTC estimate's error.
+            asr_ctc_decoding_weight: w of joint CTC / attention greedy decoding (`lightning_most.ctc_prefix`): each
+                transcript token maximises (1 - w) log p_decoder + w log p_ctc-prefix; 0 = the decoder alone.
     """
         super().__init__()
         self.save_hyperparameters()
@@ -130,6 +134,13 @@ class StageModule(pl.LightningModule):
             raise ValueError(
                 "asr_positions='audio_scaled' needs the CTC head (its greedy transcript length sets the positions in "
                 "decoding): set model.init_args.backbone_overrides.audio_encoder.ctc_head and ctc_weight > 0"
+            )
+        if not 0 <= asr_ctc_decoding_weight <= 1:
+            raise ValueError(f"asr_ctc_decoding_weight must lie in [0, 1], got {asr_ctc_decoding_weight}")
+        if asr_ctc_decoding_weight > 0 and not self.config.audio_encoder.ctc_head:
+            raise ValueError(
+                "asr_ctc_decoding_weight > 0 decodes with the CTC head: set "
+                "model.init_args.backbone_overrides.audio_encoder.ctc_head and ctc_weight > 0"
             )
         if not 0 <= asr_length_jitter < 1:
             raise ValueError(f"asr_length_jitter must lie in [0, 1), got {asr_length_jitter}")
@@ -321,11 +332,11 @@ class StageModule(pl.LightningModule):
             out.append([i for i in ids if i != blank and i < base])
         return out
 
-    def _ctc_ids(self, prompt: dict) -> list[list[int]]:
-        """Greedy CTC ids of each prompt row (every row must hold audio)."""
+    def _prompt_ctc(self, prompt: dict) -> tuple[Tensor, Tensor]:
+        """CTC logits (B, L, V + 1) and frames (B,) of each prompt row (every row must hold audio)."""
         if prompt.get("audio_features") is None or not bool(prompt["feature_mask"].any(dim=1).all()):
-            raise ValueError("audio_scaled decoding needs audio frames in every prompt row")
-        return self._greedy_ctc_ids(*self.backbone.ctc_logits(prompt["audio_features"], prompt["feature_mask"]))
+            raise ValueError("decoding with the CTC head needs audio frames in every prompt row")
+        return self.backbone.ctc_logits(prompt["audio_features"], prompt["feature_mask"])
 
     def _ctc_transcripts(self, batch: dict, out) -> list[str]:
         """Greedy CTC transcripts of the batch's ASR rows."""
@@ -371,12 +382,19 @@ class StageModule(pl.LightningModule):
         allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
         allowed[: self.specials.base_vocab_size] = True
         allowed[self.specials.eos] = True
-        positions = None
+        positions, rescorer = None, None
+        ctc_weight = self.hparams.get("asr_ctc_decoding_weight", 0.0)
+        if self._scaled_positions or ctc_weight > 0:
+            ctc_logits, ctc_lengths = self._prompt_ctc(prompt)  # (B, L, V + 1), (B,)
         if self._scaled_positions:
-            lengths = torch.tensor([len(t) for t in self._ctc_ids(prompt)], dtype=torch.float32, device=self.device)
+            ids = self._greedy_ctc_ids(ctc_logits, ctc_lengths)
+            lengths = torch.tensor([len(t) for t in ids], dtype=torch.float32, device=self.device)
             positions = decoding_positions(prompt, torch.ones_like(lengths, dtype=torch.bool), lengths)
+        if ctc_weight > 0:
+            scorer = CTCPrefixScorer(ctc_logits.float().log_softmax(-1), ctc_lengths, blank=self.config.text_vocab_size)
+            rescorer = JointCTCRescorer(scorer, ctc_weight, self.specials.base_vocab_size, self.specials.eos)
         ids = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,),
-                       positions=positions)
+                       positions=positions, rescorer=rescorer)
         self.backbone.train(was_training)
         rows = ids.tolist()
         ratio = self.hparams.get("asr_max_tokens_per_frame")
