@@ -109,3 +109,18 @@ def test_bad_settings_are_refused() -> None:
         Stage1Module(asr_positions="diagonal")
     with pytest.raises(ValueError, match="asr_length_jitter"):
         Stage1Module(asr_length_jitter=1.5)
+
+
+def test_spoken_questions_are_answered_without_the_ctc_head(monkeypatch) -> None:
+    from lightning_most.layouts import speech_instruct_example
+
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0,
+                          asr_positions="audio_scaled", asr_ctc_decoding_weight=0.5, asr_max_new_tokens=4)
+    module.configure_model()
+    V = module.config.text_vocab_size
+    question = speech_instruct_example([], SPECIALS, V, features=torch.randn(9, module.config.audio_feature_dim))
+    monkeypatch.setattr(module, "_prompt_ctc", lambda prompt: pytest.fail("the answer was shaped by the CTC head"))
+    assert len(module.transcribe_batch(collate([question], SPECIALS.pad))) == 1
+    asr = asr_example([], SPECIALS, V, features=torch.randn(9, module.config.audio_feature_dim))
+    with pytest.raises(ValueError, match="not a mix"):
+        module.transcribe_batch(collate([question, asr], SPECIALS.pad))

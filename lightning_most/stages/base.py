@@ -375,7 +375,8 @@ class StageModule(pl.LightningModule):
     # ---- decoding ----------------------------------------------------------------------------
     @torch.no_grad()
     def transcribe_batch(self, batch: dict) -> list[str]:
-        """Greedy transcripts of the ASR examples of a collated batch (prompts = audio + <asr>)."""
+        """Greedy transcripts of the ASR examples of a collated batch (prompts = audio + <asr>), or greedy answers of
+        its speech-instruction examples; ASR rows use `asr_positions` and joint CTC decoding as configured."""
         was_training = self.backbone.training
         self.backbone.eval()
         prompt = prompts_from_batch(batch, self.specials.pad)
@@ -383,10 +384,15 @@ class StageModule(pl.LightningModule):
         allowed[: self.specials.base_vocab_size] = True
         allowed[self.specials.eos] = True
         positions, rescorer = None, None
-        ctc_weight = self.hparams.get("asr_ctc_decoding_weight", 0.0)
-        if self._scaled_positions or ctc_weight > 0:
+        # The CTC head transcribes the prompt's audio: it shapes ASR transcripts, not answers to spoken questions.
+        is_asr = batch["task_ids"] == TASKS.index("asr")
+        if bool(is_asr.any()) and not bool(is_asr.all()):
+            raise ValueError("transcribe_batch decodes ASR rows or instruction rows, not a mix of both")
+        scaled = self._scaled_positions and bool(is_asr.all())
+        ctc_weight = self.hparams.get("asr_ctc_decoding_weight", 0.0) if bool(is_asr.all()) else 0.0
+        if scaled or ctc_weight > 0:
             ctc_logits, ctc_lengths = self._prompt_ctc(prompt)  # (B, L, V + 1), (B,)
-        if self._scaled_positions:
+        if scaled:
             ids = self._greedy_ctc_ids(ctc_logits, ctc_lengths)
             lengths = torch.tensor([len(t) for t in ids], dtype=torch.float32, device=self.device)
             positions = decoding_positions(prompt, torch.ones_like(lengths, dtype=torch.bool), lengths)
