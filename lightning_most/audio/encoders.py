@@ -234,12 +234,16 @@ class WhisperEncoder:
                 f"checkpoint with `ct2-transformers-converter --model DIR --output_dir {path}`"
             )
         self.path = path
+        torch_threads = torch.get_num_threads()
         try:
             self.model = ctranslate2.models.Whisper(
                 str(path), device="cpu", compute_type=self.config.compute_type, intra_threads=self.config.num_threads
             )
         except (RuntimeError, ValueError) as error:
             raise ValueError(f"{path} cannot be loaded as a CTranslate2 Whisper model: {error}") from error
+        finally:
+            # CTranslate2 sets the process-wide OpenMP thread count to its own: it would halve torch's on 2 cores.
+            torch.set_num_threads(torch_threads)
         self.mel = FeatureExtractor(feature_size=self.model.n_mels)
         self.frame_rate = SAMPLE_RATE / (self.MEL_HOP * self.STRIDE)
         self.feature_dim = int(self._encode(np.zeros((self.model.n_mels, self.STRIDE), np.float32)).shape[1])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +15,7 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from lightning_most.audio import WhisperEncoder, WhisperEncoderConfig, build_audio_encoder
 
+ROOT = Path(__file__).resolve().parents[2]
 WINDOW_SECONDS = 1  # the tiny model's window: 50 positions = 100 mel frames = 1 s
 
 
@@ -81,3 +87,17 @@ def test_bundled_tiny_en_encodes_speech(waveform):
     # Speech and silence give different states: the encoder hears the audio.
     silence = encoder(torch.zeros_like(waveform))
     assert not np.allclose(states.numpy(), silence.numpy(), atol=0.1)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to see a thread count drop")
+def test_loading_the_encoder_leaves_torch_threads_alone(tiny_whisper) -> None:
+    # CTranslate2 sets OpenMP's process-wide thread count; torch (never set explicitly, as in `fit`) follows it.
+    code = (
+        "import torch; before = torch.get_num_threads(); "
+        "from lightning_most.audio import WhisperEncoder, WhisperEncoderConfig; "
+        f"WhisperEncoder(WhisperEncoderConfig(path={tiny_whisper[1]!r}, num_threads=1, window_frames=100)); "
+        "print(before, torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    before, after = out.stdout.split()
+    assert int(before) >= 2 and after == before
