@@ -101,7 +101,7 @@ class InputFeatures:
         self._whisper = None
 
     @property
-    def whisper(self):
+    def whisper(self) -> WhisperEncoder:
         """The frozen `WhisperEncoder` of kind='whisper' (loaded on first use)."""
         if self._whisper is None:
             self._whisper = WhisperEncoder(WhisperEncoderConfig(
@@ -120,7 +120,7 @@ class InputFeatures:
         """Shortest waveform that gives `frame_stack` frames."""
         stack = self.config.frame_stack
         if self.config.kind == "whisper":
-            return stack * self.whisper.MEL_HOP * self.whisper.STRIDE
+            return stack * WhisperEncoder.MEL_HOP * WhisperEncoder.STRIDE  # no model load for a constant
         return FBANK_WINDOW + (stack - 1) * FBANK_SHIFT
 
     def __getstate__(self) -> dict:

@@ -11,6 +11,7 @@ from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.layouts import asr_example, collate
 from lightning_most.stages import Stage1Module
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
+from tests.test_audio_encoder import _AlwaysA  # a decoder that only says "A"
 
 BLANK, NUM_TOKENS = 5, 5
 
@@ -47,17 +48,6 @@ def test_continuations_and_the_end_share_the_prefix_probability() -> None:
         t = torch.tensor(token)
         scorer.advance(t, scorer.extension_scores(NUM_TOKENS).gather(1, t[:, None])[:, 0])
     assert (scorer.score < 0).all()
-
-
-class _AlwaysA(torch.nn.Module):
-    def __init__(self, vocab: int) -> None:
-        super().__init__()
-        self.vocab = vocab
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        logits = h.new_zeros(*h.shape[:-1], self.vocab)
-        logits[..., ord("A")] = 10.0
-        return logits
 
 
 def test_joint_decoding_follows_a_confident_ctc_head_over_a_wrong_decoder(monkeypatch) -> None:
