@@ -15,7 +15,7 @@ import pytest
 import torch
 from lhotse import CutSet
 
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.embedded import corpus_paths
 from lightning_most.audio import load_waveform
 from lightning_most.evaluation.audio_io import read_wav
@@ -51,20 +51,26 @@ def test_loads_the_trained_stage_class_and_its_audio_io(inference: MostInference
     assert not inference.module.backbone.training
     assert inference.global_step == 3
     assert inference.audio_io.num_units == trained_run.num_units
-    assert inference.audio_io.features.frame_stack == 4 and inference.audio_io.features.num_mel_bins == 80
+    assert inference.audio_io.features.kind == "whisper" and inference.audio_io.features.frame_stack == 2
     assert inference.audio_io.unit_quantizer == corpus_paths(trained_run.corpus_dir).unit_quantizer.resolve()
     assert inference.module.hparams.asr_max_new_tokens == trained_run.text_budget
     for protocol in (Transcriber, Synthesizer, AudioLikelihoodScorer, SpokenQuestionAnswerer):
         assert isinstance(inference, protocol)
 
 
-def test_input_features_are_the_training_features(inference: MostInference, test_cuts: CutSet) -> None:
-    dataset = MostDataset(features=FeatureConfig(num_mel_bins=80, frame_stack=4))
+def test_input_features_are_the_training_features(
+    inference: MostInference, test_cuts: CutSet, trained_run: TrainedRun
+) -> None:
+    dataset = MostDataset(features=inference.audio_io.features)
     cut = next(iter(test_cuts))
-    trained = dataset.example(cut.with_custom("task", "asr")).audio_features  # (T, 320) as in fit
+    on_the_fly = dataset.example(cut.with_custom("task", "asr")).audio_features  # (T, 768): Whisper states x 2
     computed = inference.input_features(load_waveform(cut))
-    assert computed.shape == trained.shape == (trained.shape[0], 320)
-    torch.testing.assert_close(computed, trained)
+    assert computed.shape == on_the_fly.shape == (on_the_fly.shape[0], 768)
+    torch.testing.assert_close(computed, on_the_fly)
+    # fit read the states stored with the corpus (float16): the same frames
+    stored_cuts = CutSet.from_file(trained_run.corpus_dir / "whisper_features" / "embedded_cuts_test.jsonl.gz").to_eager()
+    stored = dataset.example(stored_cuts[cut.id].with_custom("task", "asr")).audio_features
+    torch.testing.assert_close(stored, computed, atol=2e-2, rtol=2e-3)
 
 
 def test_units_are_the_training_targets(inference: MostInference, test_cuts: CutSet) -> None:
