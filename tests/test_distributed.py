@@ -99,7 +99,8 @@ def test_strategy_configs_compose_with_a_base_config(strategy: str, capsys: pyte
     config = yaml.safe_load(capsys.readouterr().out)
     trainer = config["trainer"]
     assert trainer["accelerator"] == "gpu" and trainer["precision"] == "bf16-mixed"
-    assert trainer["max_steps"] == 1500  # the base config's keys survive
+    base = yaml.safe_load((REPO / "conf/quickstart.yaml").read_text())["trainer"]
+    assert trainer["max_steps"] == base["max_steps"] and trainer["default_root_dir"] == base["default_root_dir"]
     if strategy == "fsdp":
         assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
         assert trainer["strategy"]["init_args"]["tensor_parallel_size"] == 1
