@@ -70,3 +70,14 @@ def test_embedded_datamodule_trains_on_stored_states_and_reuses_them(tiny_corpus
     data.prepare_data()  # up to date: nothing is encoded
     with pytest.raises(FileNotFoundError, match="build the corpus before its features"):
         prepare_whisper_features(tiny_corpus.root / "missing.jsonl.gz", tiny_corpus.root / "x.jsonl.gz", "x", WHISPER)
+
+
+def test_a_dataset_with_a_loaded_encoder_pickles_for_worker_processes(tiny_corpus) -> None:
+    import pickle
+
+    extractor = InputFeatures(WHISPER)
+    audio = MostDataset._load_audio(next(iter(CutSet.from_file(tiny_corpus.cuts["dev"]))))
+    expected = extractor(audio)  # loads the CTranslate2 model
+    copy = pickle.loads(pickle.dumps(extractor))  # a spawned DataLoader worker's copy: loads its own model
+    assert copy._whisper is None
+    torch.testing.assert_close(copy(audio), expected)
