@@ -1,7 +1,8 @@
 """Self-attention with rotary position embeddings: DeepSeek-V2 MLA and Llama-style GQA, with a KV cache.
 
 Shapes: B batch, T new positions, S cached + new positions, H heads, D head width.
-Attention masks are boolean (B, 1, T, S), True where a query may attend to a key.
+Attention masks are boolean (B, 1, T, S), True where a query may attend to a key; None means plain causal
+attention with T == S (`causal_mask_or_none`), which SDPA runs with its fused kernels.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class MultiHeadLatentAttention(nn.Module):
         if c.rope_scaling and c.rope_scaling.get("mscale_all_dim"):  # YaRN temperature (DeepSeek-V2)
             self.scale *= yarn_mscale(c.rope_scaling["factor"], c.rope_scaling["mscale_all_dim"]) ** 2
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
         B, T, _ = x.shape
         H = self.num_heads
@@ -150,9 +151,13 @@ class MultiHeadLatentAttention(nn.Module):
         k_nope, v = self.kv_b_proj(latent).view(B, S, H, self.nope + self.v_dim).split([self.nope, self.v_dim], dim=-1)
         k = torch.cat([k_nope, k_pe.expand(B, S, H, self.rope)], dim=-1)  # (B, S, H, nope + rope)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (B, T, H, nope + rope)
+        qk_dim = self.nope + self.rope
+        if self.v_dim < qk_dim:  # fused (flash) kernels need one head width: pad v with zeros, as transformers does
+            v = F.pad(v, (0, qk_dim - self.v_dim))
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=self.scale
-        )  # (B, H, T, v_dim)
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
+            scale=self.scale,
+        )[..., : self.v_dim]  # (B, H, T, v_dim)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
 
 
@@ -170,7 +175,7 @@ class GroupedQueryAttention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, hidden_size, bias=False)
         self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling)
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
@@ -181,7 +186,7 @@ class GroupedQueryAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, S, H_kv, D)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
             enable_gqa=self.num_heads != self.num_kv_heads,
         )  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
@@ -207,3 +212,18 @@ def attention_mask(padding_mask: Tensor, num_new: int) -> Tensor:
     allowed = causal[None] & padding_mask[:, None, :]  # (B, T, S)
     allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
     return allowed[:, None]
+
+
+def causal_mask_or_none(padding_mask: Tensor, num_new: int) -> Tensor | None:
+    """None (plain causal attention) when every position is new and each row's real positions come first, else
+    `attention_mask`.
+
+    With right padding a real query's causal window holds real keys only, so the two masks give real
+    positions the same outputs; padding queries (whose outputs no loss reads) then attend to earlier
+    padding too. SDPA runs the None case with its fused causal kernels (flash attention on CPU).
+    """
+    S = padding_mask.shape[1]
+    real_first = torch.arange(S, device=padding_mask.device)[None] < padding_mask.sum(dim=1, keepdim=True)  # (B, S)
+    if num_new == S and bool(torch.equal(real_first, padding_mask)):
+        return None
+    return attention_mask(padding_mask, num_new)

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_most.attention import KVCache, RMSNorm, build_attention
-from lightning_most.attention import attention_mask as attention_mask_for
+from lightning_most.attention import KVCache, RMSNorm, build_attention, causal_mask_or_none
 from lightning_most.audio_encoder import AudioEncoder
 from lightning_most.config import ModelConfig
 from lightning_most.layouts import IGNORE_INDEX
@@ -62,7 +61,7 @@ class DecoderBlock(nn.Module):
             self.mlp = SwiGLU(d, config.intermediate_size)
 
     def forward(
-        self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor, cache: KVCache | None
+        self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None
     ) -> tuple[Tensor, Tensor, RoutingStats | None]:
         """x (B, T, d) -> x (B, T, d), aux loss (), routing stats or None for dense layers."""
         x = x + self.self_attn(self.input_layernorm(x), position_ids, mask, cache)
@@ -175,7 +174,7 @@ class MoSTBackbone(nn.Module):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T), left padding safe
         elif position_ids.shape != (B, T):
             raise ValueError(f"position_ids must be (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
-        mask = attention_mask_for(attention_mask, T)  # (B, 1, T, S)
+        mask = causal_mask_or_none(attention_mask, T)  # (B, 1, T, S), or None: causal
         x, segments = self.embed(input_ids, audio_features, feature_mask)
 
         aux = x.new_zeros((), dtype=torch.float32)

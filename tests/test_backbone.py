@@ -60,6 +60,34 @@ def test_right_padding_does_not_change_real_positions() -> None:
         torch.testing.assert_close(padded[i, : len(example)], alone, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("attention", ["mla", "gqa"])
+def test_fused_causal_attention_equals_the_explicit_mask_at_real_positions(attention: str, monkeypatch) -> None:
+    from lightning_most import backbone as backbone_module
+    from lightning_most.attention import attention_mask, causal_mask_or_none
+
+    model = _tiny(attention={"kind": attention})
+    batch = _mixed_batch(model.config)  # right-padded: the fused path applies
+    assert causal_mask_or_none(batch["attention_mask"], batch["input_ids"].shape[1]) is None
+    real = batch["attention_mask"]
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = _forward(model, batch)
+        (out.logits[real].square().mean() + out.aux_loss).backward()
+        return out.logits[real].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fused, fused_grads = loss_and_grads()
+    monkeypatch.setattr(backbone_module, "causal_mask_or_none", attention_mask)  # always the explicit mask
+    explicit, explicit_grads = loss_and_grads()
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-4)
+    for a, b in zip(fused_grads, explicit_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # Left padding or a cache keep the explicit mask.
+    left = real.flip(1)
+    assert causal_mask_or_none(left, left.shape[1]) is not None
+    assert causal_mask_or_none(real, 1) is not None
+
+
 @pytest.mark.parametrize("variant", ["mamoe", "dense"])
 def test_overfits_one_mixed_batch(variant: str) -> None:
     model = _tiny(moe={"variant": variant})
