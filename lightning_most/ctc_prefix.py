@@ -88,6 +88,13 @@ class CTCPrefixScorer:
         self.empty = torch.zeros_like(self.empty)
 
 
+    def reorder(self, index: Tensor) -> None:
+        """Row i takes row index[i]'s prefix state (beam search); the posteriors of rows i and index[i] must be equal."""
+        self.r_n, self.r_b = self.r_n.index_select(0, index), self.r_b.index_select(0, index)
+        self.last, self.empty = self.last.index_select(0, index), self.empty.index_select(0, index)
+        self.score = self.score.index_select(0, index)
+
+
 class JointCTCRescorer:
     """Greedy joint decoding for `generation.generate`: decoder log-probs mixed with CTC prefix scores.
 
@@ -110,6 +117,12 @@ class JointCTCRescorer:
         ctc = ctc - self.scorer.score[:, None]  # log psi(h + c) - log psi(h)
         decoder = logits.double().log_softmax(dim=-1)
         return ((1 - self.weight) * decoder + self.weight * ctc).to(logits.dtype)
+
+    def reorder(self, index: Tensor) -> None:
+        """Row i continues row index[i]'s prefix (beam search): the prefix state and this step's scores move with it."""
+        self.scorer.reorder(index)
+        if self._extension is not None:
+            self._extension = self._extension.index_select(0, index)
 
     def advance(self, next_id: Tensor) -> None:
         token = next_id.clamp(0, self.num_tokens - 1)  # rows that ended keep a dummy prefix

@@ -23,6 +23,7 @@ from torchmetrics.text import WordErrorRate
 
 from lightning_most.audio import build_vocoder
 from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.beam_search import beam_search
 from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverrides, MoEOverrides, build_config
 from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.evaluation.normalize import normalize_text
@@ -75,6 +76,7 @@ class StageModule(pl.LightningModule):
         asr_positions: str = "sequential",
         asr_length_jitter: float = 0.15,
         asr_ctc_decoding_weight: float = 0.0,
+        asr_beam_size: int = 1,
     ) -> None:
         """Build the stage.
 
@@ -104,6 +106,8 @@ class StageModule(pl.LightningModule):
                 [1 - j, 1 + j], so the decoder tolerates the CTC estimate's error.
             asr_ctc_decoding_weight: w of joint CTC / attention greedy decoding (`lightning_most.ctc_prefix`): each
                 transcript token maximises (1 - w) log p_decoder + w log p_ctc-prefix; 0 = the decoder alone.
+            asr_beam_size: ASR transcripts keep this many prefixes per example by the same joint score
+                (`lightning_most.beam_search`); 1 = greedy.
     """
         super().__init__()
         self.save_hyperparameters()
@@ -142,6 +146,8 @@ class StageModule(pl.LightningModule):
                 "asr_ctc_decoding_weight > 0 decodes with the CTC head: set "
                 "model.init_args.backbone_overrides.audio_encoder.ctc_head and ctc_weight > 0"
             )
+        if asr_beam_size < 1:
+            raise ValueError(f"asr_beam_size must be >= 1, got {asr_beam_size}")
         if not 0 <= asr_length_jitter < 1:
             raise ValueError(f"asr_length_jitter must lie in [0, 1), got {asr_length_jitter}")
         self.backbone: MoSTBackbone | None = None
@@ -396,17 +402,23 @@ class StageModule(pl.LightningModule):
             ids = self._greedy_ctc_ids(ctc_logits, ctc_lengths)
             lengths = torch.tensor([len(t) for t in ids], dtype=torch.float32, device=self.device)
             positions = decoding_positions(prompt, torch.ones_like(lengths, dtype=torch.bool), lengths)
+        beam = self.hparams.get("asr_beam_size", 1) if bool(is_asr.all()) else 1
         if ctc_weight > 0:
-            scorer = CTCPrefixScorer(ctc_logits.float().log_softmax(-1), ctc_lengths, blank=self.config.text_vocab_size)
+            log_probs = ctc_logits.float().log_softmax(-1).repeat_interleave(beam, dim=0)  # (B * beam, L, V + 1)
+            scorer = CTCPrefixScorer(log_probs, ctc_lengths.repeat_interleave(beam), blank=self.config.text_vocab_size)
             rescorer = JointCTCRescorer(scorer, ctc_weight, self.specials.base_vocab_size, self.specials.eos)
-        ids = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,),
-                       positions=positions, rescorer=rescorer)
-        self.backbone.train(was_training)
-        rows = ids.tolist()
         ratio = self.hparams.get("asr_max_tokens_per_frame")
-        if ratio is not None:  # greedy rows are independent: cutting one after decoding = stopping it there
-            frames = prompt["feature_mask"].sum(dim=1).tolist()
-            rows = [row[: max(1, math.ceil(ratio * n))] for row, n in zip(rows, frames)]
+        frames = prompt["feature_mask"].sum(dim=1)  # (B,)
+        if beam > 1:
+            caps = None if ratio is None else (ratio * frames.float()).ceil().long()
+            rows = beam_search(self.backbone, prompt, self.hparams.asr_max_new_tokens, beam, allowed, self.specials.eos,
+                               max_lengths=caps, positions=positions, rescorer=rescorer)
+        else:
+            rows = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,),
+                            positions=positions, rescorer=rescorer).tolist()
+            if ratio is not None:  # greedy rows are independent: cutting one after decoding = stopping it there
+                rows = [row[: max(1, math.ceil(ratio * n))] for row, n in zip(rows, frames.tolist())]
+        self.backbone.train(was_training)
         return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in rows]
 
     @torch.no_grad()

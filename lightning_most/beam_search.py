@@ -1,0 +1,164 @@
+"""Beam search over the backbone's next-token scores, optionally joint with CTC prefix scores.
+
+Greedy joint CTC / attention decoding (`ctc_prefix.JointCTCRescorer` in `generation.generate`) commits
+to one token per step; a misspelt first letter can then only be followed by more misspelling. Beam
+search keeps the `beam_size` best prefixes of every example by their summed joint score
+
+    score(h) = sum over steps of (1 - w) log p_dec(c | prefix) + w (log psi(prefix + c) - log psi(prefix))
+
+(w = 0: the decoder alone), the rule of Watanabe et al. (2017) and ESPnet's `BeamSearch`. Every step's
+score is <= 0 (psi(h) sums psi(h + c) over c and <eos>), so a prefix's score only falls as it grows:
+an example is finished once its best ended hypothesis scores at least its best live prefix.
+
+Each example's prompt is repeated `beam_size` times (rows b * K .. b * K + K - 1); after each step the
+live prefixes are reordered inside their example's rows, the KV cache and the CTC state with them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_most.attention import KVCache
+from lightning_most.backbone import MoSTBackbone
+from lightning_most.ctc_prefix import JointCTCRescorer
+from lightning_most.layouts import AUDIO, TEXT
+
+NEG_INF = float("-inf")
+
+
+def repeat_prompt(prompt: dict, times: int) -> dict:
+    """Repeat every row of a left-padded prompt `times` times in place (row b -> rows b*times .. b*times+times-1).
+
+    `audio_features` holds the frames of all rows flat in row-major order, so each row's frames are
+    repeated as a block.
+    """
+    out = {k: v.repeat_interleave(times, dim=0) for k, v in prompt.items() if k != "audio_features" and isinstance(v, Tensor)}
+    features = prompt.get("audio_features")
+    if features is not None:
+        counts = prompt["feature_mask"].sum(dim=1).tolist()
+        blocks = torch.split(features, counts)
+        out["audio_features"] = torch.cat([block for block in blocks for _ in range(times)], dim=0)
+    return out
+
+
+def reorder_cache(cache: KVCache, index: Tensor) -> None:
+    """Keep the cached rows `index` (new row i = old row index[i]) in every layer."""
+    cache.layers = [None if layer is None else tuple(t.index_select(0, index) for t in layer) for layer in cache.layers]
+
+
+@torch.no_grad()
+def beam_search(
+    model: MoSTBackbone,
+    prompt: dict,
+    max_new_tokens: int,
+    beam_size: int,
+    allowed_ids: Tensor,
+    eos: int,
+    max_lengths: Tensor | None = None,
+    positions: tuple[Tensor, Tensor, Tensor] | None = None,
+    rescorer: JointCTCRescorer | None = None,
+) -> list[list[int]]:
+    """The best-scoring id sequence (without <eos>) of each prompt row.
+
+    Args:
+        model: the backbone (put in eval mode by the caller).
+        prompt: a left-padded prompt of B rows (`generation.prompts_from_batch`).
+        max_new_tokens: decoding steps.
+        beam_size: K live prefixes per example.
+        allowed_ids: (V,) bool, ids that may be generated; `eos` must be one of them.
+        eos: the id that ends a hypothesis.
+        max_lengths: (B,) a hypothesis that reaches its example's length ends there (None: max_new_tokens).
+        positions: as in `generation.generate`, for the B rows (repeated here).
+        rescorer: a `JointCTCRescorer` built over B * K rows (its CTC posteriors repeated like the prompt),
+            or None for the decoder's scores alone.
+
+    Returns:
+        B lists of ids.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not bool(allowed_ids[eos]):
+        raise ValueError("beam_search needs eos among the allowed ids")
+    B, K = prompt["input_ids"].shape[0], beam_size
+    device = prompt["input_ids"].device
+    text_vocab = model.config.text_vocab_size
+    if max_lengths is None:
+        max_lengths = torch.full((B,), max_new_tokens, device=device)
+    max_lengths = max_lengths.clamp(1, max_new_tokens).to(device)
+    full = repeat_prompt(prompt, K)
+    if positions is not None:
+        prompt_positions, start, stride = (p.repeat_interleave(K, dim=0) for p in positions)
+        full["position_ids"] = prompt_positions
+    cache = KVCache(len(model.layers))
+    # Only the first copy of each example is live at the start, so the first step does not pick K equal prefixes.
+    scores = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0
+    tokens = torch.zeros(B * K, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    base = (torch.arange(B, device=device) * K)[:, None]  # (B, 1) first row of each example
+    step = full
+    for t in range(max_new_tokens):
+        logits = model(
+            step["input_ids"], step["modality_ids"], full["attention_mask"],
+            step.get("audio_features"), step.get("feature_mask"), cache=cache, position_ids=step.get("position_ids"),
+        ).logits[:, -1]  # (B*K, V)
+        joint = rescorer(logits).double() if rescorer is not None else logits.double().log_softmax(dim=-1)
+        joint = joint.masked_fill(~allowed_ids.to(device), NEG_INF)
+        V = joint.shape[-1]
+        total = (scores.view(-1, 1) + joint).view(B, K * V)  # (B, K*V)
+        top_scores, top_index = total.topk(2 * K, dim=1)  # (B, 2K): room for K live ones after the ended
+        new_scores = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
+        new_parent = torch.zeros(B, K, dtype=torch.long, device=device)
+        new_token = torch.zeros(B, K, dtype=torch.long, device=device)
+        length = t + 1
+        for b in range(B):
+            if bool(done[b]):
+                continue
+            live = 0
+            for score, index in zip(top_scores[b].tolist(), top_index[b].tolist()):
+                parent, token = divmod(index, V)
+                if score == NEG_INF or live == K:
+                    break
+                row = b * K + parent
+                if token == eos:
+                    finished[b].append((score, tokens[row].tolist()))
+                elif length >= int(max_lengths[b]):  # the length cap ends it with this token
+                    finished[b].append((score, tokens[row].tolist() + [token]))
+                else:
+                    new_scores[b, live], new_parent[b, live], new_token[b, live] = score, parent, token
+                    live += 1
+            best_live = float(new_scores[b].max())
+            if finished[b] and max(s for s, _ in finished[b]) >= best_live:
+                done[b] = True
+        if bool(done.all()):
+            break
+        new_scores[done] = NEG_INF
+        rows = (base + new_parent).flatten()  # (B*K,) parent row of each new prefix
+        next_id = new_token.flatten()
+        scores = new_scores
+        tokens = torch.cat([tokens.index_select(0, rows), next_id[:, None]], dim=1)
+        reorder_cache(cache, rows)
+        if rescorer is not None:
+            rescorer.reorder(rows)
+            rescorer.advance(next_id)
+        # Rows move only inside their example, whose copies share the prompt, its mask and its positions:
+        # only the cache, the prefixes and the CTC state need reordering.
+        new = {
+            "input_ids": next_id[:, None],
+            "modality_ids": torch.where(next_id >= text_vocab, AUDIO, TEXT)[:, None],
+            "feature_mask": torch.zeros(B * K, 1, dtype=torch.bool, device=device),
+            "attention_mask": torch.ones(B * K, 1, dtype=torch.bool, device=device),
+        }
+        if positions is not None:
+            new["position_ids"] = (start + t * stride)[:, None].to(full["position_ids"].dtype)
+        full["attention_mask"] = torch.cat([full["attention_mask"], new["attention_mask"]], dim=1)
+        step = new
+    out = []
+    for b in range(B):
+        if not finished[b]:  # the step budget ran out first: the best live prefix
+            k = int(scores[b].argmax())
+            finished[b].append((float(scores[b, k]), tokens[b * K + k].tolist()))
+        out.append(max(finished[b], key=lambda item: item[0])[1])
+    return out
