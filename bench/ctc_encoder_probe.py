@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--specaugment", action="store_true")
+    parser.add_argument("--features", default="fbank", choices=("fbank", "whisper"))
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout on the projected frames")
+    parser.add_argument("--time_mask", type=float, default=0.0, help="fraction of positions zeroed in training")
     parser.add_argument("--dev_batches", type=int, default=8)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -70,11 +73,13 @@ def main() -> None:
 
     data = EmbeddedDataModule(
         corpus_dir=args.corpus, task_weights={"asr": 1.0, "tts": 0.0, "text_lm": 0.0},
-        features=FeatureConfig(frame_stack=args.frame_stack), max_duration=args.max_duration,
+        features=FeatureConfig(kind=args.features, frame_stack=args.frame_stack), max_duration=args.max_duration,
         max_cut_duration=min(30.0, args.max_duration), num_buckets=8, buffer_size=2000, num_workers=1,
     )
-    d, width = args.hidden_size, 80 * args.frame_stack
-    projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d), nn.GELU(), nn.Linear(d, d))
+    data.prepare_data()
+    d, width = args.hidden_size, (80 if args.features == "fbank" else 384) * args.frame_stack
+    projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d), nn.GELU(), nn.Linear(d, d),
+                              nn.Dropout(args.dropout))
     encoder = AudioEncoder(d, AudioEncoderConfig(num_conv_layers=args.num_conv_layers, num_layers=args.num_layers))
     head = nn.Linear(d, BLANK + 1)
     params = [*projector.parameters(), *encoder.parameters(), *head.parameters()]
@@ -87,6 +92,9 @@ def main() -> None:
         features = batch["audio_features"]
         if train and args.specaugment:
             features = spec_augment(features, counts, args.frame_stack)
+        if train and args.time_mask > 0:
+            features = features * (torch.rand(features.shape[0], 1) >= args.time_mask)
+        projector.train(train)
         _, padded = encoder(projector(features), counts)
         return head(padded), counts, [batch["texts"][r] for r in rows]
 

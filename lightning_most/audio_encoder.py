@@ -59,6 +59,7 @@ class AudioEncoder(nn.Module):
     def __init__(self, hidden_size: int, config: AudioEncoderConfig) -> None:
         super().__init__()
         self.config = config
+        self.input_dropout = nn.Dropout(config.input_dropout)
         self.convs = nn.ModuleList(ConvBlock(hidden_size, config.kernel_size) for _ in range(config.num_conv_layers))
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
@@ -71,7 +72,7 @@ class AudioEncoder(nn.Module):
 
     def forward(self, frames: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
         """Flat projected frames (N, d) and frames per segment (R,) -> encoded flat (N, d) and padded (R, L, d)."""
-        x, is_pad = pad_segments(frames, counts)
+        x, is_pad = pad_segments(self.input_dropout(frames), counts)
         for block in self.convs:
             x = block(x, is_pad)
         for layer in self.layers:

@@ -160,6 +160,9 @@ class AudioEncoderConfig:
     num_heads: int = 4
     ffn_multiplier: int = 4
     """Feed-forward width of the transformer layers, in multiples of hidden_size."""
+    input_dropout: float = 0.0
+    """Dropout on the projected frames entering the encoder (training only): regularises a small encoder that
+    sees few sentences."""
     ctc_head: bool = False
     """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc_weight` trains it on ASR
     transcripts. It teaches a from-scratch encoder phonetic frames long before the decoder learns to align."""
@@ -170,6 +173,8 @@ class AudioEncoderConfig:
                 raise ValueError(f"audio_encoder.{name} must be >= 0, got {getattr(self, name)}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"audio_encoder.kernel_size must be odd and >= 1, got {self.kernel_size}")
+        if not 0 <= self.input_dropout < 1:
+            raise ValueError(f"audio_encoder.input_dropout must lie in [0, 1), got {self.input_dropout}")
         if self.ctc_head and not self.enabled:
             raise ValueError("audio_encoder.ctc_head needs an encoder: set num_conv_layers or num_layers > 0")
 

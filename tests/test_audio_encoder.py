@@ -54,6 +54,19 @@ def test_encoder_context_is_bidirectional_within_a_segment_and_stops_at_its_edge
     torch.testing.assert_close(out[6:], base[6:])  # the other segment does not
 
 
+def test_input_dropout_acts_in_training_only_and_is_validated() -> None:
+    torch.manual_seed(0)
+    encoder = AudioEncoder(16, AudioEncoderConfig(num_layers=1, input_dropout=0.5))
+    frames, counts = torch.randn(10, 16), torch.tensor([6, 4])
+    encoder.eval()
+    first, _ = encoder(frames, counts)
+    torch.testing.assert_close(encoder(frames, counts)[0], first)  # eval: deterministic
+    encoder.train()
+    assert not torch.allclose(encoder(frames, counts)[0], first)
+    with pytest.raises(ValueError, match="input_dropout"):
+        AudioEncoderConfig(num_layers=1, input_dropout=1.0)
+
+
 def test_padding_a_batch_does_not_change_encoded_frames_or_logits() -> None:
     model = MoSTBackbone(build_config("tiny", {"num_audio_units": 32, "audio_encoder": ENCODER})).eval()
     batch = _asr_batch(model.config)
