@@ -108,6 +108,10 @@ class KVCache:
         self.layers[layer] = full
         return full
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep the cached rows `index` (new row i = old row index[i]) in every layer (beam search)."""
+        self.layers = [None if layer is None else tuple(t.index_select(0, index) for t in layer) for layer in self.layers]
+
 
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2 MLA: keys/values from a shared low-rank latent; the cache holds the latent and rope key."""
@@ -223,7 +227,7 @@ def causal_mask_or_none(padding_mask: Tensor, num_new: int) -> Tensor | None:
     padding too. SDPA runs the None case with its fused causal kernels (flash attention on CPU).
     """
     S = padding_mask.shape[1]
+    if num_new != S:  # cached decoding: the new queries sit after the cache
+        return attention_mask(padding_mask, num_new)
     real_first = torch.arange(S, device=padding_mask.device)[None] < padding_mask.sum(dim=1, keepdim=True)  # (B, S)
-    if num_new == S and bool(torch.equal(real_first, padding_mask)):
-        return None
-    return attention_mask(padding_mask, num_new)
+    return None if bool(torch.equal(real_first, padding_mask)) else attention_mask(padding_mask, num_new)

@@ -42,11 +42,6 @@ def repeat_prompt(prompt: dict, times: int) -> dict:
     return out
 
 
-def reorder_cache(cache: KVCache, index: Tensor) -> None:
-    """Keep the cached rows `index` (new row i = old row index[i]) in every layer."""
-    cache.layers = [None if layer is None else tuple(t.index_select(0, index) for t in layer) for layer in cache.layers]
-
-
 @torch.no_grad()
 def beam_search(
     model: MoSTBackbone,
@@ -98,6 +93,7 @@ def beam_search(
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     base = (torch.arange(B, device=device) * K)[:, None]  # (B, 1) first row of each example
+    forbidden = ~allowed_ids.to(device)  # (V,)
     step = full
     for t in range(max_new_tokens):
         logits = model(
@@ -105,7 +101,7 @@ def beam_search(
             step.get("audio_features"), step.get("feature_mask"), cache=cache, position_ids=step.get("position_ids"),
         ).logits[:, -1]  # (B*K, V)
         joint = rescorer(logits).double() if rescorer is not None else logits.double().log_softmax(dim=-1)
-        joint = joint.masked_fill(~allowed_ids.to(device), NEG_INF)
+        joint = joint.masked_fill(forbidden, NEG_INF)
         V = joint.shape[-1]
         total = (scores.view(-1, 1) + joint).view(B, K * V)  # (B, K*V)
         top_scores, top_index = total.topk(2 * K, dim=1)  # (B, 2K): room for K live ones after the ended
@@ -139,7 +135,7 @@ def beam_search(
         next_id = new_token.flatten()
         scores = new_scores
         tokens = torch.cat([tokens.index_select(0, rows), next_id[:, None]], dim=1)
-        reorder_cache(cache, rows)
+        cache.reorder(rows)
         if rescorer is not None:
             rescorer.reorder(rows)
             rescorer.advance(next_id)

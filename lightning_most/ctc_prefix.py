@@ -87,7 +87,6 @@ class CTCPrefixScorer:
         self.last, self.score = tokens.clone(), scores.double()
         self.empty = torch.zeros_like(self.empty)
 
-
     def reorder(self, index: Tensor) -> None:
         """Row i takes row index[i]'s prefix state (beam search); the posteriors of rows i and index[i] must be equal."""
         self.r_n, self.r_b = self.r_n.index_select(0, index), self.r_b.index_select(0, index)
