@@ -1,16 +1,19 @@
-"""Dev ASR WER and decoding time of one checkpoint by beam size and joint CTC weight, greedy as the reference.
+"""Dev ASR WER and decoding time of one checkpoint by beam size, joint CTC weight and word-LM fusion.
 
     .venv/bin/python bench/asr_decoding.py --ckpt runs/quickstart/tensorboard/version_0/checkpoints/last.ckpt \\
-        --beams 1,4,8 --weights 0.5
+        --beams 1,4,8 --weights 0.5 --lm_weights 0,0.3 --word_bonuses 1.0
 
 Reads the dev split of the config's data module (the quickstart's by default), decodes every ASR
-batch once per (beam, weight) setting in the same process, and prints WER and seconds, each also as
-a ratio to the first setting. Results: bench/RESULTS.md.
+batch once per (CTC weight, LM weight, word bonus, beam) setting in the same process, and prints WER
+and seconds, each also as a ratio to the first setting. An LM weight of 0 decodes without the word
+LM; otherwise the config's `asr_word_lm` (or a default one) is used with that weight, bonus and OOV
+log-prob, counted on `--lm_text` if given, else as in `fit`. Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.layouts import TASKS
 from lightning_most.stages.base import StageModule, _select
+from lightning_most.word_lm import WordLMConfig
 
 
 def main() -> None:
@@ -33,6 +37,12 @@ def main() -> None:
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--beams", default="1,4")
     parser.add_argument("--weights", default="0.5", help="asr_ctc_decoding_weight values")
+    parser.add_argument("--lm_weights", default="0", help="asr_word_lm.weight values (0 = no word LM)")
+    parser.add_argument("--word_bonuses", default="1.0", help="asr_word_lm.word_bonus values")
+    parser.add_argument("--oov_log_probs", default="-12", help="asr_word_lm.oov_log_prob values")
+    parser.add_argument("--orders", default="", help="asr_word_lm.order values (default: the config's)")
+    parser.add_argument("--show", type=int, default=0, help="print this many reference / hypothesis pairs per setting")
+    parser.add_argument("--lm_text", default="", help="word LM text files (default: the config's, else the data's training text)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cli = LightningCLI(
@@ -51,19 +61,40 @@ def main() -> None:
         rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
         if rows:
             batches.append(_select(batch, rows))
+    lm_config = model.hparams.get("asr_word_lm") or WordLMConfig()
+    lm_config = WordLMConfig(**lm_config) if isinstance(lm_config, dict) else lm_config
+    if args.lm_text:
+        lm_config.text_files = args.lm_text.split(",")
+    elif not lm_config.text_files:  # as in fit: the data module's training text
+        lm_config.text_files = data.word_lm_text_files()
+    settings = [
+        (weight, lm_weight, bonus, oov, order, beam)
+        for order in ([int(o) for o in args.orders.split(",")] if args.orders else [lm_config.order])
+        for weight in (float(w) for w in args.weights.split(","))
+        for lm_weight in (float(w) for w in args.lm_weights.split(","))
+        for bonus in (float(b) for b in args.word_bonuses.split(","))
+        for oov in (float(b) for b in args.oov_log_probs.split(","))
+        for beam in (int(b) for b in args.beams.split(","))
+    ]
     reference = None
-    for weight in (float(w) for w in args.weights.split(",")):
-        for beam in (int(b) for b in args.beams.split(",")):
-            model.hparams.asr_beam_size, model.hparams.asr_ctc_decoding_weight = beam, weight
-            wer, start = WordErrorRate(), time.perf_counter()
-            for batch in batches:
-                hyps = model.transcribe_batch(batch)
-                wer.update([normalize_text(h) for h in hyps], [normalize_text(t) for t in batch["texts"]])
-            seconds, value = time.perf_counter() - start, float(wer.compute())
-            reference = reference or (value, seconds)
-            print(f"w={weight} beam={beam}: dev WER {value:.4f} ({value / reference[0]:.3f} x), "
-                  f"{seconds:.1f} s ({seconds / reference[1]:.2f} x), {sum(len(b['texts']) for b in batches)} utterances",
-                  flush=True)
+    for weight, lm_weight, bonus, oov, order, beam in settings:
+        model.hparams.asr_beam_size, model.hparams.asr_ctc_decoding_weight = beam, weight
+        model.hparams.asr_word_lm = (
+            dataclasses.replace(lm_config, weight=lm_weight, word_bonus=bonus, oov_log_prob=oov, order=order) if lm_weight > 0 else None
+        )
+        wer, start, pairs = WordErrorRate(), time.perf_counter(), []
+        for batch in batches:
+            hyps = model.transcribe_batch(batch)
+            wer.update([normalize_text(h) for h in hyps], [normalize_text(t) for t in batch["texts"]])
+            pairs += zip(batch["texts"], hyps)
+        seconds, value = time.perf_counter() - start, float(wer.compute())
+        reference = reference or (value, seconds)
+        lm = f" lm={lm_weight} bonus={bonus} oov={oov} order={order}" if lm_weight > 0 else ""
+        print(f"w={weight}{lm} beam={beam}: dev WER {value:.4f} ({value / reference[0]:.3f} x), "
+              f"{seconds:.1f} s ({seconds / reference[1]:.2f} x), {sum(len(b['texts']) for b in batches)} utterances",
+              flush=True)
+        for ref, hyp in pairs[: args.show]:
+            print(f"  REF {ref}\n  HYP {hyp}")
 
 
 if __name__ == "__main__":

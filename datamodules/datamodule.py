@@ -39,8 +39,9 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
 from datamodules.dataset import FeatureConfig, MostDataset
 from datamodules.loader import ResumableLoader
-from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig, mix_sources, open_source, validate_mix
+from datamodules.mixing import STAGE1_TASK_WEIGHTS, TEXT_TASKS, SourceConfig, mix_sources, open_source, validate_mix
 from datamodules.quality import CutChecker, SkipLog
+from datamodules.text import resolve_text_shards
 
 
 class MostDataModule(pl.LightningDataModule):
@@ -162,6 +163,22 @@ class MostDataModule(pl.LightningDataModule):
             "unit_encoder": self._unit_description(),
             "num_units": self.num_units,
         }
+
+    def word_lm_text_files(self) -> list[str]:
+        """The local files of the training text: the speech sources' cut manifests (their transcripts) and the
+        text-LM shards, each once. A word LM (`lightning_most.word_lm`) with no `text_files` is counted on them."""
+        files: list[str] = []
+        for source in self.train_sources:
+            paths = resolve_text_shards(source.path) if source.task in TEXT_TASKS else [source.path]
+            for path in paths:
+                if not Path(path).is_file():
+                    raise ValueError(
+                        f"train source {source.name!r} ({source.task}) is {path!r}, not a local file the word LM can "
+                        "read (a URL or Shar folder): list the LM's text in asr_word_lm.text_files"
+                    )
+                if path not in files:
+                    files.append(path)
+        return files
 
     @property
     def skipped(self) -> Counter:

@@ -8,7 +8,9 @@ search keeps the `beam_size` best prefixes of every example by their summed join
 
 (w = 0: the decoder alone), the rule of Watanabe et al. (2017) and ESPnet's `BeamSearch`. Every step's
 score is <= 0 (psi(h) sums psi(h + c) over c and <eos>), so a prefix's score only falls as it grows:
-an example is finished once its best ended hypothesis scores at least its best live prefix.
+an example is finished once its best ended hypothesis scores at least its best live prefix. A word LM
+(`word_lm.WordLMFusion`, shallow fusion) adds `lambda log P_lm` of the words being written, and a
+bonus per word; those steps can be positive, and the same stopping rule is then a heuristic.
 
 Each example's prompt is repeated `beam_size` times (rows b * K .. b * K + K - 1); after each step the
 live prefixes are reordered inside their example's rows, the KV cache and the CTC state with them.
@@ -23,6 +25,7 @@ from lightning_most.attention import KVCache
 from lightning_most.backbone import MoSTBackbone
 from lightning_most.ctc_prefix import JointCTCRescorer
 from lightning_most.layouts import AUDIO, TEXT
+from lightning_most.word_lm import WordLMFusion
 
 NEG_INF = float("-inf")
 
@@ -53,6 +56,7 @@ def beam_search(
     max_lengths: Tensor | None = None,
     positions: tuple[Tensor, Tensor, Tensor] | None = None,
     rescorer: JointCTCRescorer | None = None,
+    word_lm: WordLMFusion | None = None,
 ) -> list[list[int]]:
     """The best-scoring id sequence (without <eos>) of each prompt row.
 
@@ -67,6 +71,8 @@ def beam_search(
         positions: as in `generation.generate`, for the B rows (repeated here).
         rescorer: a `JointCTCRescorer` built over B * K rows (its CTC posteriors repeated like the prompt),
             or None for the decoder's scores alone.
+        word_lm: a `WordLMFusion` over the B * K rows whose scores are added to each step's (shallow fusion),
+            or None. Its word-end scores can be positive, so the early stop below becomes a heuristic.
 
     Returns:
         B lists of ids.
@@ -101,6 +107,8 @@ def beam_search(
             step.get("audio_features"), step.get("feature_mask"), cache=cache, position_ids=step.get("position_ids"),
         ).logits[:, -1]  # (B*K, V)
         joint = rescorer(logits).double() if rescorer is not None else logits.double().log_softmax(dim=-1)
+        if word_lm is not None:
+            joint = joint + word_lm.scores()
         joint = joint.masked_fill(forbidden, NEG_INF)
         V = joint.shape[-1]
         total = (scores.view(-1, 1) + joint).view(B, K * V)  # (B, K*V)
@@ -139,6 +147,9 @@ def beam_search(
         if rescorer is not None:
             rescorer.reorder(rows)
             rescorer.advance(next_id)
+        if word_lm is not None:
+            word_lm.reorder(rows)
+            word_lm.advance(next_id)
         # Rows move only inside their example, whose copies share the prompt, its mask and its positions:
         # only the cache, the prefixes and the CTC state need reordering.
         new = {

@@ -9,11 +9,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 class RunSummary(pl.Callback):
     """At the end of fit/validate, print the dev ASR WER (and the CTC head's, if any) and where the TensorBoard logs are."""
 
-    def _report(self, trainer: pl.Trainer) -> None:
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         wer = trainer.callback_metrics.get("val/asr_wer")
-        lines = [f"dev ASR WER: {float(wer):.2%}" if wer is not None else "dev ASR WER: not measured (no ASR dev data)"]
+        how = getattr(pl_module, "asr_decoding", None)
+        how = f" ({how()})" if how is not None else ""
+        lines = [f"dev ASR WER: {float(wer):.2%}{how}" if wer is not None else "dev ASR WER: not measured (no ASR dev data)"]
         ctc_wer = trainer.callback_metrics.get("val/asr_ctc_wer")
         if ctc_wer is not None:
             lines.append(f"dev ASR WER of the audio encoder's CTC head (greedy): {float(ctc_wer):.2%}")
@@ -25,9 +27,9 @@ class RunSummary(pl.Callback):
         print("\n".join(lines), flush=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._report(trainer)
+        self._report(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":
-            self._report(trainer)
+            self._report(trainer, pl_module)
 

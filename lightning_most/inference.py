@@ -195,6 +195,7 @@ class MostInference:
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int = 0,
+        word_lm: bool = True,
     ) -> MostInference:
         """Load a stage checkpoint written by `fit`.
 
@@ -209,6 +210,7 @@ class MostInference:
             temperature: unit sampling temperature of synthesis (0 = greedy).
             top_k: sample units among the k most likely only.
             seed: seeds unit sampling.
+            word_lm: decode ASR with the checkpoint's `asr_word_lm` if it has one (False: without it).
         """
         header = read_checkpoint_header(path)
         stage = _stage_class(header["hyper_parameters"], str(path))
@@ -230,6 +232,17 @@ class MostInference:
             module.hparams.asr_max_new_tokens = max_new_tokens
         if max_units is not None:
             module.hparams.tts_max_new_tokens = max_units
+        lm_config = module.hparams.get("asr_word_lm")
+        if not word_lm:
+            module.hparams.asr_word_lm = None
+        elif lm_config is not None:
+            files = lm_config["text_files"] if isinstance(lm_config, dict) else lm_config.text_files  # dict: from YAML
+            missing = [f for f in files if not Path(f).is_file()]
+            if missing:
+                raise InferenceError(
+                    f"checkpoint {path} decodes ASR with a word LM counted on {missing[0]}, which does not exist here: "
+                    "run from the folder it was trained in, or decode without the LM (--no_word_lm)"
+                )
         built = UnitHifiganVocoder(UnitHifiganVocoderConfig(path=str(vocoder), device=device)) if vocoder else None
         inference = cls(module, parsed, built, temperature=temperature, top_k=top_k, seed=seed)
         inference.global_step = int(header.get("global_step", 0))

@@ -123,16 +123,20 @@ def test_repeat_prompt_repeats_each_rows_frames_as_a_block() -> None:
     assert torch.equal(out["input_ids"], prompt["input_ids"].repeat_interleave(2, 0))
 
 
+def asr_batch(module: Stage1Module) -> dict:
+    """Builds the module's backbone; a collated batch of two ASR examples ("hello" over 12 frames, "hi" over 6)."""
+    module.configure_model()
+    g = torch.Generator().manual_seed(0)
+    V, F = module.config.text_vocab_size, module.config.audio_feature_dim
+    examples = [asr_example(TOK.encode(t), SPECIALS, V, features=torch.randn(n, F, generator=g)) for t, n in (("hello", 12), ("hi", 6))]
+    return collate(examples, SPECIALS.pad)
+
+
 def test_stage_module_decodes_asr_with_a_beam() -> None:
     module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0,
                           asr_positions="audio_scaled", asr_ctc_decoding_weight=0.5, asr_max_new_tokens=10,
                           asr_max_tokens_per_frame=0.5, asr_beam_size=3)
-    module.configure_model()
-    g = torch.Generator().manual_seed(0)
-    V = module.config.text_vocab_size
-    batch = collate([asr_example(TOK.encode(t), SPECIALS, V, features=torch.randn(n, module.config.audio_feature_dim, generator=g))
-                     for t, n in (("hello", 12), ("hi", 6))], SPECIALS.pad)
-    hyps = module.transcribe_batch(batch)
+    hyps = module.transcribe_batch(asr_batch(module))
     assert len(hyps) == 2 and 1 <= len(hyps[1]) <= 3  # ceil(0.5 x 6) bytes (random weights: maybe not UTF-8)
     with pytest.raises(ValueError, match="asr_beam_size"):
         Stage1Module(asr_beam_size=0)

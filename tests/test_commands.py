@@ -165,6 +165,23 @@ def test_checkpoint_without_audio_io_exits_2_with_the_fix(
     assert exit_code(["transcribe", "--ckpt", str(stripped), "--audio_io", str(audio_io_file), wav]) == 0
 
 
+def test_a_checkpoint_whose_word_lm_text_moved_exits_2_or_decodes_without_it(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)
+    lm = checkpoint["hyper_parameters"]["asr_word_lm"]
+    assert lm["text_files"], "fit writes the data module's training text into the checkpoint"
+    lm["text_files"] = [str(tmp_path / "moved" / "text_train.jsonl.gz")]
+    moved = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, moved)
+    wav = str(trained_run.test_wavs[0])
+    assert exit_code(["transcribe", "--ckpt", str(moved), wav]) == 2
+    line = _error_line(capsys)
+    assert "moved/text_train.jsonl.gz" in line and "--no_word_lm" in line
+    assert exit_code(["transcribe", "--ckpt", str(moved), "--no_word_lm", wav]) == 0
+    assert capsys.readouterr().out.startswith(wav)
+
+
 def test_evaluate_bad_inputs_exit_2(trained_run: TrainedRun, tmp_path: Path, capsys) -> None:
     base = ["evaluate", "--ckpt", str(trained_run.checkpoint), "--out_dir", str(tmp_path / "eval")]
     cases = [

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,11 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
     assert (log_dir / "checkpoints" / "last.ckpt").is_file()
     # The corpus was built because it was missing.
     assert (tmp_path / "corpus" / "corpus.json").is_file()
+    # The word LM was counted on this corpus's training text, and the checkpoint says so.
+    hparams = torch.load(log_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+    lm_files = hparams["asr_word_lm"]["text_files"]
+    assert lm_files and all(Path(f).is_file() and str(tmp_path / "corpus") in f and "_train" in f for f in lm_files)
+    assert re.search(r"dev ASR WER: \d+\.\d+% \(beam \d+, joint CTC weight [\d.]+, word LM weight [\d.]+\)", run.stdout)
 
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "audio": 0, "histograms": 0}).Reload()
     scalars = set(events.Tags()["scalars"])

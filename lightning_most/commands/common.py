@@ -40,6 +40,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unit_quantizer", help="replaces the unit quantizer path stored in the checkpoint")
     group.add_argument("--max_new_tokens", type=int, help="text decoding budget (default: the checkpoint's)")
     group.add_argument("--max_units", type=int, help="unit decoding budget of synthesis (default: the checkpoint's)")
+    group.add_argument("--no_word_lm", action="store_true",
+                       help="decode ASR without the checkpoint's word LM (asr_word_lm), with the model alone")
 
 
 def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +79,7 @@ def load_inference(args: argparse.Namespace) -> MostInference:
             temperature=getattr(args, "temperature", 0.0),
             top_k=getattr(args, "top_k", None),
             seed=getattr(args, "seed", 0),
+            word_lm=not args.no_word_lm,
         )
     except InferenceError:
         raise

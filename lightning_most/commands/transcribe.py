@@ -11,7 +11,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The `transcribe` argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m lightning_most transcribe",
-        description="Transcribe audio files with a trained checkpoint (greedy decoding). "
+        description="Transcribe audio files with a trained checkpoint, decoded as it was trained to be "
+        "(its beam size, joint CTC weight and word LM; see --no_word_lm). "
         "Prints one line per file: PATH<TAB>TRANSCRIPT.",
     )
     add_checkpoint_arguments(parser)

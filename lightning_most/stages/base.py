@@ -9,6 +9,7 @@ Subclasses (`Stage1Module`, `Stage2Module`) differ in the tasks they train on an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
 from lightning_most.positions import audio_scaled_positions, decoding_positions
 from lightning_most.routing_logging import log_routing
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
+from lightning_most.word_lm import LexiconTrie, WordLMConfig, WordLMFusion, WordNgramLM
 
 ASR_POSITIONS = ("sequential", "audio_scaled")
 
@@ -52,7 +54,7 @@ class OptimizerConfig:
 
 # Checkpoints carry these config classes in their hyperparameters: let torch's weights_only loading
 # (the default of torch.load, used by sharded FSDP2 resumes) rebuild them without unpickling code.
-torch.serialization.add_safe_globals([OptimizerConfig, ModelOverrides, MoEOverrides, AttentionOverrides])
+torch.serialization.add_safe_globals([OptimizerConfig, ModelOverrides, MoEOverrides, AttentionOverrides, WordLMConfig])
 
 
 class StageModule(pl.LightningModule):
@@ -77,6 +79,7 @@ class StageModule(pl.LightningModule):
         asr_length_jitter: float = 0.15,
         asr_ctc_decoding_weight: float = 0.0,
         asr_beam_size: int = 1,
+        asr_word_lm: WordLMConfig | None = None,
     ) -> None:
         """Build the stage.
 
@@ -108,8 +111,14 @@ class StageModule(pl.LightningModule):
                 transcript token maximises (1 - w) log p_decoder + w log p_ctc-prefix; 0 = the decoder alone.
             asr_beam_size: ASR transcripts keep this many prefixes per example by the same joint score
                 (`lightning_most.beam_search`); 1 = greedy.
+            asr_word_lm: a word n-gram LM and lexicon fused into the ASR beam search (`lightning_most.word_lm`;
+                byte tokenizer only), counted on its `text_files` when the first transcript is decoded; None = none.
     """
         super().__init__()
+        if asr_word_lm is not None and tokenizer != "byte":
+            raise ValueError(
+                "asr_word_lm fuses a word LM into byte-level decoding: it needs tokenizer='byte' (or asr_word_lm: null)"
+            )
         self.save_hyperparameters()
         self.config: ModelConfig = build_config(backbone, backbone_overrides)
         self.tokenizer = build_tokenizer(tokenizer)
@@ -148,6 +157,7 @@ class StageModule(pl.LightningModule):
             )
         if asr_beam_size < 1:
             raise ValueError(f"asr_beam_size must be >= 1, got {asr_beam_size}")
+        self._word_lm: tuple[tuple, WordNgramLM, LexiconTrie] | None = None  # (what it was counted from, LM, lexicon)
         if not 0 <= asr_length_jitter < 1:
             raise ValueError(f"asr_length_jitter must lie in [0, 1), got {asr_length_jitter}")
         self.backbone: MoSTBackbone | None = None
@@ -409,10 +419,11 @@ class StageModule(pl.LightningModule):
             rescorer = JointCTCRescorer(scorer, ctc_weight, self.specials.base_vocab_size, self.specials.eos)
         ratio = self.hparams.get("asr_max_tokens_per_frame")
         frames = prompt["feature_mask"].sum(dim=1)  # (B,)
-        if beam > 1:
+        word_lm = self._word_lm_fusion(prompt["input_ids"].shape[0] * beam) if bool(is_asr.all()) else None
+        if beam > 1 or word_lm is not None:
             caps = None if ratio is None else (ratio * frames.float()).ceil().long()
             rows = beam_search(self.backbone, prompt, self.hparams.asr_max_new_tokens, beam, allowed, self.specials.eos,
-                               max_lengths=caps, positions=positions, rescorer=rescorer)
+                               max_lengths=caps, positions=positions, rescorer=rescorer, word_lm=word_lm)
         else:
             rows = generate(self.backbone, prompt, self.hparams.asr_max_new_tokens, allowed, (self.specials.eos,),
                             positions=positions, rescorer=rescorer).tolist()
@@ -420,6 +431,33 @@ class StageModule(pl.LightningModule):
                 rows = [row[: max(1, math.ceil(ratio * n))] for row, n in zip(rows, frames.tolist())]
         self.backbone.train(was_training)
         return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in rows]
+
+    def asr_decoding(self) -> str:
+        """How ASR transcripts are decoded, in words (printed beside the dev WER)."""
+        beam = self.hparams.get("asr_beam_size", 1)
+        parts = [f"beam {beam}" if beam > 1 else "greedy"]
+        if self.hparams.get("asr_ctc_decoding_weight", 0.0) > 0:
+            parts.append(f"joint CTC weight {self.hparams.asr_ctc_decoding_weight}")
+        config = self._word_lm_config()
+        if config is not None:
+            parts.append(f"word LM weight {config.weight}")
+        return ", ".join(parts)
+
+    def _word_lm_config(self) -> WordLMConfig | None:
+        config = self.hparams.get("asr_word_lm")
+        return WordLMConfig(**config) if isinstance(config, dict) else config  # a dict when given as YAML
+
+    def _word_lm_fusion(self, num_rows: int) -> WordLMFusion | None:
+        """The configured word LM's fusion state for `num_rows` beam rows (the LM is counted once, on first use)."""
+        config = self._word_lm_config()
+        if config is None:
+            return None
+        key = (tuple(config.text_files), config.order, config.discount, config.wordfreq_words, config.wordfreq_weight)
+        if self._word_lm is None or self._word_lm[0] != key:
+            lm = WordNgramLM.from_config(config)
+            self._word_lm = (key, lm, LexiconTrie(lm))
+        _, lm, trie = self._word_lm
+        return WordLMFusion(lm, trie, config, num_rows, self.config.vocab_size, self.specials.eos, self.device)
 
     @torch.no_grad()
     def units_for_batch(
@@ -482,6 +520,24 @@ class StageModule(pl.LightningModule):
         check_data_fits_model(self.config, dm)
         if dm is not None and hasattr(dm, "audio_io"):
             self.audio_io = dm.audio_io()
+
+    def setup(self, stage: str) -> None:
+        """Give a word LM without `text_files` the data module's training text, and count it now: a missing
+        file fails here, not at the first validation."""
+        config = self._word_lm_config()
+        if config is None:
+            return
+        if not config.text_files:
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            if dm is None or not hasattr(dm, "word_lm_text_files"):
+                raise ValueError(
+                    "asr_word_lm.text_files is empty and there is no data module that names its training text: "
+                    "list the files the word LM is counted on"
+                )
+            # Saved with the hyperparameters (as a plain dict, like every config given as YAML, so that
+            # LightningCLI can read them back): transcribe / evaluate count the same text.
+            self.hparams.asr_word_lm = dataclasses.asdict(dataclasses.replace(config, text_files=dm.word_lm_text_files()))
+        self._word_lm_fusion(1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["audio_io"] = self.audio_io
