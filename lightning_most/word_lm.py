@@ -306,6 +306,11 @@ class WordLMFusion:
         self.lm, self.trie, self.config, self.eos, self.device = lm, trie, config, eos, device
         self.vocab_size = vocab_size
         self.word_chars = byte_word_chars()
+        self._word_byte = torch.zeros(vocab_size, dtype=torch.float64)  # 1 at ids that continue a word
+        self._word_byte[list(self.word_chars)] = 1.0
+        self._ids_of_char: dict[str, list[int]] = {}  # trie character -> the byte ids looked up as it
+        for i, ch in self.word_chars.items():
+            self._ids_of_char.setdefault(ch, []).append(i)
         self.delimiters = torch.zeros(vocab_size, dtype=torch.bool)
         self.delimiters[[i for i in range(128) if i not in self.word_chars]] = True
         self.delimiters = self.delimiters.to(device)
@@ -317,13 +322,15 @@ class WordLMFusion:
     def _letter_deltas(self, node: int) -> Tensor:
         """(V,) LM log-prob delta of extending the word at `node` by each word byte (0 elsewhere)."""
         if node not in self._letters:
-            delta = torch.zeros(self.vocab_size, dtype=torch.float64)
-            if node != OOV:
+            if node == OOV:
+                delta = torch.zeros(self.vocab_size, dtype=torch.float64)
+            else:
                 here = self.trie.look_ahead[node]
-                kids = self.trie.children[node]
-                for i, ch in self.word_chars.items():
-                    child = kids.get(ch)
-                    delta[i] = (self.trie.look_ahead[child] if child is not None else self.config.oov_log_prob) - here
+                delta = self._word_byte * (self.config.oov_log_prob - here)  # leaving the lexicon
+                for ch, child in self.trie.children[node].items():
+                    ids = self._ids_of_char.get(ch)  # None for letters beyond ASCII (café): bytes cannot reach them
+                    if ids is not None:
+                        delta[ids] = self.trie.look_ahead[child] - here
             self._letters[node] = delta.to(self.device)
         return self._letters[node]
 

@@ -106,6 +106,15 @@ def test_a_word_outside_the_lexicon_costs_its_oov_log_prob_once_and_resets_the_c
     assert float(fusion.scores()[0, ord(" ")]) == pytest.approx(-20.0 - fusion.trie.look_ahead[fusion.node[0]])
 
 
+def test_letters_beyond_ascii_in_the_lexicon_are_out_of_reach_of_bytes() -> None:
+    lm = WordNgramLM([["café", "cafe", "cab"]], order=1, discount=0.5)
+    fusion = _fusion(lm, weight=1.0, word_bonus=0.0, oov_log_prob=-20.0)
+    assert _fused_total(fusion, "cafe") == pytest.approx(lm.sentence_log_prob(["cafe"]))
+    fusion = _fusion(lm, weight=1.0, word_bonus=0.0, oov_log_prob=-20.0)
+    expected = -20.0 + lm.log_prob((), SENTENCE_END)  # the UTF-8 bytes of "é" leave the lexicon
+    assert _fused_total(fusion, "café") == pytest.approx(expected)
+
+
 def test_reorder_moves_each_rows_context_and_word_in_progress() -> None:
     lm = _lm(order=2)
     fusion = _fusion(lm, rows=2, weight=1.0)
