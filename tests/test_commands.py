@@ -84,6 +84,7 @@ def test_evaluate_asr_and_spoken_lm_writes_json_markdown_and_tensorboard(
         assert pair["first"][1] > 0 and pair["first"][0] < 0  # (log-likelihood sum, units) of a real utterance
     markdown = (out_dir / "evaluation.md").read_text()
     assert markdown in printed
+    assert re.search(r"ASR decoding: beam \d+, joint CTC weight [\d.]+, word LM weight", printed)  # the quickstart's
     assert "| asr/embedded_cuts_test | num_utterances | 3 |" in markdown
     assert len(markdown.splitlines()) == 2 + 3 + 4 * 3
     assert list((out_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -2,8 +2,9 @@
 
 It owns what is common to every stage: building the backbone (in `configure_model`, so FSDP2 can
 shard it as it is built), the masked next-token loss logged per task, the aux loss, AdamW with
-linear warmup and cosine decay, routing logs (heatmaps, load histograms, entropy), dev ASR WER with
-greedy decoding, and the model-as-ASR / model-as-TTS methods used by evaluation and the CLI.
+linear warmup and cosine decay, routing logs (heatmaps, load histograms, entropy), dev ASR WER (greedy,
+or beam search joint with the CTC head and a fused word LM, as configured), and the model-as-ASR /
+model-as-TTS methods used by evaluation and the CLI.
 Subclasses (`Stage1Module`, `Stage2Module`) differ in the tasks they train on and how they start.
 """
 
@@ -391,8 +392,9 @@ class StageModule(pl.LightningModule):
     # ---- decoding ----------------------------------------------------------------------------
     @torch.no_grad()
     def transcribe_batch(self, batch: dict) -> list[str]:
-        """Greedy transcripts of the ASR examples of a collated batch (prompts = audio + <asr>), or greedy answers of
-        its speech-instruction examples; ASR rows use `asr_positions` and joint CTC decoding as configured."""
+        """Transcripts of the ASR examples of a collated batch (prompts = audio + <asr>), or greedy answers of its
+        speech-instruction examples; ASR rows use `asr_positions`, joint CTC decoding, the beam and the word LM
+        as configured."""
         was_training = self.backbone.training
         self.backbone.eval()
         prompt = prompts_from_batch(batch, self.specials.pad)
