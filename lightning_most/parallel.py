@@ -5,6 +5,12 @@ backbone in `configure_model` and calls `apply_fsdp2` with the strategy's device
 block is one FSDP2 unit (its parameters are all-gathered just before it runs and freed after), the
 root unit holds the embeddings, the audio projector, the final norm and the heads.
 
+Evaluation (dev losses, and decoding the dev WER) runs with every unit unsharded and kept so
+(`unshard_for_evaluation` / `reshard_after_evaluation`): its forwards then need no collective, so
+ranks may run different numbers of them, as decoding does (transcripts end at different steps, and
+a rank may have no ASR rows in a batch). Each GPU then holds the full weights in the compute dtype
+for the evaluation (DeepSeek-V2-Lite in bf16: ~31 GB).
+
 Precision follows the trainer's `precision` flag: with `bf16-mixed` (or `bf16-true`) the
 `MixedPrecisionPolicy` all-gathers parameters in bf16 and computes in bf16 while the sharded master
 weights, the optimizer state and the gradient reduce-scatter stay in fp32 (torchtitan's recipe);
@@ -15,7 +21,8 @@ keeps FSDP2 in fp32.
 from __future__ import annotations
 
 import torch
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lightning_most.backbone import MoSTBackbone
 
@@ -38,3 +45,28 @@ def apply_fsdp2(backbone: MoSTBackbone, device_mesh, precision: str | None = Non
     for block in backbone.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(backbone, mesh=mesh, mp_policy=policy)
+
+
+def _fsdp_units(backbone: nn.Module) -> list[FSDPModule]:
+    return [m for m in backbone.modules() if isinstance(m, FSDPModule)]
+
+
+def unshard_for_evaluation(backbone: nn.Module) -> None:
+    """All-gather every FSDP2 unit of `backbone` and keep it unsharded (a no-op without FSDP2).
+
+    Every rank must call it at the same point (an epoch-start hook); afterwards forwards issue no
+    collective until `reshard_after_evaluation`.
+    """
+    units = _fsdp_units(backbone)
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+    for unit in units:
+        unit.unshard()
+
+
+def reshard_after_evaluation(backbone: nn.Module) -> None:
+    """Free the unsharded weights again and restore training's resharding: the decoder blocks after their
+    forward, the root not (as `fully_shard` sets a root)."""
+    for unit in _fsdp_units(backbone):
+        unit.reshard()
+        unit.set_reshard_after_forward(unit is not backbone, recurse=False)

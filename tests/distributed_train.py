@@ -29,8 +29,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-from lightning_most.layouts import IGNORE_INDEX, TASKS
+from lightning_most.layouts import IGNORE_INDEX, TASKS, asr_example, collate, text_lm_example, tts_example
 from lightning_most.stages.base import OptimizerConfig, StageModule
+from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 
 NUM_STEPS = 6  # one epoch
 GLOBAL_BATCH = 4
@@ -128,6 +129,64 @@ class FixedBatches(pl.LightningDataModule):
         return RankSlices(self.steps, self.trainer.global_rank, self.trainer.world_size)
 
 
+# Dev batches of `--validate`, (task, text) rows per batch; rank r of 2 gets VAL_BATCHES_OF_RANK[r], one
+# process all of them. Rank 1 has no ASR row at all, so it decodes nothing while rank 0 decodes.
+VAL_BATCHES = [
+    [("asr", "hello"), ("asr", "a longer transcript"), ("tts", "spoken")],
+    [("tts", "more text"), ("tts", "to say")],
+    [("tts", "the third batch"), ("text_lm", "and some text")],
+]
+VAL_BATCHES_OF_RANK = [[0, 1], [2]]
+
+
+def val_batches(config, indices: list[int]) -> list[dict]:
+    """The collated `VAL_BATCHES` at `indices` (random frames and units, fixed seeds)."""
+    tok = ByteTokenizer()
+    specials = SpecialTokens(tok.base_vocab_size)
+    batches = []
+    for index in indices:
+        g = torch.Generator().manual_seed(index)
+        examples = []
+        for task, text in VAL_BATCHES[index]:
+            ids = tok.encode(text)
+            if task == "asr":
+                frames = torch.randn(3 * len(ids), config.audio_feature_dim, generator=g)
+                examples.append(asr_example(ids, specials, config.text_vocab_size, features=frames, text=text))
+            elif task == "tts":
+                units = torch.randint(0, config.num_audio_units, (2 * len(ids),), generator=g)
+                examples.append(tts_example(ids, units, specials, config.text_vocab_size, text=text))
+            else:
+                examples.append(text_lm_example(ids, specials, text=text))
+        batches.append(collate(examples, specials.pad))
+    return batches
+
+
+class BatchList:
+    """Collated batches as one dataloader (a plain list would be read as one dataloader per batch)."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+class ValBatches(pl.LightningDataModule):
+    """`VAL_BATCHES` as the dev split: this rank's share of them (all of them in one process)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+
+    def val_dataloader(self) -> BatchList:
+        if self.trainer.world_size == 1:
+            return BatchList(val_batches(self.config, list(range(len(VAL_BATCHES)))))
+        return BatchList(val_batches(self.config, VAL_BATCHES_OF_RANK[self.trainer.global_rank]))
+
+
 class GlobalLoss(pl.Callback):
     """Mean over ranks of each step's loss (= the global batch's loss here), kept on every rank."""
 
@@ -178,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt-path", default=None, help="resume from this checkpoint (file or sharded folder)")
     parser.add_argument("--frames-from-step", type=int, default=1,
                         help="first step whose batch has audio frames (before it the audio projector gets no gradient)")
+    parser.add_argument("--validate", action="store_true",
+                        help="only validate (dev losses and WER) on VAL_BATCHES, and write the logged metrics")
     parser.add_argument("--root", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -189,7 +250,17 @@ def main(argv: list[str] | None = None) -> None:
         optimizer=OptimizerConfig(lr=3e-3, warmup_steps=2, weight_decay=0.01),
         activation_checkpointing=args.activation_checkpointing,
         log_routing_every_n_steps=1000,
+        asr_max_new_tokens=6,
     )
+    if args.validate:
+        trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy_for(args.strategy, args.devices),
+                             precision=args.precision, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        trainer.validate(module, datamodule=ValBatches(module.config))
+        if trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            Path(args.out).write_text(json.dumps({"metrics": metrics, "world_size": trainer.world_size}))
+        return
     data = FixedBatches(module.config, args.frames_from_step)
     recorder = GlobalLoss()
     callbacks: list[pl.Callback] = [recorder]

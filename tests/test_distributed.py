@@ -27,13 +27,17 @@ STEPS = 6
 REL = 1e-5
 
 
-def _train(tmp: Path, name: str, *flags: str, env: dict | None = None) -> dict:
+def _run(tmp: Path, name: str, *flags: str, env: dict | None = None) -> dict:
     out = tmp / f"{name}.json"
     cmd = [sys.executable, str(SCRIPT), *flags, "--root", str(tmp / name), "--out", str(out)]
     run_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def _train(tmp: Path, name: str, *flags: str, env: dict | None = None) -> dict:
+    result = _run(tmp, name, *flags, env=env)
     result["losses"] = {int(k): v for k, v in result["losses"].items()}
     return result
 
@@ -57,6 +61,26 @@ def fsdp_killed(runs: Path) -> dict:
     """FSDP2 on 2 processes with activation checkpointing, sharded checkpoint at step 3, killed after step 4."""
     return _train(runs, "fsdp_killed", "--strategy", "fsdp", "--devices", "2", "--activation-checkpointing",
                   "--checkpoint-every", "3", "--kill-at", "4")
+
+
+@pytest.fixture(scope="module")
+def single_validation(runs: Path) -> dict:
+    """One process validating on all of the script's dev batches."""
+    return _run(runs, "validate_single", "--validate", "--strategy", "single", "--devices", "1")["metrics"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_validation_on_two_processes_matches_one_process_when_a_rank_decodes_nothing(
+    runs: Path, single_validation: dict, strategy: str
+) -> None:
+    # Rank 1's dev batches hold no ASR row: it decodes nothing while rank 0 decodes (under FSDP2 the
+    # weights stay unsharded for the epoch, so their forwards need no collective), and it logs no ASR loss.
+    result = _run(runs, f"validate_{strategy}", "--validate", "--strategy", strategy, "--devices", "2")
+    assert result["world_size"] == 2
+    expected = {"val/loss", "val/loss_asr", "val/loss_tts", "val/loss_text_lm", "val/asr_wer"}
+    assert expected <= set(single_validation)
+    for key in expected:
+        assert result["metrics"][key] == pytest.approx(single_validation[key], rel=REL), key
 
 
 def _same(losses: dict[int, float], reference: dict[int, float]) -> None:

@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import WordErrorRate
 
 from lightning_most.audio import build_vocoder
@@ -31,12 +32,14 @@ from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
 from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
+from lightning_most.parallel import apply_fsdp2, reshard_after_evaluation, unshard_for_evaluation
 from lightning_most.positions import audio_scaled_positions, decoding_positions
 from lightning_most.routing_logging import log_routing
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 from lightning_most.word_lm import LexiconTrie, WordLMConfig, WordLMFusion, WordNgramLM
 
 ASR_POSITIONS = ("sequential", "audio_scaled")
+EVAL_LOSSES = ("all", *TASKS, "ctc")  # the losses logged per evaluation epoch: overall, per task, CTC
 
 
 @dataclass
@@ -164,6 +167,8 @@ class StageModule(pl.LightningModule):
         self.backbone: MoSTBackbone | None = None
         # `*_ctc`: greedy CTC transcripts of the audio encoder's head (with `audio_encoder.ctc_head`).
         self.wer = torch.nn.ModuleDict({k: WordErrorRate() for k in ("val", "test", "val_ctc", "test_ctc")})
+        # "{stage}_{all | task | ctc}": token-mean losses of the epoch (`_log_evaluation`).
+        self.eval_loss = torch.nn.ModuleDict({f"{st}_{name}": MeanMetric() for st in ("val", "test") for name in EVAL_LOSSES})
         self.audio_io: dict[str, Any] = {}  # how audio became features/units in training (saved in checkpoints)
         self._last_step_time: float | None = None
         self._sample_texts: list[str] = []
@@ -180,8 +185,6 @@ class StageModule(pl.LightningModule):
             self._load_backbone_weights(self.hparams.init_from)
         mesh = self.device_mesh  # set by ModelParallelStrategy, None otherwise
         if mesh is not None:
-            from lightning_most.parallel import apply_fsdp2
-
             apply_fsdp2(self.backbone, mesh, precision=self.trainer.precision)
 
     def _load_backbone_weights(self, path: str) -> None:
@@ -303,13 +306,14 @@ class StageModule(pl.LightningModule):
         out = self(batch)
         loss, per_task = self._task_losses(batch, out.logits)
         B = batch["input_ids"].shape[0]
-        self.log(f"{stage}/loss", loss, batch_size=B, sync_dist=True)
+        # Accumulated here, logged once per epoch by `_log_evaluation` (each loss weighted by its rows).
+        self.eval_loss[f"{stage}_all"].update(loss.detach(), weight=B)
         for task, value in per_task.items():
-            self.log(f"{stage}/loss_{task}", value, batch_size=B, sync_dist=True)
+            self.eval_loss[f"{stage}_{task}"].update(value.detach(), weight=int((batch["task_ids"] == TASKS.index(task)).sum()))
         ctc = self._ctc_loss(batch, out.ctc_logits, out.ctc_lengths)
-        if ctc is not None:
-            self.log(f"{stage}/loss_ctc", ctc, batch_size=B, sync_dist=True)
         asr_rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
+        if ctc is not None:
+            self.eval_loss[f"{stage}_ctc"].update(ctc.detach(), weight=len(asr_rows))
         if asr_rows:
             hyps = self.transcribe_batch(_select(batch, asr_rows))
             refs = [normalize_text(batch["texts"][i]) for i in asr_rows]
@@ -333,11 +337,22 @@ class StageModule(pl.LightningModule):
         hyps = self.transcribe_batch(_select(batch, rows)) if rows else []
         return [{"cut_id": batch["cut_ids"][i], "hypothesis": h, "reference": batch["texts"][i]} for i, h in zip(rows, hyps)]
 
-    def _log_wer(self, stage: str) -> None:
-        for key, name in ((stage, "asr_wer"), (f"{stage}_ctc", "asr_ctc_wer")):
-            if self.wer[key].total > 0:
-                self.log(f"{stage}/{name}", self.wer[key].compute(), sync_dist=True)
-            self.wer[key].reset()
+    def _log_evaluation(self, stage: str) -> None:
+        """Log the epoch's dev/test losses and WERs over all ranks, each only if some rank measured it.
+
+        Every rank takes the same branches in the same order (the counts are summed over ranks first), so
+        the collectives of `compute` match even when a rank saw no row of some task.
+        """
+        metrics = [(f"{stage}/loss" if name == "all" else f"{stage}/loss_{name}", self.eval_loss[f"{stage}_{name}"],
+                    "weight") for name in EVAL_LOSSES]
+        metrics += [(f"{stage}/asr_wer", self.wer[stage], "total"), (f"{stage}/asr_ctc_wer", self.wer[f"{stage}_ctc"], "total")]
+        for name, metric, count in metrics:
+            seen = getattr(metric, count).detach().clone().float()
+            if self._trainer is not None:
+                seen = self.trainer.strategy.reduce(seen, reduce_op="sum")
+            if float(seen) > 0:
+                self.log(name, metric.compute(), sync_dist=True)  # equal on every rank: the mean is that value
+            metric.reset()
 
     def _greedy_ctc_ids(self, ctc_logits: Tensor, ctc_lengths: Tensor) -> list[list[int]]:
         """Greedy CTC token ids of each audio segment (best id per frame, repeats merged, blanks dropped)."""
@@ -361,16 +376,30 @@ class StageModule(pl.LightningModule):
         ids = self._greedy_ctc_ids(out.ctc_logits, out.ctc_lengths)
         return [self.tokenizer.decode(row) for row, keep in zip(ids, is_asr) if keep]
 
+    # Under FSDP2 the backbone stays unsharded for a whole evaluation epoch (`parallel.unshard_for_evaluation`):
+    # decoding runs a different number of forwards on each rank.
     def on_validation_epoch_start(self) -> None:
         self._sample_texts = []
+        unshard_for_evaluation(self.backbone)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_wer("val")
+        self._log_evaluation("val")
         if self._sample_texts and self.audio_io.get("unit_quantizer") and not self.trainer.sanity_checking:
             self._log_tts_samples(self._sample_texts)
+        reshard_after_evaluation(self.backbone)
+
+    def on_test_epoch_start(self) -> None:
+        unshard_for_evaluation(self.backbone)
 
     def on_test_epoch_end(self) -> None:
-        self._log_wer("test")
+        self._log_evaluation("test")
+        reshard_after_evaluation(self.backbone)
+
+    def on_predict_epoch_start(self) -> None:
+        unshard_for_evaluation(self.backbone)
+
+    def on_predict_epoch_end(self) -> None:
+        reshard_after_evaluation(self.backbone)
 
     def _log_tts_samples(self, texts: list[str]) -> None:
         """Speak dev texts (greedy units, Griffin-Lim) and log the audio to TensorBoard."""
