@@ -332,7 +332,7 @@ class StageModule(pl.LightningModule):
         self._evaluation_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """Greedy transcripts of the batch's ASR examples: one dict per example (cut id, hypothesis, reference)."""
+        """Transcripts of the batch's ASR examples, decoded as configured: one dict per example (cut id, hypothesis, reference)."""
         rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
         hyps = self.transcribe_batch(_select(batch, rows)) if rows else []
         return [{"cut_id": batch["cut_ids"][i], "hypothesis": h, "reference": batch["texts"][i]} for i, h in zip(rows, hyps)]
