@@ -280,7 +280,7 @@ def byte_word_chars() -> dict[int, str]:
     chars = {}
     for i in range(128):
         c = chr(i)
-        if (c.isascii() and c.isalnum()) or c == "'":
+        if c.isalnum() or c == "'":
             chars[i] = c.lower()
     for i in range(128, 256):  # parts of non-ASCII letters: in a word, never in the (normalised ASCII) trie
         chars[i] = "\x00"
@@ -297,6 +297,7 @@ class WordLMFusion:
         num_rows: rows of the beam (B * K).
         vocab_size: width V of the decoder's logits; ids 0..255 are bytes.
         eos: the id that ends a transcript.
+        device: where the score tensors are made (the decoder's device).
     """
 
     def __init__(
@@ -362,11 +363,10 @@ class WordLMFusion:
         w, bonus = self.config.weight, self.config.word_bonus
         rows = []
         for row in range(len(self.node)):
-            delta = self._letter_deltas(self.node[row]).clone()
+            delta = w * self._letter_deltas(self.node[row])  # a new tensor: the cached one stays as it is
             end, word = self._completed(row)
             in_word = self.node[row] != LexiconTrie.ROOT
             end_score = w * end + (bonus if in_word else 0.0)
-            delta = w * delta
             delta[self.delimiters] = end_score
             delta[self.eos] = end_score + w * self.lm.log_prob(self._history(row, word), SENTENCE_END)
             rows.append(delta)
