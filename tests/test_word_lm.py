@@ -204,3 +204,9 @@ def test_stage_module_transcribes_with_the_word_lm_inside_its_lexicon(tmp_path) 
         assert all(w in {"hello", "world", "there"} for w in normalize_text(hyp).split()), hyp
     with pytest.raises(ValueError, match="tokenizer='byte'"):
         Stage1Module(tokenizer=str(tmp_path), asr_word_lm=config)
+
+
+def test_a_word_lm_without_text_and_without_a_data_module_is_refused_at_setup() -> None:
+    module = Stage1Module(asr_word_lm=WordLMConfig())
+    with pytest.raises(ValueError, match="asr_word_lm.text_files is empty and there is no data module"):
+        module.setup("fit")

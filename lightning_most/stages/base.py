@@ -478,16 +478,20 @@ class StageModule(pl.LightningModule):
         config = self.hparams.get("asr_word_lm")
         return WordLMConfig(**config) if isinstance(config, dict) else config  # a dict when given as YAML
 
-    def _word_lm_fusion(self, num_rows: int) -> WordLMFusion | None:
-        """The configured word LM's fusion state for `num_rows` beam rows (the LM is counted once, on first use)."""
-        config = self._word_lm_config()
-        if config is None:
-            return None
+    def _counted_word_lm(self, config: WordLMConfig) -> tuple[WordNgramLM, LexiconTrie]:
+        """The word LM and lexicon of `config`, counted once (again only if what it is counted from changes)."""
         key = (tuple(config.text_files), config.order, config.discount, config.wordfreq_words, config.wordfreq_weight)
         if self._word_lm is None or self._word_lm[0] != key:
             lm = WordNgramLM.from_config(config)
             self._word_lm = (key, lm, LexiconTrie(lm))
-        _, lm, trie = self._word_lm
+        return self._word_lm[1], self._word_lm[2]
+
+    def _word_lm_fusion(self, num_rows: int) -> WordLMFusion | None:
+        """The configured word LM's fusion state for `num_rows` beam rows; None without `asr_word_lm`."""
+        config = self._word_lm_config()
+        if config is None:
+            return None
+        lm, trie = self._counted_word_lm(config)
         return WordLMFusion(lm, trie, config, num_rows, self.config.vocab_size, self.specials.eos, self.device)
 
     @torch.no_grad()
@@ -567,8 +571,9 @@ class StageModule(pl.LightningModule):
                 )
             # Saved with the hyperparameters (as a plain dict, like every config given as YAML, so that
             # LightningCLI can read them back): transcribe / evaluate count the same text.
-            self.hparams.asr_word_lm = dataclasses.asdict(dataclasses.replace(config, text_files=dm.word_lm_text_files()))
-        self._word_lm_fusion(1)
+            config = dataclasses.replace(config, text_files=dm.word_lm_text_files())
+            self.hparams.asr_word_lm = dataclasses.asdict(config)
+        self._counted_word_lm(config)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["audio_io"] = self.audio_io
