@@ -116,7 +116,8 @@ class StageModule(pl.LightningModule):
             asr_beam_size: ASR transcripts keep this many prefixes per example by the same joint score
                 (`lightning_most.beam_search`); 1 = greedy.
             asr_word_lm: a word n-gram LM and lexicon fused into the ASR beam search (`lightning_most.word_lm`;
-                byte tokenizer only), counted on its `text_files` when the first transcript is decoded; None = none.
+                byte tokenizer only), counted in `setup` on its `text_files` (empty: the data module's training
+                text, then recorded there); None = none.
     """
         super().__init__()
         if asr_word_lm is not None and tokenizer != "byte":
