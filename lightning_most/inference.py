@@ -232,17 +232,15 @@ class MostInference:
             module.hparams.asr_max_new_tokens = max_new_tokens
         if max_units is not None:
             module.hparams.tts_max_new_tokens = max_units
-        lm_config = module.hparams.get("asr_word_lm")
         if not word_lm:
             module.hparams.asr_word_lm = None
-        elif lm_config is not None:
-            files = lm_config["text_files"] if isinstance(lm_config, dict) else lm_config.text_files  # dict: from YAML
-            missing = [f for f in files if not Path(f).is_file()]
-            if missing:
-                raise InferenceError(
-                    f"checkpoint {path} decodes ASR with a word LM counted on {missing[0]}, which does not exist here: "
-                    "run from the folder it was trained in, or decode without the LM (--no_word_lm)"
-                )
+        try:
+            module.setup("predict")  # counts the word LM, if any, now: a moved text file fails here
+        except (FileNotFoundError, ValueError) as error:
+            raise InferenceError(
+                f"checkpoint {path} decodes ASR with a word LM that cannot be counted here ({error}): run from the "
+                "folder it was trained in, or decode without the LM (--no_word_lm)"
+            ) from error
         built = UnitHifiganVocoder(UnitHifiganVocoderConfig(path=str(vocoder), device=device)) if vocoder else None
         inference = cls(module, parsed, built, temperature=temperature, top_k=top_k, seed=seed)
         inference.global_step = int(header.get("global_step", 0))
