@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_most.backbone import MoSTBackbone
-from lightning_most.checkpoints import (
+from lightning_most.convert import (
     CheckpointError,
     config_from_hf,
     convert_hf_checkpoint,
