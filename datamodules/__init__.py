@@ -1,7 +1,7 @@
 """Lhotse-based data pipelines for lightning_most."""
 
 from datamodules.datamodule import MostDataModule
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
 from datamodules.embedded_datamodule import EmbeddedDataModule
 from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig
@@ -11,7 +11,6 @@ __all__ = [
     "STAGE1_TASK_WEIGHTS",
     "EmbeddedCorpusConfig",
     "EmbeddedDataModule",
-    "FeatureConfig",
     "MostDataModule",
     "MostDataset",
     "SourceConfig",

@@ -31,11 +31,12 @@ import torch.distributed as dist
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.loader import ResumableLoader
 from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig, mix_sources, open_source, validate_mix
 from datamodules.quality import CutChecker, SkipLog
 from datamodules.text import resolve_text_shards
+from lightning_most.audio.features import FeatureConfig
 from lightning_most.batch import TEXT_ONLY_TASKS
 
 

@@ -5,7 +5,7 @@ the audio front and back ends the checkpoint was trained with (its `audio_io`, w
 module's `audio_io()`):
 
     transcribe       waveform -> input features (lhotse Fbank or the frozen Whisper encoder, `InputFeatures`)
-                     + stack_frames, as in `datamodules.dataset` -> asr prompt
+                     + stack_frames, as in training (`lightning_most.audio.features`) -> asr prompt
                      |bos| |audio_start| F.. |audio_end| |asr|  -> greedy text
     synthesize       text -> tts prompt |bos| |tts| t.. |audio_start| -> greedy units -> vocoder
     log_likelihood   waveform -> unit encoder (FbankEncoder) + k-means quantizer -> units U, scored as
@@ -30,16 +30,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from datamodules.dataset import FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio import (
     FbankEncoder,
     FbankEncoderConfig,
+    FeatureConfig,
     GriffinLimVocoder,
     GriffinLimVocoderConfig,
+    InputFeatures,
     UnitHifiganVocoder,
     UnitHifiganVocoderConfig,
     UnitQuantizer,
     Vocoder,
+    stack_frames,
 )
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
 from lightning_most.evaluation.protocols import SAMPLING_RATE
