@@ -22,6 +22,7 @@ EXTRA_COMMANDS = {
     "evaluate": "lightning_most.commands.evaluate:main",
     "convert": "lightning_most.checkpoints:main",
     "grid": "lightning_most.grid:main",
+    "partition": "lightning_most.partitions:main",
 }
 
 
