@@ -23,6 +23,7 @@ EXTRA_COMMANDS = {
     "convert": "lightning_most.checkpoints:main",
     "grid": "lightning_most.grid:main",
     "partition": "lightning_most.partitions:main",
+    "upcycle": "lightning_most.upcycling:main",
 }
 
 
