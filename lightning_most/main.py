@@ -22,6 +22,8 @@ EXTRA_COMMANDS = {
     "evaluate": "lightning_most.commands.evaluate:main",
     "convert": "lightning_most.convert:main",
     "grid": "lightning_most.grid:main",
+    "partition": "lightning_most.partitions:main",
+    "upcycle": "lightning_most.upcycling:main",
 }
 
 
