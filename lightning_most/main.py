@@ -2,6 +2,7 @@
 
 fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
 interpolate). The other commands are thin wrappers: `prepare` builds the embedded corpus,
+`export_webdataset` writes cuts as webdataset tar shards,
 `synthesize` / `transcribe` / `evaluate` use a trained checkpoint, `convert` turns a local Hugging
 Face checkpoint into backbone weights for `init_from`, `grid` runs ablation grids.
 """
@@ -17,6 +18,7 @@ from lightning_most.stages.base import StageModule
 
 EXTRA_COMMANDS = {
     "prepare": "datamodules.embedded:main",
+    "export_webdataset": "datamodules.webdataset_shards:main",
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
     "evaluate": "lightning_most.commands.evaluate:main",
