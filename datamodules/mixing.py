@@ -28,10 +28,10 @@ from lhotse.cut import Cut
 from datamodules.shards import read_shar
 from datamodules.text import text_cuts
 from datamodules.webdataset_shards import is_webdataset_path, read_webdataset
+from lightning_most.batch import STAGE1_TASKS, TEXT_ONLY_TASKS, Task
 
-SPEECH_TASKS: tuple[str, ...] = ("asr", "tts")
-TEXT_TASKS: tuple[str, ...] = ("text_lm",)
-STAGE1_TASK_WEIGHTS: dict[str, float] = {"asr": 0.4, "tts": 0.4, "text_lm": 0.2}
+STAGE1_TASK_WEIGHTS: dict[str, float] = {Task.ASR.value: 0.4, Task.TTS.value: 0.4, Task.TEXT_LM.value: 0.2}
+"""MoST's stage-1 mix (plain-string keys, as a YAML `task_weights` holds them)."""
 
 
 @dataclass
@@ -51,13 +51,12 @@ class SourceConfig:
 
 def validate_mix(sources: list[SourceConfig], task_weights: dict[str, float], field: str = "train_sources") -> None:
     """Raise a ValueError naming the bad field if the sources and weights do not make a mix."""
-    known = SPEECH_TASKS + TEXT_TASKS
     if not sources:
         raise ValueError(f"`{field}` is empty: list at least one source (name, task, path).")
     seen = set()
     for s in sources:
-        if s.task not in known:
-            raise ValueError(f"{field}: source {s.name!r} has unknown task {s.task!r}; tasks are {known}.")
+        if s.task not in STAGE1_TASKS:
+            raise ValueError(f"{field}: source {s.name!r} has unknown task {s.task!r}; tasks are {', '.join(STAGE1_TASKS)}.")
         if (s.name, s.task) in seen:
             raise ValueError(f"{field}: source {s.name!r} appears twice for task {s.task!r}.")
         seen.add((s.name, s.task))
@@ -101,7 +100,7 @@ def open_source(
     source: SourceConfig, tokenizer: str, tokens_per_second: float, seed: int, shuffle_shards: bool = True
 ) -> CutSet:
     """The lazy CutSet of one source, each cut tagged with its task and source (Shar/webdataset shards shuffled per pass)."""
-    if source.task in TEXT_TASKS:
+    if source.task in TEXT_ONLY_TASKS:
         cuts = text_cuts(source.path, tokenizer, tokens_per_second)
     elif is_webdataset_path(source.path):
         cuts = read_webdataset(source.path, seed=seed, shuffle_shards=shuffle_shards)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.config import PRESETS, build_config
 from lightning_most.convert import (
     CheckpointError,
     config_from_hf,
@@ -27,7 +28,6 @@ from lightning_most.convert import (
     main,
     preset_overrides,
 )
-from lightning_most.config import PRESETS, build_config
 from lightning_most.stages.base import StageModule
 
 transformers = pytest.importorskip("transformers")
