@@ -113,10 +113,15 @@ class KVCache:
         self.layers = [None if layer is None else tuple(t.index_select(0, index) for t in layer) for layer in self.layers]
 
 
+LATENT_NORM_EPS = 1e-6
+"""eps of MLA's q_a / kv_a latent norms: DeepSeek-V2 builds them with its RMSNorm's default, whatever the model's
+`rms_norm_eps` (modeling_deepseek.py and transformers' DeepseekV2Attention alike)."""
+
+
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2 MLA: keys/values from a shared low-rank latent; the cache holds the latent and rope key."""
 
-    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int) -> None:
         super().__init__()
         c = config
         self.layer_index = layer_index
@@ -127,10 +132,10 @@ class MultiHeadLatentAttention(nn.Module):
             self.q_proj = nn.Linear(hidden_size, q_width, bias=False)
         else:
             self.q_a_proj = nn.Linear(hidden_size, c.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(c.q_lora_rank, eps)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
             self.q_b_proj = nn.Linear(c.q_lora_rank, q_width, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(hidden_size, c.kv_lora_rank + self.rope, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, eps)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_heads * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(c.num_heads * self.v_dim, hidden_size, bias=False)
         self.rotary = RotaryEmbedding(self.rope, c.rope_theta, c.rope_scaling)
@@ -196,10 +201,10 @@ class GroupedQueryAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
-def build_attention(hidden_size: int, config: AttentionConfig, layer_index: int, eps: float) -> nn.Module:
+def build_attention(hidden_size: int, config: AttentionConfig, layer_index: int) -> nn.Module:
     """The attention module named by `config.kind`."""
     if config.kind == "mla":
-        return MultiHeadLatentAttention(hidden_size, config, layer_index, eps)
+        return MultiHeadLatentAttention(hidden_size, config, layer_index)
     return GroupedQueryAttention(hidden_size, config, layer_index)
 
 
