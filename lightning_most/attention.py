@@ -36,7 +36,13 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 
 
 def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = None) -> tuple[Tensor, float]:
-    """Inverse frequencies (D/2,) and the cos/sin multiplier of plain, YaRN or Llama-3 RoPE (as transformers does)."""
+    """Inverse frequencies (D/2,) and the cos/sin multiplier of plain, YaRN or Llama-3 RoPE.
+
+    The frequencies are transformers'; YaRN's multiplier is DeepSeek-V2's (modeling_deepseek.py,
+    `DeepseekV2YarnRotaryEmbedding`): yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim), with
+    mscale = 1 and mscale_all_dim = 0 when absent, unless the config gives `attention_factor` itself.
+    transformers agrees when both or neither of mscale / mscale_all_dim are given, not when one is.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (D/2,)
     if scaling is None:
         return inv_freq, 1.0
@@ -59,11 +65,10 @@ def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = No
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / ((high - low) or 1e-3)).clamp(0, 1)  # (D/2,)
     inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
     attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
+    if attention_factor is None:  # DeepSeek-V2's rule; absent keys take its defaults mscale=1, mscale_all_dim=0
         mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        attention_factor = yarn_mscale(factor)
-        if mscale and mscale_all_dim:
-            attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+        mscale, mscale_all_dim = 1.0 if mscale is None else mscale, 0.0 if mscale_all_dim is None else mscale_all_dim
+        attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
     return inv_freq, attention_factor
 
 
