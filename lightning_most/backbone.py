@@ -45,7 +45,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
-        self.self_attn = build_attention(d, config.attention, index, config.rms_norm_eps)
+        self.self_attn = build_attention(d, config.attention, index)
         self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
         if config.is_moe_layer(index):
             self.mlp: nn.Module = MoEBlock(d, config.moe_for_layer(index))
