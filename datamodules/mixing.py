@@ -2,9 +2,11 @@
 
 A source is one corpus feeding one task. Its path is
 
-    speech tasks (asr, tts)  a lhotse cut manifest (`.jsonl.gz`, local path or URL) or a local Lhotse
-                             Shar folder (`shards.py`)
-    text tasks (text_lm)     jsonl shards: a file, a folder of shards or a glob (`text.py`)
+    speech tasks (asr, tts,  a lhotse cut manifest (`.jsonl.gz`, local path or URL) or a local Lhotse
+    speech_instruct)         Shar folder (`shards.py`); a spoken instruction's supervision text is the
+                             response (`spoken_instructions.py`)
+    text tasks (text_lm,     jsonl shards: a file, a folder of shards or a glob (`text.py`); text-instruct
+    text_instruct)           lines add the prompt (`instructions.py`)
 
 The probability of drawing from a source is `task_weights[task] * weight / (sum of the weights of
 the task's sources)`: e.g. asr 0.4 split over LibriHeavy 3 : VoxPopuli 1 gives 0.3 and 0.1. The
@@ -26,9 +28,10 @@ from lhotse.cut import Cut
 from datamodules.shards import read_shar
 from datamodules.text import text_cuts
 
-SPEECH_TASKS: tuple[str, ...] = ("asr", "tts")
-TEXT_TASKS: tuple[str, ...] = ("text_lm",)
+SPEECH_TASKS: tuple[str, ...] = ("asr", "tts", "speech_instruct")
+TEXT_TASKS: tuple[str, ...] = ("text_lm", "text_instruct")
 STAGE1_TASK_WEIGHTS: dict[str, float] = {"asr": 0.4, "tts": 0.4, "text_lm": 0.2}
+STAGE2_TASK_WEIGHTS: dict[str, float] = {"speech_instruct": 0.4, "text_instruct": 0.4, "asr": 0.1, "tts": 0.1}
 
 
 @dataclass
@@ -38,7 +41,7 @@ class SourceConfig:
     name: str
     """Corpus name (logs, skip counts); unique within a task."""
     task: str
-    """`asr`, `tts` (speech corpora) or `text_lm` (text shards)."""
+    """`asr`, `tts`, `speech_instruct` (speech corpora) or `text_lm`, `text_instruct` (text shards)."""
     path: str
     """Cut manifest (.jsonl.gz, path or URL) or Lhotse Shar folder for speech; jsonl file/folder/glob for text."""
     weight: float = 1.0
