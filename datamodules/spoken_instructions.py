@@ -328,7 +328,7 @@ def _config_json(config: SpokenInstructionsConfig, unit_quantizer: Path | None, 
     return json.loads(json.dumps({
         "config": dataclasses.asdict(config),
         "unit_quantizer": str(unit_quantizer) if unit_quantizer else None,
-        "features": dataclasses.asdict(features) if features else None,
+        "features": dataclasses.asdict(features) if features and features.kind == "whisper" else None,
     }))
 
 

@@ -11,11 +11,13 @@ from lhotse import load_manifest
 from datamodules.datamodule import MostDataModule
 from datamodules.dataset import MostDataset
 from datamodules.generated_instructions import GeneratedInstructionsConfig
+from datamodules.instruction_datamodule import EmbeddedInstructionDataModule
 from datamodules.instructions import InstructionPair, write_instructions
 from datamodules.mixing import STAGE2_TASK_WEIGHTS, SourceConfig, open_source
 from datamodules.spoken_instructions import SpokenInstructionsConfig, prepare_spoken_instructions
 from lightning_most.evaluation.spoken_qa import load_spoken_qa
 from lightning_most.layouts import IGNORE_INDEX, TASKS
+from tests.datamodules.conftest import TINY as TINY_CORPUS
 
 TINY = SpokenInstructionsConfig(
     instructions=GeneratedInstructionsConfig(
@@ -123,3 +125,37 @@ def test_stage2_task_mix_is_realised_over_3000_samples(spoken, tiny_corpus):
     total = sum(tasks.values())
     for task, weight in STAGE2_TASK_WEIGHTS.items():
         assert abs(tasks[task] / total - weight) <= 0.03, (task, tasks)
+
+
+def test_embedded_instruction_data_module_mixes_stage2_tasks(spoken, tiny_corpus):
+    module = EmbeddedInstructionDataModule(
+        corpus_dir=str(tiny_corpus.root), corpus=TINY_CORPUS, instructions_dir=str(spoken.root), instructions=TINY,
+        num_workers=0, max_duration=20.0, max_cut_duration=20.0,
+    )
+    stamp = spoken.summary.stat().st_mtime_ns
+    module.prepare_data()  # both folders are built with these configs: reused
+    assert spoken.summary.stat().st_mtime_ns == stamp
+    assert sorted(s.task for s in module.train_sources) == ["asr", "speech_instruct", "text_instruct", "tts"]
+    assert module.task_weights == STAGE2_TASK_WEIGHTS
+    assert {s.task for s in module.val_sources} == {"asr", "tts", "speech_instruct", "text_instruct"}
+    assert module.spoken_qa_files["test"].is_file()
+    tasks = {TASKS[i] for batch in module.make_eval_loader(module.val_sources) for i in batch["task_ids"].tolist()}
+    assert tasks == {"asr", "tts", "speech_instruct", "text_instruct"}
+    with_lm = EmbeddedInstructionDataModule(
+        corpus_dir=str(tiny_corpus.root), corpus=TINY_CORPUS, instructions_dir=str(spoken.root), instructions=TINY,
+        task_weights={**STAGE2_TASK_WEIGHTS, "text_lm": 0.1}, num_workers=0,
+    )
+    assert "text_lm" in {s.task for s in with_lm.train_sources}
+
+
+def test_prepare_instructions_command(tmp_path, spoken, tiny_corpus, capsys):
+    from lightning_most.main import main
+
+    main([
+        "prepare_instructions", "--out_dir", str(spoken.root), "--unit_quantizer", str(tiny_corpus.unit_quantizer),
+        "--config.instructions.relations", "[addition, month_after, capital_of]",
+        "--config.instructions.train_per_relation", "6", "--config.instructions.eval_per_relation", "3",
+        "--config.num_spoken_train", "8", "--config.voices", "[flite_rms, flite_slt]",
+        "--config.variants", "[[1.0, 0], [1.1, 150]]", "--config.num_test_speakers", "1", "--config.chunk_size", "4",
+    ])
+    assert json.loads(capsys.readouterr().out)["splits"]["train"]["spoken"] == 8
