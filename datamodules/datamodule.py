@@ -42,6 +42,7 @@ from datamodules.loader import ResumableLoader
 from datamodules.mixing import STAGE1_TASK_WEIGHTS, TEXT_TASKS, SourceConfig, mix_sources, open_source, validate_mix
 from datamodules.quality import CutChecker, SkipLog
 from datamodules.text import resolve_text_shards
+from datamodules.webdataset_shards import is_webdataset_path
 
 
 class MostDataModule(pl.LightningDataModule):
@@ -171,10 +172,10 @@ class MostDataModule(pl.LightningDataModule):
         for source in self.train_sources:
             paths = resolve_text_shards(source.path) if source.task in TEXT_TASKS else [source.path]
             for path in paths:
-                if not Path(path).is_file():
+                if not Path(path).is_file() or is_webdataset_path(path):
                     raise ValueError(
                         f"train source {source.name!r} ({source.task}) is {path!r}, not a local file the word LM can "
-                        "read (a URL or Shar folder): list the LM's text in asr_word_lm.text_files"
+                        "read (a URL, Shar folder or webdataset shards): list the LM's text in asr_word_lm.text_files"
                     )
                 if path not in files:
                     files.append(path)

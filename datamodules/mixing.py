@@ -2,8 +2,10 @@
 
 A source is one corpus feeding one task. Its path is
 
-    speech tasks (asr, tts)  a lhotse cut manifest (`.jsonl.gz`, local path or URL) or a local Lhotse
-                             Shar folder (`shards.py`)
+    speech tasks (asr, tts)  a lhotse cut manifest (`.jsonl.gz`, local path or URL), a local Lhotse
+                             Shar folder (`shards.py`), or webdataset tar shards of audio + transcript
+                             per key: a .tar file, a folder of them, a glob, a brace pattern
+                             `shard-{000000..000009}.tar` or a URL (`webdataset_shards.py`)
     text tasks (text_lm)     jsonl shards: a file, a folder of shards or a glob (`text.py`)
 
 The probability of drawing from a source is `task_weights[task] * weight / (sum of the weights of
@@ -25,6 +27,7 @@ from lhotse.cut import Cut
 
 from datamodules.shards import read_shar
 from datamodules.text import text_cuts
+from datamodules.webdataset_shards import is_webdataset_path, read_webdataset
 
 SPEECH_TASKS: tuple[str, ...] = ("asr", "tts")
 TEXT_TASKS: tuple[str, ...] = ("text_lm",)
@@ -40,7 +43,8 @@ class SourceConfig:
     task: str
     """`asr`, `tts` (speech corpora) or `text_lm` (text shards)."""
     path: str
-    """Cut manifest (.jsonl.gz, path or URL) or Lhotse Shar folder for speech; jsonl file/folder/glob for text."""
+    """Speech: cut manifest (.jsonl.gz, path or URL), Lhotse Shar folder or webdataset shards (.tar file, folder, glob,
+    brace pattern); text: jsonl file/folder/glob."""
     weight: float = 1.0
     """Relative weight of this corpus among the sources of its task."""
 
@@ -96,16 +100,18 @@ def tag_cut(cut: Cut, task: str, source: str) -> Cut:
 def open_source(
     source: SourceConfig, tokenizer: str, tokens_per_second: float, seed: int, shuffle_shards: bool = True
 ) -> CutSet:
-    """The lazy CutSet of one source, each cut tagged with its task and source (Shar shards shuffled per pass)."""
+    """The lazy CutSet of one source, each cut tagged with its task and source (Shar/webdataset shards shuffled per pass)."""
     if source.task in TEXT_TASKS:
         cuts = text_cuts(source.path, tokenizer, tokens_per_second)
+    elif is_webdataset_path(source.path):
+        cuts = read_webdataset(source.path, seed=seed, shuffle_shards=shuffle_shards)
     elif Path(source.path).is_dir():
         cuts = read_shar(source.path, seed=seed, shuffle_shards=shuffle_shards)
     elif "://" in source.path or Path(source.path).is_file():
         cuts = load_manifest_lazy(source.path)
     else:
         raise FileNotFoundError(
-            f"source {source.name!r} ({source.task}): {source.path} is neither a cut manifest file nor a Shar folder; "
+            f"source {source.name!r} ({source.task}): {source.path} is neither a cut manifest file, a Shar folder nor webdataset .tar shards; "
             "build it first (`python -m lightning_most prepare`, or datamodules.recipes) or fix its `path`."
         )
     return cuts.map(functools.partial(tag_cut, task=source.task, source=source.name))

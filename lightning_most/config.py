@@ -26,6 +26,8 @@ MoEVariant = Literal["mamoe", "vanilla", "noshared", "dense"]
 GateKind = Literal["masked_softmax", "group_renormalized"]
 Partition = Literal["halves", "ratio", "interleaved"]
 AttentionKind = Literal["mla", "gqa"]
+PLAIN_ROPE: dict[str, Any] = {"rope_type": "default"}
+"""`attention.rope_scaling` of plain RoPE given explicitly (transformers' name for it); see `AttentionConfig`."""
 
 
 @dataclass
@@ -120,15 +122,23 @@ class AttentionConfig:
     """Long-context RoPE scaling as in a Hugging Face config.json; None = plain RoPE. {"rope_type": "yarn",
     "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"}
     (DeepSeek-V2; also scales the MLA softmax by yarn_mscale(factor, mscale_all_dim)**2) or {"rope_type":
-    "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} (Llama-3.x)."""
+    "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} (Llama-3.x).
+    {"rope_type": "default"} is plain RoPE said explicitly (stored as None): in `backbone_overrides` a null
+    means "keep the preset's", so this is how an override turns a preset's scaling off."""
 
     def __post_init__(self) -> None:
+        if self.rope_scaling is not None and self.rope_scaling.get("rope_type") == PLAIN_ROPE["rope_type"]:
+            if extra := sorted(set(self.rope_scaling) - set(PLAIN_ROPE)):
+                raise ValueError(f"attention.rope_scaling of rope_type 'default' (plain RoPE) takes no {extra}")
+            self.rope_scaling = None
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type")
             required = {"yarn": {"factor", "original_max_position_embeddings"},
                         "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
             if kind not in required:
-                raise ValueError(f"attention.rope_scaling.rope_type must be 'yarn' or 'llama3', got {kind!r}")
+                raise ValueError(
+                    f"attention.rope_scaling.rope_type must be 'yarn', 'llama3' or 'default' (plain), got {kind!r}"
+                )
             if missing := sorted(required[kind] - set(self.rope_scaling)):
                 raise ValueError(f"attention.rope_scaling ({kind}) lacks {missing}")
         if self.kind == "gqa" and self.num_heads % self.num_kv_heads:

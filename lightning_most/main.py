@@ -2,6 +2,7 @@
 
 fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
 interpolate). The other commands are thin wrappers: `prepare` builds the embedded corpus,
+`export_webdataset` writes cuts as webdataset tar shards,
 `synthesize` / `transcribe` / `evaluate` use a trained checkpoint, `convert` turns a local Hugging
 Face checkpoint into backbone weights for `init_from`, `grid` runs ablation grids.
 """
@@ -17,10 +18,11 @@ from lightning_most.stages.base import StageModule
 
 EXTRA_COMMANDS = {
     "prepare": "datamodules.embedded:main",
+    "export_webdataset": "datamodules.webdataset_shards:main",
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
     "evaluate": "lightning_most.commands.evaluate:main",
-    "convert": "lightning_most.checkpoints:main",
+    "convert": "lightning_most.convert:main",
     "grid": "lightning_most.grid:main",
     "partition": "lightning_most.partitions:main",
     "upcycle": "lightning_most.upcycling:main",
