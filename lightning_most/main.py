@@ -28,6 +28,7 @@ EXTRA_COMMANDS = {
     "grid": "lightning_most.grid:main",
     "partition": "lightning_most.partitions:main",
     "upcycle": "lightning_most.upcycling:main",
+    "spoken_lm_sets": "lightning_most.evaluation.spoken_lm_miniature:main",
 }
 
 
