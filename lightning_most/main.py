@@ -22,8 +22,10 @@ EXTRA_COMMANDS = {
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
     "evaluate": "lightning_most.commands.evaluate:main",
-    "convert": "lightning_most.checkpoints:main",
+    "convert": "lightning_most.convert:main",
     "grid": "lightning_most.grid:main",
+    "partition": "lightning_most.partitions:main",
+    "upcycle": "lightning_most.upcycling:main",
 }
 
 

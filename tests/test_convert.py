@@ -11,6 +11,7 @@ top-k, routed_scaling_factor), the experts' layout, the norms and the heads.
 from __future__ import annotations
 
 import json
+import re
 import types
 from pathlib import Path
 
@@ -19,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_most.backbone import MoSTBackbone
-from lightning_most.checkpoints import (
+from lightning_most.convert import (
     CheckpointError,
     config_from_hf,
     convert_hf_checkpoint,
     main,
     preset_overrides,
 )
-from lightning_most.config import PRESETS
+from lightning_most.config import PRESETS, build_config
 from lightning_most.stages.base import StageModule
 
 transformers = pytest.importorskip("transformers")
@@ -111,6 +112,25 @@ def test_llama_logits_match_transformers(tmp_path: Path, rope: dict | None) -> N
     backbone = _converted(tmp_path / "hf", tmp_path / "backbone.pt")
     assert backbone.text_head is None  # tied: the text head reads the embedding's text rows
     assert _max_logit_difference(hf_model, backbone) < TOLERANCE
+
+
+def test_printed_preset_and_overrides_rebuild_a_plain_rope_llama(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """What `convert` prints rebuilds the model: the nearest preset (llama-3.2-3b) scales RoPE (llama3), the
+    checkpoint does not, so the overrides must turn the scaling off (a null override keeps the preset's: logits
+    were then ~0.13 off)."""
+    hf_model = _save_llama(tmp_path / "hf")  # tied embeddings, plain RoPE
+    out = main(["--src", str(tmp_path / "hf"), "--out", str(tmp_path / "llama.pt"),
+                "--num-audio-units", str(UNITS), "--audio-feature-dim", str(FEATURES)])
+    printed = capsys.readouterr().out
+    preset = re.search(r"--model\.init_args\.backbone (\S+)", printed).group(1)
+    overrides = json.loads(re.search(r"backbone_overrides: (\{.*\})", printed).group(1))
+    assert preset == "llama-3.2-3b" and PRESETS[preset].attention.rope_scaling is not None
+    assert overrides["attention"]["rope_scaling"] == {"rope_type": "default"}
+    config = build_config(preset, overrides)
+    assert config.attention.rope_scaling is None
+    backbone = MoSTBackbone(config)
+    backbone.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    assert _max_logit_difference(hf_model, backbone.eval()) < TOLERANCE
 
 
 def test_expert_layouts_and_shards_convert_identically(tmp_path: Path) -> None:

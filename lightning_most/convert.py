@@ -40,7 +40,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from lightning_most.config import PRESETS, AttentionConfig, ModelConfig, MoEConfig, MoEVariant
+from lightning_most.config import PLAIN_ROPE, PRESETS, AttentionConfig, ModelConfig, MoEConfig, MoEVariant
 from lightning_most.tokenizer import SPECIAL_TOKENS
 
 DEEPSEEK_V2 = "DeepseekV2ForCausalLM"
@@ -460,7 +460,8 @@ def preset_overrides(config: ModelConfig) -> tuple[str, dict[str, Any]]:
                 if sub := diff(base[key], value):
                     out[key] = sub
             elif base.get(key) != value:
-                out[key] = value
+                # A null override keeps the preset's value: turning a preset's RoPE scaling off needs it said.
+                out[key] = dict(PLAIN_ROPE) if key == "rope_scaling" and value is None else value
         return out
 
     target = dataclasses.asdict(config)
