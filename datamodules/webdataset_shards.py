@@ -293,8 +293,10 @@ def export_webdataset(
             log.warning("export_webdataset: the audio of cut %s cannot be loaded, not written: %s", cut.id, e)
             continue
         if writer is None:  # opened on the first cut: an export of nothing leaves no empty shard behind
+            # mtime=0: the same cuts give the same bytes, and integer times need no per-member pax header (a float
+            # mtime adds one, which doubles the time a reader spends in tar headers)
             writer = ShardWriter(
-                str(out / SHARD_PATTERN), maxcount=shard_size, verbose=0, encoder=False,
+                str(out / SHARD_PATTERN), maxcount=shard_size, verbose=0, encoder=False, mtime=0,
                 post=lambda fname: result.shards.append(Path(fname)),
             )
         writer.write(sample)
