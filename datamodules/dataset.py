@@ -6,6 +6,8 @@ the task's layout in `layouts.py`:
     asr      input features of the cut's audio, target = transcript tokens
     tts      input = transcript tokens, target = the cut's discrete units (`cut.load_units()`)
     text_lm  target = the text's tokens (recording-less cut, `text.py`)
+    speech_instruct  input features of the spoken instruction, target = the response (supervision text)
+    text_instruct    input = `custom["prompt"]` tokens, target = the response (recording-less cut)
 
 Input features follow `lightning_most.audio.features.FeatureConfig` (shared with inference): "fbank"
 and "whisper" frames are computed from the cut's audio (resampled to 16 kHz if needed) by
@@ -33,7 +35,15 @@ from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.encoders import WhisperEncoder
 from lightning_most.audio.features import FeatureConfig, InputFeatures, stack_frames
 from lightning_most.batch import Batch, Task
-from lightning_most.layouts import Example, asr_example, collate, text_lm_example, tts_example
+from lightning_most.layouts import (
+    Example,
+    asr_example,
+    collate,
+    speech_instruct_example,
+    text_instruct_example,
+    text_lm_example,
+    tts_example,
+)
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 
 WHISPER_FEATURE_TYPE = "whisper_encoder"  # `Features.type` of stored Whisper encoder states
@@ -60,6 +70,8 @@ class MostDataset(torch.utils.data.Dataset):
             Task.ASR: self._asr,
             Task.TTS: self._tts,
             Task.TEXT_LM: self._text_lm,
+            Task.SPEECH_INSTRUCT: self._speech_instruct,
+            Task.TEXT_INSTRUCT: self._text_instruct,
         }
 
     def _stored_features(self, cut: Cut) -> Tensor:
@@ -136,6 +148,25 @@ class MostDataset(torch.utils.data.Dataset):
     def _text_lm(self, cut: Cut) -> Example:
         text = cut_text(cut)
         return text_lm_example(self.tokenizer.encode(text), self.specials, text=text, cut_id=cut.id)
+
+    def _speech_instruct(self, cut: Cut) -> Example:
+        response = cut_text(cut)
+        return speech_instruct_example(
+            self.tokenizer.encode(response),
+            self.specials,
+            self.specials.text_vocab_size,
+            features=self._input_features(cut),
+            text=response,
+            cut_id=cut.id,
+        )
+
+    def _text_instruct(self, cut: Cut) -> Example:
+        response, prompt = cut_text(cut), (cut.custom or {}).get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise CutLoadError("empty_text", "a text-instruct line needs a non-empty string `prompt`")
+        return text_instruct_example(
+            self.tokenizer.encode(prompt), self.tokenizer.encode(response), self.specials, text=response, cut_id=cut.id
+        )
 
     def example(self, cut: Cut) -> Example:
         """Lay out one cut by its task (raises CutLoadError for a cut that cannot be loaded)."""

@@ -45,10 +45,10 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
-        self.self_attn = build_attention(d, config.attention, index, config.rms_norm_eps)
+        self.self_attn = build_attention(d, config.attention, index)
         self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
         if config.is_moe_layer(index):
-            self.mlp: nn.Module = MoEBlock(d, config.moe)
+            self.mlp: nn.Module = MoEBlock(d, config.moe_for_layer(index))
         elif index >= config.first_k_dense:  # dense ablation: same active width as top_k + shared experts
             moe = config.moe
             self.mlp = SwiGLU(d, (moe.top_k + moe.num_shared_experts) * moe.expert_intermediate_size)

@@ -3,9 +3,11 @@
 fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
 interpolate). The other commands are thin wrappers: `synthesize` / `transcribe` / `evaluate` use a
 trained checkpoint, `convert` turns a local Hugging Face checkpoint into backbone weights for
-`init_from`, `grid` runs ablation grids. Packages add commands through the entry-point group
-`lightning_most.commands` (`pyproject.toml`): that is how `prepare` (build the embedded corpus,
-`datamodules.embedded:main`) is found, because `lightning_most` never imports `datamodules`.
+`init_from`, `grid` runs ablation grids, `partition` / `upcycle` / `spoken_lm_sets` (see their --help).
+Packages add commands through the entry-point group `lightning_most.commands` (`pyproject.toml`):
+that is how the data commands are found (`prepare` builds the embedded corpus, `prepare_instructions`
+the (spoken) instruction data of stage 2, `export_webdataset` writes cuts as webdataset tar shards),
+because `lightning_most` never imports `datamodules`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ EXTRA_COMMANDS = {
     "evaluate": "lightning_most.commands.evaluate:main",
     "convert": "lightning_most.convert:main",
     "grid": "lightning_most.grid:main",
+    "partition": "lightning_most.partitions:main",
+    "upcycle": "lightning_most.upcycling:main",
+    "spoken_lm_sets": "lightning_most.evaluation.spoken_lm_miniature:main",
 }
 """The commands of this package besides LightningCLI's: name -> "module:function taking argv"."""
 

@@ -70,7 +70,7 @@ def test_lightning_most_never_imports_datamodules(path: Path):
 def test_prepare_is_declared_as_an_entry_point_command():
     """`python -m lightning_most prepare` reaches datamodules through packaging metadata, not an import."""
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
-    assert declared["lightning_most.commands"] == {"prepare": "datamodules.embedded:main"}
+    assert declared["lightning_most.commands"]["prepare"] == "datamodules.embedded:main"
 
 
 def test_installed_entry_points_match_pyproject():
