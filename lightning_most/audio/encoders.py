@@ -28,7 +28,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-SAMPLE_RATE = 16000
+from lightning_most.audio.constants import SAMPLE_RATE
 
 
 class AudioEncoder(Protocol):

@@ -22,7 +22,8 @@ from lhotse.cut import Cut
 from lhotse.features.io import NumpyFilesWriter
 from torch import Tensor
 
-from lightning_most.audio.encoders import SAMPLE_RATE, AudioEncoder
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.encoders import AudioEncoder
 from lightning_most.audio.quantizer import UnitQuantizer, train_kmeans
 
 UNITS_FIELD = "units"
