@@ -293,10 +293,10 @@ def spoken_cuts(root: Path, items: list[SpokenItem]) -> CutSet:
 
 def attach_answer_units(cuts: CutSet, root: Path, unit_quantizer: Path, split: str) -> CutSet:
     """Quantise each cut's spoken answer with the corpus's quantizer and its encoder; attach `answer_units` (U,)."""
-    from lightning_most.audio import UnitQuantizer, build_audio_encoder
+    from lightning_most.audio import UnitQuantizer, build_waveform_encoder
 
     description = json.loads(unit_quantizer.with_suffix(".json").read_text())
-    encoder = build_audio_encoder(description["encoder"], **description["encoder_config"])
+    encoder = build_waveform_encoder(description["encoder"], **description["encoder_config"])
     quantizer = UnitQuantizer.load(unit_quantizer, num_units=description["num_units"])
     units_by_answer: dict[str, Array] = {}
     out = []

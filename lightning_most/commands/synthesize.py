@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.waveforms import write_wav
 from lightning_most.commands.common import (
     CommandError,
     add_checkpoint_arguments,
@@ -13,7 +14,6 @@ from lightning_most.commands.common import (
     load_inference,
     run,
 )
-from lightning_most.evaluation.audio_io import write_wav
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from lightning_most.audio.constants import SAMPLE_RATE
-from lightning_most.evaluation.audio_io import read_wav, to_mono_16k
+from lightning_most.audio.waveforms import read_wav, to_mono_16k
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.evaluation.protocols import SpokenQuestionAnswerer, Transcriber
 from lightning_most.evaluation.tts import judge_transcripts

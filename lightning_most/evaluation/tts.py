@@ -14,6 +14,7 @@ from lhotse import CutSet
 from torch import Tensor
 
 from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.waveforms import to_mono_16k
 from lightning_most.evaluation.asr import (
     UtteranceTranscript,
     corpus_wer,
@@ -21,7 +22,6 @@ from lightning_most.evaluation.asr import (
     load_cuts_with_text,
     transcribe_in_batches,
 )
-from lightning_most.evaluation.audio_io import to_mono_16k
 from lightning_most.evaluation.protocols import Synthesizer, Transcriber
 
 

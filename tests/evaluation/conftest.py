@@ -10,7 +10,7 @@ import pytest
 from torch import Tensor
 
 from lightning_most.audio.offline_voices import Voice, speak
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 
 if shutil.which("espeak-ng") is None or shutil.which("flite") is None or shutil.which("sox") is None:
     pytest.skip("needs espeak-ng, flite and sox (apt-get install -y espeak-ng flite sox)", allow_module_level=True)

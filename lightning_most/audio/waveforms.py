@@ -1,4 +1,9 @@
-"""Reading evaluation audio as the protocols want it: mono float32 tensors ``(S,)`` at 16 kHz."""
+"""Reading and writing waveforms as the framework passes them: mono float32 tensors ``(S,)`` at 16 kHz.
+
+Used by the evaluation suites and the checkpoint commands (`transcribe` reads wav files, `synthesize`
+writes them). (A checkpoint's `audio_io` is something else: how its training data turned audio into
+features and units, read by `inference.AudioIO`.)
+"""
 
 from __future__ import annotations
 
