@@ -40,7 +40,9 @@ class MoEConfig:
     num_shared_experts: int = 1
     """Always-on shared experts (0 = none, as in NoShared)."""
     top_k: int = 2
-    """Experts each token is routed to, inside its modality's group."""
+    """Experts each token is routed to, inside its modality's group. It may exceed a group's size, as the official
+    MoST release allows: the slots past the group go to off-group experts at weight 0 (they add compute and count in
+    the aux loss's expert frequencies, nothing else)."""
     expert_intermediate_size: int = 64
     """Hidden width of one expert's SwiGLU MLP."""
     num_modalities: int = 2
@@ -78,11 +80,14 @@ class MoEConfig:
                     )
                 if len(set(group)) != len(group):
                     raise ValueError(f"moe.expert_groups[{m}] lists an expert twice: {group}")
-        routable = self.num_routed_experts if self.variant == "vanilla" else min(map(len, self.groups()))
-        if not 1 <= self.top_k <= routable:
+                if not group:
+                    raise ValueError(f"moe.expert_groups[{m}] is empty: give modality {m} at least one expert")
+        if not 1 <= self.top_k <= self.num_routed_experts:
             raise ValueError(
-                f"moe.top_k={self.top_k} must be between 1 and the smallest expert group ({routable} experts)"
+                f"moe.top_k={self.top_k} must be between 1 and moe.num_routed_experts={self.num_routed_experts}"
             )
+        if self.variant != "vanilla":
+            self.groups()  # refuses more modalities than experts when the groups are derived
 
     @property
     def shared_experts(self) -> int:
