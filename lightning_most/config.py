@@ -54,10 +54,14 @@ class MoEConfig:
     gate: GateKind = "masked_softmax"
     """masked_softmax: softmax over all experts, then masked to the group, not renormalised (the official
     MoST release); group_renormalized: softmax over the group's experts only (weights sum to 1)."""
+    norm_topk_prob: bool = False
+    """DeepSeek-V2's `norm_topk_prob`: with top_k > 1 the chosen top-k weights are divided by their sum (inside the
+    modality group, so a token's routed weights sum to 1), and `routed_scaling_factor` is then not applied
+    (DeepSeek-V2's MoEGate; the official MoST release's MAMoEGate does the same on its masked scores)."""
     aux_loss_alpha: float = 0.001
     """Weight of the sequence-level load-balancing loss (DeepSeek-V2); 0 disables it."""
     routed_scaling_factor: float = 1.0
-    """Multiplier on the routed output (DeepSeek-V2 uses 1.0 for Lite)."""
+    """Multiplier on the routed output (DeepSeek-V2 uses 1.0 for Lite); not applied with `norm_topk_prob`."""
 
     def __post_init__(self) -> None:
         if self.num_routed_experts < 1:
