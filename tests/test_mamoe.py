@@ -178,7 +178,7 @@ def test_group_layouts_from_config() -> None:
     assert MoEConfig(num_routed_experts=8, top_k=5).top_k == 5  # past a group of 4: extra slots at weight 0
     with pytest.raises(ValueError, match="top_k=9 must be between 1 and moe.num_routed_experts=8"):
         MoEConfig(num_routed_experts=8, top_k=9)
-    with pytest.raises(ValueError, match=r"expert_groups\[1\] is empty"):
+    with pytest.raises(ValueError, match=r"moe.expert_groups leaves modalities \[1\] without experts"):
         MoEConfig(num_routed_experts=8, top_k=1, expert_groups=[[0, 1], []])
     with pytest.raises(ValueError, match=r"expert_groups\[1\] names experts \[9\]"):
         MoEConfig(num_routed_experts=8, top_k=1, expert_groups=[[0, 1], [2, 9]])

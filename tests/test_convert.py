@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_most.backbone import MoSTBackbone
-from lightning_most.checkpoints import (
+from lightning_most.config import PRESETS, build_config
+from lightning_most.convert import (
     CheckpointError,
     config_from_hf,
     convert_hf_checkpoint,
     main,
     preset_overrides,
 )
-from lightning_most.config import PRESETS, build_config
 from lightning_most.stages.base import StageModule
 
 transformers = pytest.importorskip("transformers")
