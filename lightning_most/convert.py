@@ -12,8 +12,8 @@ maps a checkpoint format onto it. Supported folders (config.json + `model.safete
 What the conversion does:
 
 1. `config_from_hf` reads config.json into a `ModelConfig`, refusing every field whose semantics the
-   backbone does not implement (group-limited routing, top-k renormalisation, sigmoid scoring, other
-   RoPE scalings, biases, ...) instead of converting it into a different model.
+   backbone does not implement (group-limited routing, sigmoid scoring, other RoPE scalings, biases,
+   ...) instead of converting it into a different model.
 2. Text embedding rows go to the first rows of `embed_tokens`; `lm_head` to the first rows of
    `text_head`. Rows past the checkpoint's vocabulary (special tokens, audio units), `audio_head` and
    `audio_projector` keep a fresh initialisation (seeded).
@@ -125,7 +125,6 @@ def _deepseek_v2_config(hf: dict[str, Any], where: str) -> tuple[AttentionConfig
     _require(hf, where, "attention_bias", [False], "projections have no bias")
     _require(hf, where, "mlp_bias", [False], "projections have no bias")
     _require(hf, where, "scoring_func", ["softmax"], "the router is a softmax gate")
-    _require(hf, where, "norm_topk_prob", [False, None], "top-k weights are not renormalised")
     _require(hf, where, "moe_layer_freq", [1], "every layer after first_k_dense_replace is MoE")
     method = hf.get("topk_method", "greedy")
     n_group, topk_group = hf.get("n_group"), hf.get("topk_group")
@@ -159,6 +158,7 @@ def _deepseek_v2_config(hf: dict[str, Any], where: str) -> tuple[AttentionConfig
         top_k=hf["num_experts_per_tok"],
         expert_intermediate_size=hf["moe_intermediate_size"],
         routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+        norm_topk_prob=bool(hf.get("norm_topk_prob") or False),
         aux_loss_alpha=float(hf.get("aux_loss_alpha", MoEConfig.aux_loss_alpha)),
     )
     return attention, moe, hf.get("first_k_dense_replace", 0)
