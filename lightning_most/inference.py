@@ -22,7 +22,6 @@ Waveforms are mono float (S,) at 16 kHz, as in the protocols.
 from __future__ import annotations
 
 import importlib
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from lightning_most.audio import (
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
 from lightning_most.evaluation.protocols import SAMPLING_RATE
 from lightning_most.layouts import Example, asr_example, collate, speech_instruct_example, tts_example
+from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 from lightning_most.stages.base import StageModule
 from lightning_most.stages.stage1 import Stage1Module
 
@@ -127,9 +127,9 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} does not exist: pass the .ckpt a fit run wrote (e.g. .../checkpoints/last.ckpt)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise InferenceError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+        checkpoint = load_checkpoint(path, mmap=True)
+    except (UnsafeCheckpointError, UnreadableCheckpointError) as error:
+        raise InferenceError(str(error)) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise InferenceError(f"{path} is not a Lightning checkpoint of a stage module (no state_dict/hyper_parameters)")
     return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
@@ -222,7 +222,7 @@ class MostInference:
             raw_audio_io["unit_quantizer"] = str(unit_quantizer)
         parsed = AudioIO.from_dict(raw_audio_io, str(path))
         try:
-            module = stage.load_from_checkpoint(str(path), map_location=device, weights_only=False)
+            module = stage.load_from_checkpoint(str(path), map_location=device, weights_only=True)
         except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
             first = str(error).strip().splitlines()
             raise InferenceError(

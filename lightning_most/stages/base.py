@@ -36,6 +36,7 @@ from lightning_most.layouts import collate, tts_example
 from lightning_most.parallel import apply_fsdp2, reshard_after_evaluation, unshard_for_evaluation
 from lightning_most.positions import audio_scaled_positions, decoding_positions
 from lightning_most.routing_logging import log_routing
+from lightning_most.safe_loading import load_checkpoint
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 from lightning_most.word_lm import LexiconTrie, WordLMConfig, WordLMFusion, WordNgramLM
 
@@ -194,7 +195,7 @@ class StageModule(pl.LightningModule):
         if not file.is_file():
             raise FileNotFoundError(f"init_from={path}: no such checkpoint file")
         # Converted checkpoints (`python -m lightning_most convert`) hold tensors only; Lightning's also hold config.
-        state = torch.load(file, map_location="cpu", weights_only=file.suffix != ".ckpt")
+        state = load_checkpoint(file)
         weights = state.get("state_dict", state)
         weights = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")} or weights
         missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
