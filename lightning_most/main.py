@@ -23,6 +23,7 @@ EXTRA_COMMANDS = {
     "export_webdataset": "datamodules.webdataset_shards:main",
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
+    "chat": "lightning_most.commands.chat:main",
     "evaluate": "lightning_most.commands.evaluate:main",
     "convert": "lightning_most.convert:main",
     "grid": "lightning_most.grid:main",
