@@ -160,7 +160,7 @@ class MostDataModule(pl.LightningDataModule):
         """How audio became inputs (features) and targets (units): saved in checkpoints for inference."""
         return {
             "features": asdict(self.features),
-            "unit_quantizer": str(self.unit_quantizer) if self.unit_quantizer else None,
+            "unit_quantizer": str(Path(self.unit_quantizer).resolve()) if self.unit_quantizer else None,
             "unit_encoder": self._unit_description(),
             "num_units": self.num_units,
         }

@@ -13,6 +13,7 @@ module's `audio_io()`):
                      over the quantizer's K units
     answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
                      -> greedy text
+    answer_written   text -> text_instruct prompt |bos| |text_instruct| q.. |answer| -> greedy text
     answer_speech    synthesize(answer_text(waveform))
 
 Every method takes a list and runs it as one padded batch (generation is batched over the list).
@@ -44,7 +45,14 @@ from lightning_most.audio import (
 )
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
 from lightning_most.evaluation.protocols import SAMPLING_RATE
-from lightning_most.layouts import Example, asr_example, collate, speech_instruct_example, tts_example
+from lightning_most.layouts import (
+    Example,
+    asr_example,
+    collate,
+    speech_instruct_example,
+    text_instruct_example,
+    tts_example,
+)
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 from lightning_most.stages.base import StageModule
 from lightning_most.stages.stage1 import Stage1Module
@@ -364,6 +372,14 @@ class MostInference:
             for w in waveforms
         ]
         return m.transcribe_batch(self._batch(examples))  # greedy text after the prompt, up to <eos>
+
+    def answer_written(self, questions: list[str]) -> list[str]:
+        """Greedy text answer to each written question (the text_instruct layout, prompt up to <answer>)."""
+        if not questions:
+            return []
+        m = self.module
+        examples = [text_instruct_example(m.tokenizer.encode(q), [], m.specials) for q in questions]
+        return m.transcribe_batch(self._batch(examples))
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
         """Spoken answer (S,) to each spoken question: the text answer, synthesized."""

@@ -27,6 +27,7 @@ COMMAND_GROUP = "lightning_most.commands"
 EXTRA_COMMANDS = {
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
+    "chat": "lightning_most.commands.chat:main",
     "evaluate": "lightning_most.commands.evaluate:main",
     "convert": "lightning_most.convert:main",
     "grid": "lightning_most.grid:main",

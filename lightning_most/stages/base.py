@@ -168,6 +168,7 @@ class StageModule(pl.LightningModule):
         if not 0 <= asr_length_jitter < 1:
             raise ValueError(f"asr_length_jitter must lie in [0, 1), got {asr_length_jitter}")
         self.backbone: MoSTBackbone | None = None
+        self._weights_from_checkpoint = False  # set when loading a checkpoint: init_from is then not read
         # `*_ctc`: greedy CTC transcripts of the audio encoder's head (with `audio_encoder.ctc_head`).
         self.wer = torch.nn.ModuleDict({k: WordErrorRate() for k in ("val", "test", "val_ctc", "test_ctc")})
         # "{stage}_{all | task | ctc}": token-mean losses of the epoch (`_log_evaluation`).
@@ -184,7 +185,7 @@ class StageModule(pl.LightningModule):
             return
         self.backbone = MoSTBackbone(self.config)
         self.backbone.activation_checkpointing = self.hparams.activation_checkpointing
-        if self.hparams.init_from:
+        if self.hparams.init_from and not self._weights_from_checkpoint:
             self._load_backbone_weights(self.hparams.init_from)
         mesh = self.device_mesh  # set by ModelParallelStrategy, None otherwise
         if mesh is not None:
@@ -583,6 +584,8 @@ class StageModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.audio_io = checkpoint.get("audio_io", {})
+        # The checkpoint's weights replace init_from's, whose file need not exist where the checkpoint is loaded.
+        self._weights_from_checkpoint = True
         self.configure_model()
 
 
