@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 from lhotse import CutSet
 from webdataset import TarWriter
 
@@ -235,3 +236,35 @@ def test_pickled_lhotse_shards_are_refused_not_unpickled(tmp_path):
     cuts = open_source(SourceConfig("lhotse", "asr", str(tmp_path / "lhotse.tar")), "byte", 50.0, seed=0)
     with pytest.raises(ValueError, match="pickled cuts.*export_webdataset"):
         next(iter(cuts))
+
+
+@pytest.mark.slow  # three tiny fits, ~2 min on 2 busy cores; the loader-level resume test above is quick
+def test_killed_fit_on_shards_resumes_with_the_same_batches_and_losses(tiny_corpus, train_shards, tmp_path):
+    """`python -m lightning_most fit` killed mid-run and resumed from its checkpoint (tests/test_resume.py's run,
+    its data section swapped for webdataset shards) trains on the same batches with the same losses."""
+    from tests.test_resume import CHECKPOINT_EVERY, KILL_AT_STEP, MAX_STEPS, KilledRun, _config, _recorder
+
+    def config(root: Path, kill_at: int | None) -> Path:
+        path = _config(Path(tiny_corpus.root), root, kill_at)
+        run = yaml.safe_load(path.read_text())
+        run["data"] = {"class_path": "datamodules.MostDataModule", "init_args": {
+            "train_sources": [
+                {"name": "wds", "task": "asr", "path": str(train_shards)},
+                {"name": "wds", "task": "tts", "path": str(train_shards / "shard-*.tar")},
+                {"name": "fortunes", "task": "text_lm", "path": str(tiny_corpus.text["train"])},
+            ],
+            **{k: v for k, v in run["data"]["init_args"].items() if k not in ("corpus_dir", "corpus")},
+            "num_cuts_for_bins_estimate": 200,
+        }}
+        path.write_text(yaml.safe_dump(run))
+        return path
+
+    reference = _recorder(main(["fit", "--config", str(config(tmp_path / "full", None))]))
+    with pytest.raises(KilledRun):
+        main(["fit", "--config", str(config(tmp_path / "killed", KILL_AT_STEP))])
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    resumed = _recorder(main(["fit", "--config", str(config(tmp_path / "resumed", None)), "--ckpt_path", str(last)]))
+    steps = list(range(CHECKPOINT_EVERY + 1, MAX_STEPS + 1))
+    assert [resumed.cut_ids[s] for s in steps] == [reference.cut_ids[s] for s in steps]
+    assert reference.cut_ids[CHECKPOINT_EVERY + 1] != reference.cut_ids[1]
+    assert [resumed.losses[s] for s in steps] == pytest.approx([reference.losses[s] for s in steps], rel=1e-6, abs=1e-7)
