@@ -82,8 +82,11 @@ def test_common_layout_reads_back_as_cuts_with_audio_and_transcripts(tmp_path):
     names = [str(tmp_path / "shard-000000.tar"), str(tmp_path / "shard-000001.tar")]
     for path in (str(tmp_path), str(tmp_path / "shard-*.tar"), str(tmp_path / "shard-{000000..000001}.tar")):
         assert is_webdataset_path(path) and resolve_webdataset_shards(path) == names
-    with pytest.raises(FileNotFoundError, match=r"shard-000002\.tar"):
+    with pytest.raises(FileNotFoundError, match=r"missing shard files .*shard-000002\.tar"):
         resolve_webdataset_shards(str(tmp_path / "shard-{000000..000002}.tar"))
+    module = MostDataModule(train_sources=[SourceConfig("wds", "asr", names[0])], task_weights={"asr": 1.0})
+    with pytest.raises(ValueError, match="webdataset shards.*asr_word_lm.text_files"):
+        module.word_lm_text_files()  # a tar is no text file for the word LM
 
 
 def test_shards_are_reshuffled_each_pass_reproducibly(tmp_path):
