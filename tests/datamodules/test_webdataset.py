@@ -123,6 +123,9 @@ def test_export_command_writes_shards_from_a_manifest_and_a_shar_folder(tiny_cor
     manifest = str(tiny_corpus.cuts["dev"])
     assert main(["export_webdataset", "--cuts", manifest, "--out_dir", str(tmp_path / "a"), "--shard_size", "2"]) is None
     assert "wrote 4 utterances to 2 shards" in capsys.readouterr().out
+    export_webdataset(CutSet.from_file(manifest), tmp_path / "again", shard_size=2)
+    for name in ("shard-000000.tar", "shard-000001.tar"):  # the same cuts give the same bytes
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
     export_shar(CutSet.from_file(manifest), tmp_path / "shar", shard_size=4)
     assert not is_webdataset_path(str(tmp_path / "shar"))  # a Shar folder holds tars too, but is not webdataset
     main(["export_webdataset", "--cuts", str(tmp_path / "shar"), "--out_dir", str(tmp_path / "b")])
