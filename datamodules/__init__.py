@@ -4,13 +4,16 @@ from datamodules.datamodule import MostDataModule
 from datamodules.dataset import FeatureConfig, MostDataset
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
 from datamodules.embedded_datamodule import EmbeddedDataModule
-from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig
+from datamodules.instruction_datamodule import EmbeddedInstructionDataModule
+from datamodules.mixing import STAGE1_TASK_WEIGHTS, STAGE2_TASK_WEIGHTS, SourceConfig
 from datamodules.units import UnitsConfig
 
 __all__ = [
     "STAGE1_TASK_WEIGHTS",
+    "STAGE2_TASK_WEIGHTS",
     "EmbeddedCorpusConfig",
     "EmbeddedDataModule",
+    "EmbeddedInstructionDataModule",
     "FeatureConfig",
     "MostDataModule",
     "MostDataset",

@@ -11,13 +11,7 @@ manifest order; `SimpleCutSampler`, no shuffling), so that a limited number of e
 (`trainer.limit_val_batches`) holds every source; each cut is laid out for the task of its source
 (list a corpus twice, once with task asr and once with tts, to evaluate both).
 
-Every batch is the `lightning_most.layouts.collate` dict (B batch, T positions, N audio-frame
-positions, F = `feature_dim`):
-
-    input_ids (B, T) long, modality_ids (B, T) long, feature_mask (B, T) bool,
-    attention_mask (B, T) bool, labels (B, T) long (-100 = no loss), task_ids (B,) long,
-    prompt_lengths (B,) long, audio_features (N, F) float (when the batch has ASR examples),
-    texts list[str], cut_ids list[str]
+Every batch is a `lightning_most.batch.Batch` (F = `feature_dim`).
 
 Resuming: Lightning saves `state_dict()` in the checkpoint and calls `load_state_dict` before it
 asks for the train loader; the loader then continues at the first batch the interrupted run did not
@@ -39,10 +33,11 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
 from datamodules.dataset import FeatureConfig, MostDataset
 from datamodules.loader import ResumableLoader
-from datamodules.mixing import STAGE1_TASK_WEIGHTS, TEXT_TASKS, SourceConfig, mix_sources, open_source, validate_mix
+from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig, mix_sources, open_source, validate_mix
 from datamodules.quality import CutChecker, SkipLog
 from datamodules.text import resolve_text_shards
 from datamodules.webdataset_shards import is_webdataset_path
+from lightning_most.batch import TEXT_ONLY_TASKS
 
 
 class MostDataModule(pl.LightningDataModule):
@@ -174,7 +169,7 @@ class MostDataModule(pl.LightningDataModule):
         text-LM shards, each once. A word LM (`lightning_most.word_lm`) with no `text_files` is counted on them."""
         files: list[str] = []
         for source in self.train_sources:
-            paths = resolve_text_shards(source.path) if source.task in TEXT_TASKS else [source.path]
+            paths = resolve_text_shards(source.path) if source.task in TEXT_ONLY_TASKS else [source.path]
             for path in paths:
                 if not Path(path).is_file() or is_webdataset_path(path):
                     raise ValueError(

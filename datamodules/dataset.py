@@ -6,6 +6,8 @@ the task's layout in `layouts.py`:
     asr      input features of the cut's audio, target = transcript tokens
     tts      input = transcript tokens, target = the cut's discrete units (`cut.load_units()`)
     text_lm  target = the text's tokens (recording-less cut, `text.py`)
+    speech_instruct  input features of the spoken instruction, target = the response (supervision text)
+    text_instruct    input = `custom["prompt"]` tokens, target = the response (recording-less cut)
 
 Input features (`FeatureConfig.kind`): "fbank", lhotse's Kaldi-compatible log-mel fbank computed on
 the fly from the audio (resampled to 16 kHz if needed); "whisper", the states of a frozen Whisper
@@ -15,15 +17,8 @@ whatever features are stored with the cut (`cut.load_features()`, e.g. HuBERT fr
 case `frame_stack` consecutive frames are concatenated, so F = num_features * frame_stack at
 frame_rate / frame_stack. `InputFeatures` is the waveform -> frames step, shared with inference.
 
-`__getitem__` returns `(batch, skipped)`: `batch` is the dict documented in `layouts.py`
-(B examples, T positions, N = number of audio-frame positions, F feature dim):
-
-    input_ids       (B, T) long    modality_ids   (B, T) long    feature_mask  (B, T) bool
-    attention_mask  (B, T) bool    labels         (B, T) long    task_ids      (B,)   long
-    prompt_lengths  (B,)   long    audio_features (N, F) float (only with ASR examples)
-    texts           list[str]      cut_ids        list[str]
-
-or None when every cut of the batch was skipped; `skipped` counts the cuts dropped while loading,
+`__getitem__` returns `(batch, skipped)`: `batch` is a `lightning_most.batch.Batch`, or None when
+every cut of the batch was skipped; `skipped` counts the cuts dropped while loading,
 per reason of `quality.py` (the loader adds them up, `loader.py`).
 """
 
@@ -41,7 +36,16 @@ from torch import Tensor
 
 from datamodules.quality import SkipLog, cut_text
 from lightning_most.audio.encoders import WhisperEncoder, WhisperEncoderConfig
-from lightning_most.layouts import Example, asr_example, collate, text_lm_example, tts_example
+from lightning_most.batch import Batch, Task
+from lightning_most.layouts import (
+    Example,
+    asr_example,
+    collate,
+    speech_instruct_example,
+    text_instruct_example,
+    text_lm_example,
+    tts_example,
+)
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 
 SAMPLE_RATE = 16000
@@ -148,10 +152,12 @@ class MostDataset(torch.utils.data.Dataset):
         self.specials = SpecialTokens(self.tokenizer.base_vocab_size)
         self.features = features or FeatureConfig()
         self.extractor = InputFeatures(self.features) if self.features.kind != "precomputed" else None
-        self.layouts: dict[str, Callable[[Cut], Example]] = {
-            "asr": self._asr,
-            "tts": self._tts,
-            "text_lm": self._text_lm,
+        self.layouts: dict[Task, Callable[[Cut], Example]] = {
+            Task.ASR: self._asr,
+            Task.TTS: self._tts,
+            Task.TEXT_LM: self._text_lm,
+            Task.SPEECH_INSTRUCT: self._speech_instruct,
+            Task.TEXT_INSTRUCT: self._text_instruct,
         }
 
     def _stored_features(self, cut: Cut) -> Tensor:
@@ -229,14 +235,33 @@ class MostDataset(torch.utils.data.Dataset):
         text = cut_text(cut)
         return text_lm_example(self.tokenizer.encode(text), self.specials, text=text, cut_id=cut.id)
 
+    def _speech_instruct(self, cut: Cut) -> Example:
+        response = cut_text(cut)
+        return speech_instruct_example(
+            self.tokenizer.encode(response),
+            self.specials,
+            self.specials.text_vocab_size,
+            features=self._input_features(cut),
+            text=response,
+            cut_id=cut.id,
+        )
+
+    def _text_instruct(self, cut: Cut) -> Example:
+        response, prompt = cut_text(cut), (cut.custom or {}).get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise CutLoadError("empty_text", "a text-instruct line needs a non-empty string `prompt`")
+        return text_instruct_example(
+            self.tokenizer.encode(prompt), self.tokenizer.encode(response), self.specials, text=response, cut_id=cut.id
+        )
+
     def example(self, cut: Cut) -> Example:
         """Lay out one cut by its task (raises CutLoadError for a cut that cannot be loaded)."""
         task = (cut.custom or {}).get("task")
         if task not in self.layouts:
-            raise ValueError(f"cut {cut.id} has task {task!r}; this dataset lays out {sorted(self.layouts)}")
+            raise ValueError(f"cut {cut.id} has task {task!r}; this dataset lays out {', '.join(sorted(self.layouts))}")
         return self.layouts[task](cut)
 
-    def __getitem__(self, cuts: CutSet) -> tuple[dict | None, dict[str, int]]:
+    def __getitem__(self, cuts: CutSet) -> tuple[Batch | None, dict[str, int]]:
         skips = SkipLog()
         examples = []
         for cut in cuts:

@@ -127,7 +127,6 @@ def _deepseek_v2_config(hf: dict[str, Any], where: str) -> tuple[AttentionConfig
     _require(hf, where, "scoring_func", ["softmax"], "the router is a softmax gate")
     _require(hf, where, "norm_topk_prob", [False, None], "top-k weights are not renormalised")
     _require(hf, where, "moe_layer_freq", [1], "every layer after first_k_dense_replace is MoE")
-    _require(hf, where, "rms_norm_eps", [1e-6], "DeepSeek-V2's q_a/kv_a norms always use 1e-6; ours use rms_norm_eps")
     method = hf.get("topk_method", "greedy")
     n_group, topk_group = hf.get("n_group"), hf.get("topk_group")
     all_groups = n_group in (None, 1) or topk_group == n_group  # group-limited over all groups = greedy

@@ -41,8 +41,9 @@ from lightning_most.audio import (
     UnitQuantizer,
     Vocoder,
 )
+from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
 from lightning_most.evaluation.protocols import SAMPLING_RATE
-from lightning_most.layouts import AUDIO, TEXT, Example, asr_example, collate, speech_instruct_example, tts_example
+from lightning_most.layouts import Example, asr_example, collate, speech_instruct_example, tts_example
 from lightning_most.stages.base import StageModule
 from lightning_most.stages.stage1 import Stage1Module
 
@@ -280,7 +281,7 @@ class MostInference:
         units = self.quantizer.quantize(features[valid])  # (sum of frames,)
         return list(units.cpu().split(frames.tolist()))
 
-    def _batch(self, examples: list[Example]) -> dict:
+    def _batch(self, examples: list[Example]) -> Batch:
         batch = collate(examples, pad_id=self.module.specials.pad)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
@@ -327,14 +328,14 @@ class MostInference:
         examples = []
         for u in units:  # |bos| |audio_start| U..  (the speech prefix of the asr / speech_instruct layouts)
             ids = torch.cat([torch.tensor([s.bos, s.audio_start]), u + V])
-            modality = torch.cat([torch.full((2,), TEXT), torch.full((u.numel(),), AUDIO)])
+            modality = torch.cat([torch.full((2,), Modality.TEXT), torch.full((u.numel(),), Modality.AUDIO)])
             examples.append(
                 Example(
-                    "asr",
+                    Task.ASR,
                     ids,
                     modality,
                     torch.zeros_like(ids, dtype=torch.bool),
-                    torch.full_like(ids, -100),
+                    torch.full_like(ids, IGNORE_INDEX),
                     None,
                     prompt_length=ids.numel(),
                 )
@@ -346,7 +347,7 @@ class MostInference:
         m.backbone.train(was_training)
         log_probs = logits.log_softmax(dim=-1)
         targets = batch["input_ids"][:, 1:] - V  # (B, T-1)
-        is_unit = (batch["modality_ids"][:, 1:] == AUDIO) & batch["attention_mask"][:, 1:]  # (B, T-1)
+        is_unit = (batch["modality_ids"][:, 1:] == Modality.AUDIO) & batch["attention_mask"][:, 1:]  # (B, T-1)
         picked = log_probs.gather(-1, targets.clamp(0, K - 1)[..., None])[..., 0]  # (B, T-1)
         totals = (picked * is_unit).sum(dim=1)  # (B,)
         return [(float(total), int(u.numel())) for total, u in zip(totals.cpu(), units)]

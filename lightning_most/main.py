@@ -2,6 +2,7 @@
 
 fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
 interpolate). The other commands are thin wrappers: `prepare` builds the embedded corpus,
+`prepare_instructions` the (spoken) instruction data of stage 2,
 `export_webdataset` writes cuts as webdataset tar shards,
 `synthesize` / `transcribe` / `evaluate` use a trained checkpoint, `convert` turns a local Hugging
 Face checkpoint into backbone weights for `init_from`, `grid` runs ablation grids.
@@ -18,6 +19,7 @@ from lightning_most.stages.base import StageModule
 
 EXTRA_COMMANDS = {
     "prepare": "datamodules.embedded:main",
+    "prepare_instructions": "datamodules.spoken_instructions:main",
     "export_webdataset": "datamodules.webdataset_shards:main",
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
@@ -26,6 +28,7 @@ EXTRA_COMMANDS = {
     "grid": "lightning_most.grid:main",
     "partition": "lightning_most.partitions:main",
     "upcycle": "lightning_most.upcycling:main",
+    "spoken_lm_sets": "lightning_most.evaluation.spoken_lm_miniature:main",
 }
 
 

@@ -26,12 +26,13 @@ from torchmetrics.text import WordErrorRate
 
 from lightning_most.audio import build_vocoder
 from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.batch import IGNORE_INDEX, TASKS
 from lightning_most.beam_search import beam_search
 from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverrides, MoEOverrides, build_config
 from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
-from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
+from lightning_most.layouts import collate, tts_example
 from lightning_most.parallel import apply_fsdp2, reshard_after_evaluation, unshard_for_evaluation
 from lightning_most.positions import audio_scaled_positions, decoding_positions
 from lightning_most.routing_logging import log_routing
