@@ -45,7 +45,8 @@ from pathlib import Path
 import inflect
 import wordfreq
 
-from lightning_most.evaluation.offline_speech import OfflineVoice, speak
+from lightning_most.audio.offline_voices import Voice, speak
+from lightning_most.fortunes import fortune_files, is_speakable, read_fortunes, split_sentences
 
 LEXICAL_COLUMNS = ("filename", "id", "voice", "frequency", "word", "phones", "correct")
 SYNTACTIC_COLUMNS = ("filename", "voice", "type", "subtype", "id", "correct", "transcription")
@@ -91,9 +92,9 @@ class SpokenLmMiniatureConfig:
     """Grammatical / ungrammatical sentence pairs (each spoken by every voice)."""
     num_story_pairs: int = 200
     """Story pairs in each of sStoryCloze and tStoryCloze (spoken by the first voice)."""
-    voices: list[OfflineVoice] = field(default_factory=lambda: [OfflineVoice("flite", "rms")])
+    voices: list[Voice] = field(default_factory=lambda: [Voice("flite", "rms")])
     """Voices of sentences and stories (default flite rms, a voice of the embedded corpus's training speakers)."""
-    lexical_voices: list[OfflineVoice] = field(default_factory=lambda: [OfflineVoice("espeak-ng", "en-us")])
+    lexical_voices: list[Voice] = field(default_factory=lambda: [Voice("espeak-ng", "en-us")])
     """Voices of the lexical set: espeak-ng only (they speak phonemes)."""
     exclude_text_files: list[str] = field(default_factory=list)
     """Training text (jsonl(.gz) with "text", or lhotse cut/supervision manifests): stories sharing a sentence
@@ -104,8 +105,8 @@ class SpokenLmMiniatureConfig:
     """Synthesizer processes run at once."""
 
     def __post_init__(self) -> None:
-        self.voices = [OfflineVoice(**v) if isinstance(v, dict) else v for v in self.voices]
-        self.lexical_voices = [OfflineVoice(**v) if isinstance(v, dict) else v for v in self.lexical_voices]
+        self.voices = [Voice(**v) if isinstance(v, dict) else v for v in self.voices]
+        self.lexical_voices = [Voice(**v) if isinstance(v, dict) else v for v in self.lexical_voices]
         if not self.voices or not self.lexical_voices:
             raise ValueError("SpokenLmMiniatureConfig.voices and lexical_voices must each name at least one voice")
         if any(v.engine != "espeak-ng" for v in self.lexical_voices):
@@ -282,8 +283,6 @@ def training_sentences(files: Sequence[str]) -> set[str]:
 
 def fortune_stories(excluded: set[str]) -> list[tuple[str, list[str]]]:
     """(category, sentences) of fortunes of 2-5 speakable sentences (<= 40 words) sharing no sentence with `excluded`."""
-    from datamodules.sentences import fortune_files, is_speakable, read_fortunes, split_sentences
-
     stories = []
     for path in fortune_files():
         for fortune in read_fortunes(path):
@@ -325,9 +324,10 @@ def _write_gold(path: Path, columns: Sequence[str], rows: list[dict[str, str]]) 
         writer.writerows(rows)
 
 
-def _speak_all(jobs: list[tuple[str, Path, OfflineVoice]], num_jobs: int) -> None:
+def _speak_all(jobs: list[tuple[str, Path, Voice]], num_jobs: int) -> None:
+    # The pair sets keep the synthesizer's level (no peak normalisation), as they were first built.
     with ThreadPoolExecutor(max_workers=num_jobs) as pool:
-        list(pool.map(lambda job: speak(*job), jobs))
+        list(pool.map(lambda job: speak(job[2], [(job[0], job[1])], peak_db=None), jobs))
 
 
 def build_lexical(out_dir: Path, config: SpokenLmMiniatureConfig, rng: random.Random) -> Path:
