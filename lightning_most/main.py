@@ -25,6 +25,7 @@ EXTRA_COMMANDS = {
     "transcribe": "lightning_most.commands.transcribe:main",
     "evaluate": "lightning_most.commands.evaluate:main",
     "convert": "lightning_most.convert:main",
+    "export": "lightning_most.export:main",
     "grid": "lightning_most.grid:main",
     "partition": "lightning_most.partitions:main",
     "upcycle": "lightning_most.upcycling:main",
