@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import EmbeddedDataModule
-from datamodules.dataset import FeatureConfig
+from lightning_most.audio.features import FeatureConfig
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.batch import IGNORE_INDEX
 from lightning_most.config import build_config

@@ -31,12 +31,13 @@ import torch.distributed as dist
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.loader import ResumableLoader
 from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig, mix_sources, open_source, validate_mix
 from datamodules.quality import CutChecker, SkipLog
 from datamodules.text import resolve_text_shards
 from datamodules.webdataset_shards import is_webdataset_path
+from lightning_most.audio.features import FeatureConfig
 from lightning_most.batch import TEXT_ONLY_TASKS
 
 
@@ -159,7 +160,7 @@ class MostDataModule(pl.LightningDataModule):
         """How audio became inputs (features) and targets (units): saved in checkpoints for inference."""
         return {
             "features": asdict(self.features),
-            "unit_quantizer": str(self.unit_quantizer) if self.unit_quantizer else None,
+            "unit_quantizer": str(Path(self.unit_quantizer).resolve()) if self.unit_quantizer else None,
             "unit_encoder": self._unit_description(),
             "num_units": self.num_units,
         }

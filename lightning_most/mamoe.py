@@ -44,26 +44,85 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def _grouped_mm_ok(x: Tensor, w: Tensor) -> bool:
+def _native_grouped_mm_ok(x: Tensor, w: Tensor) -> bool:
     # torch._grouped_mm needs 16-byte aligned strides on both operands; its CUDA kernels are bf16 ones
-    # (fp32 on a GPU takes the per-expert fallback rather than risk an unsupported-dtype error).
+    # (fp32 on a GPU takes the per-expert loop rather than risk an unsupported-dtype error).
     align = 16 // x.element_size()
     if x.is_cuda and x.dtype != torch.bfloat16:
         return False
     return hasattr(torch, "_grouped_mm") and x.shape[-1] % align == 0 and w.shape[-1] % align == 0
 
 
-def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Tensor:
-    """Row slice i of x (rows sorted by expert, `counts` per expert) times w[i]: (N, a) x (E, a, b) -> (N, b)."""
-    if _grouped_mm_ok(x, w):
-        y = torch._grouped_mm(x, w, offs=offsets)
-        if y.requires_grad:
-            # Its backward rejects non-contiguous (e.g. expanded) incoming gradients.
-            y.register_hook(lambda g: g.contiguous())
-        return y
-    # Fallback: one matmul per expert on a contiguous slice; unbind keeps one weight-gradient buffer.
-    chunks = torch.split(x, counts.tolist())
-    return torch.cat([xc @ wc for xc, wc in zip(chunks, w.unbind(0))], dim=0)
+def _grouped_mm_loop(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    out = x.new_empty(x.shape[0], w.shape[-1])
+    start = 0
+    for e, end in enumerate(offsets.tolist()):  # one host copy of the (E,) offsets
+        torch.mm(x[start:end], w[e], out=out[start:end])
+        start = end
+    return out
+
+
+@torch.library.custom_op("lightning_most::grouped_mm", mutates_args=())
+def _grouped_mm(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    """(N, a) rows sorted by group, (G, a, b), offsets (G,) end row of each group -> (N, b)."""
+    if _native_grouped_mm_ok(x, w):
+        return torch._grouped_mm(x, w, offs=offsets)
+    return _grouped_mm_loop(x, w, offsets)
+
+
+@_grouped_mm.register_fake
+def _(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
+@torch.library.custom_op("lightning_most::grouped_mm_backward", mutates_args=())
+def _grouped_mm_backward(x: Tensor, w: Tensor, offsets: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of `_grouped_mm` for x (N, a) and w (G, a, b) from grad (N, b)."""
+    grad = grad.contiguous()  # the kernels reject expanded (stride-0) incoming gradients
+    if _native_grouped_mm_ok(x, w):
+        grad_x = torch._grouped_mm(grad, w.transpose(1, 2), offs=offsets)  # (N, a)
+        grad_w = torch._grouped_mm(x.t(), grad, offs=offsets)  # (G, a, b); empty groups get zeros
+        return grad_x, grad_w
+    grad_x = _grouped_mm_loop(grad, w.transpose(1, 2), offsets)
+    grad_w = torch.zeros_like(w)
+    start = 0
+    for e, end in enumerate(offsets.tolist()):
+        torch.mm(x[start:end].t(), grad[start:end], out=grad_w[e])
+        start = end
+    return grad_x, grad_w
+
+
+@_grouped_mm_backward.register_fake
+def _(x: Tensor, w: Tensor, offsets: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(w)
+
+
+def _grouped_mm_setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+    x, w, offsets = inputs
+    ctx.save_for_backward(x, w, offsets)
+
+
+def _grouped_mm_autograd(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    x, w, offsets = ctx.saved_tensors
+    grad_x, grad_w = _grouped_mm_backward(x, w, offsets, grad)
+    return grad_x, grad_w, None
+
+
+_grouped_mm.register_autograd(_grouped_mm_autograd, setup_context=_grouped_mm_setup_context)
+
+
+def grouped_matmul(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    """Row slice i of x (rows sorted by expert, `offsets` (E,) end row of each slice) times w[i]: (N, a) x (E, a, b) -> (N, b).
+
+    One opaque custom op (forward and backward), so `torch.compile` sees no data-dependent shapes or host
+    syncs and never traces `torch._grouped_mm`'s bf16-only meta kernel; inside, `torch._grouped_mm` runs
+    where it can (bf16 on CUDA, any aligned dtype on CPU), else one matmul per expert on its contiguous slice.
+    Under autocast both operands are cast to the autocast dtype, as `F.linear` would be.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, w = x.to(dtype), w.to(dtype)
+    return _grouped_mm(x, w, offsets)
 
 
 class RoutedExperts(nn.Module):
@@ -83,12 +142,12 @@ class RoutedExperts(nn.Module):
         on the h-wide activation rather than the d-wide output.
         """
         offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's slice
-        gate_up = grouped_matmul(x_sorted, self.gate_up_proj, counts, offsets)  # (N*k, 2h)
+        gate_up = grouped_matmul(x_sorted, self.gate_up_proj, offsets)  # (N*k, 2h)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         hidden = F.silu(gate) * up  # (N*k, h)
         if row_weights is not None:
             hidden = hidden * row_weights[:, None].to(hidden.dtype)
-        return grouped_matmul(hidden, self.down_proj, counts, offsets)  # (N*k, d)
+        return grouped_matmul(hidden, self.down_proj, offsets)  # (N*k, d)
 
     def expert_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` alone on x (.., d): the reference semantics of one expert."""
@@ -185,7 +244,9 @@ class MoEBlock(nn.Module):
         expert_of_pair = indices.reshape(-1)  # (N*k,)
         order = torch.argsort(expert_of_pair, stable=True)  # (N*k,)
         token_of_pair = order // k  # (N*k,) source token of each sorted pair
-        counts = torch.bincount(expert_of_pair, minlength=E)  # (E,)
+        counts = torch.zeros(E, dtype=torch.long, device=h.device).index_add_(
+            0, expert_of_pair, torch.ones_like(expert_of_pair)
+        )  # (E,) pairs per expert (bincount's output size is data-dependent, which breaks compiled graphs)
         pair_weight = weights.reshape(-1)[order]  # (N*k,) combination weight of each sorted pair
         expert_out = self.experts(flat[token_of_pair], counts, pair_weight)  # (N*k, d), already weighted
         routed = expert_out.new_zeros(flat.shape).index_add_(0, token_of_pair, expert_out)  # (N, d)
@@ -209,6 +270,6 @@ class MoEBlock(nn.Module):
         load.index_put_((m_valid.repeat_interleave(k), indices.reshape(-1)), in_group.reshape(-1).float(), accumulate=True)
         p = scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-20)  # (N, E) in-group distribution
         entropy = -(p * p.clamp(min=1e-20).log()).sum(dim=-1)  # (N,)
-        tokens = torch.bincount(m_valid, minlength=M + 1).float()
+        tokens = torch.zeros(M + 1, device=scores.device).index_add_(0, m_valid, torch.ones_like(entropy))
         ent_sum = torch.zeros(M + 1, device=scores.device).index_add_(0, m_valid, entropy)
         return RoutingStats(expert_load=load[:M], entropy=ent_sum[:M] / tokens[:M].clamp(min=1), tokens=tokens[:M])

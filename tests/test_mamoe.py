@@ -126,16 +126,29 @@ def test_sorted_dispatch_equals_per_token_loop(variant: str, gate: str) -> None:
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_mm_and_per_expert_fallback_agree() -> None:
-    x, w = torch.randn(20, 16), torch.randn(4, 16, 32)
-    counts = torch.tensor([3, 0, 9, 8])
-    offsets = torch.cumsum(counts, 0).to(torch.int32)
-    fast = grouped_matmul(x, w, counts, offsets)
-    ref = torch.cat([x[:3] @ w[0], x[3:12] @ w[2], x[12:] @ w[3]])
-    torch.testing.assert_close(fast, ref)
-    odd_x, odd_w = torch.randn(20, 15), torch.randn(4, 15, 30)  # unaligned strides take the fallback
-    ref = torch.cat([odd_x[:3] @ odd_w[0], odd_x[3:12] @ odd_w[2], odd_x[12:] @ odd_w[3]])
-    torch.testing.assert_close(grouped_matmul(odd_x, odd_w, counts, offsets), ref)
+@pytest.mark.parametrize("width", [16, 15], ids=["grouped_mm", "unaligned_loop"])
+def test_grouped_matmul_and_its_gradients_equal_per_expert_matmuls(width: int) -> None:
+    """Both paths (torch._grouped_mm; the per-expert loop that unaligned strides take), an empty expert, and an
+    expanded (stride-0) incoming gradient, which torch._grouped_mm's own backward would reject."""
+    x, w = torch.randn(20, width, requires_grad=True), torch.randn(4, width, 2 * width, requires_grad=True)
+    offsets = torch.cumsum(torch.tensor([3, 0, 9, 8]), 0).to(torch.int32)
+    y = grouped_matmul(x, w, offsets)
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = torch.cat([x_ref[:3] @ w_ref[0], x_ref[3:12] @ w_ref[2], x_ref[12:] @ w_ref[3]])
+    torch.testing.assert_close(y, ref)
+    grad = torch.ones(1, 1).expand_as(y)
+    y.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(w.grad, w_ref.grad)  # expert 1 got no rows: a zero gradient
+    assert not w.grad[1].any()
+
+
+def test_grouped_matmul_custom_op_passes_opcheck() -> None:
+    """The fake (meta) kernel and the autograd registration that torch.compile relies on agree with the op."""
+    x, w = torch.randn(20, 16, requires_grad=True), torch.randn(4, 16, 32, requires_grad=True)
+    offsets = torch.tensor([3, 3, 12, 20], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.lightning_most.grouped_mm.default, (x, w, offsets))
 
 
 def test_aux_loss_matches_hand_computation() -> None:

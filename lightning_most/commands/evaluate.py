@@ -57,6 +57,8 @@ from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfi
 from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
 
 SUITES = ("asr", "tts", "spoken_lm", "spoken_qa")
+EMBEDDED_TEST_CUTS = "embedded_cuts_test.jsonl.gz"
+"""The test split's manifest in a corpus folder written by `prepare` (checked against `datamodules.embedded`)."""
 STORY_SETS = ("sStoryCloze", "tStoryCloze")
 
 
@@ -109,9 +111,7 @@ def parse_suites(value: str) -> list[str]:
 def load_cuts(manifest: str | None, corpus_dir: str, option: str, limit: int | None) -> tuple[str, CutSet]:
     """(name, cuts) of a manifest, or of the embedded test split when `manifest` is None."""
     if manifest is None:
-        from datamodules.embedded import corpus_paths
-
-        path = corpus_paths(corpus_dir).cuts["test"]
+        path = Path(corpus_dir) / EMBEDDED_TEST_CUTS
         if not path.is_file():
             raise CommandError(
                 f"the embedded test split {path} does not exist: build the corpus with "
