@@ -2,7 +2,7 @@
 
 `python -m lightning_most export --ckpt X --out DIR`, where X is a Lightning checkpoint of a stage (its
 hyperparameters name the backbone) or a backbone state dict written by `convert` / `upcycle` (give it the
-`--backbone` and `--backbone_overrides` that `convert` printed). DIR gets:
+`--backbone` and `--backbone_overrides` that `convert` printed), read weights-only (`safe_loading`). DIR gets:
 
 - config.json in the layout of transformers' `DeepseekV2ForCausalLM` (MLA attention) or `LlamaForCausalLM`
   (GQA attention, no MoE layers), plus `most_config`: the backbone's whole `ModelConfig` (MoE variant, expert
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-import lightning_most.stages  # noqa: F401  (allow-lists the config classes of a checkpoint's hyperparameters)
+import lightning_most.stages  # noqa: F401  (allow-lists OptimizerConfig, which Python-built stages save)
 from lightning_most.config import PLAIN_ROPE, ModelConfig, build_config
 from lightning_most.convert import (
     ARCHITECTURES,
@@ -46,6 +45,7 @@ from lightning_most.convert import (
     MOST_CONFIG_KEY,
     _interleaved_to_halves,
 )
+from lightning_most.safe_loading import load_checkpoint
 
 
 class ExportError(ValueError):
@@ -66,13 +66,7 @@ def load_backbone(
     file = Path(path)
     if not file.is_file():
         raise ExportError(f"--ckpt {file}: no such file")
-    try:
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ExportError(
-            f"--ckpt {file} holds an object torch.load(weights_only=True) refuses: {str(err).splitlines()[0]} "
-            "(allow-list its class with torch.serialization.add_safe_globals beside the stage module)"
-        ) from err
+    saved = load_checkpoint(file)  # weights_only=True: refuses (and names) any class not allow-listed
     if not isinstance(saved, dict):
         raise ExportError(f"--ckpt {file} is neither a Lightning checkpoint nor a backbone state dict")
     if "hyper_parameters" in saved:
