@@ -49,11 +49,8 @@ class DecoderBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
         if config.is_moe_layer(index):
             self.mlp: nn.Module = MoEBlock(d, config.moe_for_layer(index))
-        elif index >= config.first_k_dense:  # dense ablation: same active width as top_k + shared experts
-            moe = config.moe
-            self.mlp = SwiGLU(d, (moe.top_k + moe.num_shared_experts) * moe.expert_intermediate_size)
-        else:
-            self.mlp = SwiGLU(d, config.intermediate_size)
+        else:  # the first_k_dense layers, and the dense ablation's (active width of top_k + shared experts)
+            self.mlp = SwiGLU(d, config.dense_mlp_width(index))
 
     def forward(
         self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None
