@@ -25,8 +25,8 @@ from torchmetrics.text import WordErrorRate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_most.batch import TASKS
 from lightning_most.evaluation.normalize import normalize_text
-from lightning_most.layouts import TASKS
 from lightning_most.safe_loading import load_checkpoint
 from lightning_most.stages.base import StageModule, _select
 from lightning_most.word_lm import WordLMConfig
