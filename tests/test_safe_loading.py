@@ -107,6 +107,13 @@ def test_commands_refuse_it_with_one_line(
     assert not marker.exists()
 
 
+def test_upcycle_refuses_it(hostile: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    path, marker = hostile
+    assert exit_code(["upcycle", "--src", str(path), "--out", str(tmp_path / "moe.pt")]) == 2
+    assert f"refusing to load {path}" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "moe.pt").exists()
+
+
 def test_inference_and_init_from_refuse_it(hostile: tuple[Path, Path]) -> None:
     path, marker = hostile
     with pytest.raises(InferenceError, match="refusing to load"):
