@@ -6,8 +6,10 @@ mid-run, and runs the same command again.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,3 +152,16 @@ def test_a_nan_step_stops_with_a_checkpoint_when_told(tiny_corpus_dir: Path, tmp
     before = torch.load(tmp_path / "weights-2.pt")
     for name, weight in before.items():
         assert torch.equal(checkpoint["state_dict"][f"backbone.{name}"], weight), name
+
+
+@pytest.mark.slow  # about 10 minutes on 2 busy cores: 4 runs of 8 steps, each started as a process
+def test_kill_test_script_passes_with_three_kills(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "bench" / "kill_test.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--kills", "3", "--seed", "1", "--max_steps", "8",
+         "--checkpoint_every", "2", "--out", str(tmp_path / "out"), "--corpus_dir", str(tiny_corpus_dir)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=3000, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "kill_test.json").read_text())
+    assert summary["kills"] == 3 and all(summary["checks"].values())
