@@ -2,15 +2,16 @@
 
     PYTHONPATH=. .venv/bin/python bench/bad_inputs.py --ckpt runs/quickstart/checkpoints/last.ckpt --work /tmp/bad
 
-Every case runs `python -m lightning_most ...` as a separate process. Prints a Markdown table (the one
-in `bench/RESULTS.md`).
+Every case runs `python -m lightning_most ...`'s `main` in this process (a process per case costs minutes of
+imports on a busy machine); an exception that escapes `main` is what a process would print as a traceback.
+Prints a Markdown table (the one in `bench/RESULTS.md`).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
+import contextlib
+import io
 import time
 from pathlib import Path
 
@@ -38,17 +39,25 @@ def _write_audio(work: Path) -> dict[str, Path]:
     return paths
 
 
-def _run(argv: list[str], timeout: float) -> tuple[int, bool, str, float]:
-    """(exit status, whether a traceback was printed, the first stderr line (else stdout's), seconds)."""
+def _run(argv: list[str]) -> tuple[int, bool, str, float]:
+    """Run `python -m lightning_most ARGV` in this process: (exit status, whether an exception escaped (a
+    traceback), the first line on stderr (else stdout), seconds)."""
+    from lightning_most.main import main
+
     began = time.monotonic()
-    try:
-        done = subprocess.run([sys.executable, "-m", "lightning_most", *argv], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return -1, False, f"(no answer after {timeout:.0f} s)", timeout
-    err = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("INFO", "Seed set"))]
-    first = err[0] if done.returncode else (done.stdout.strip().splitlines() or [""])[0]
-    return done.returncode, "Traceback" in done.stderr, first[:220], time.monotonic() - began
+    err, out = io.StringIO(), io.StringIO()
+    status, escaped = 0, False
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except Exception as error:  # noqa: BLE001 (any exception escaping main is what a process prints as a traceback)
+            status, escaped = 1, True
+            print(f"{type(error).__name__}: {error}", file=err)
+    lines = [line for line in err.getvalue().splitlines() if line.strip() and not line.startswith(("INFO", "Seed set"))]
+    first = lines[-1 if escaped else 0] if status and lines else (out.getvalue().strip().splitlines() or [""])[0]
+    return status, escaped, first[:220], time.monotonic() - began
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +65,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="a trained stage checkpoint")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bad_inputs"))
-    parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     ckpt = ["--ckpt", args.ckpt]
     cases = [(f"transcribe: {name}", ["transcribe", *ckpt, str(path)]) for name, path in _write_audio(args.work).items()]
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print("| input | exit status | traceback | what the user saw (first line) | seconds |\n|---|---|---|---|---|")
     for name, case in cases:
-        status, traceback, first, seconds = _run(case, args.timeout)
+        status, traceback, first, seconds = _run(case)
         print(f"| {name} | {status} | {'yes' if traceback else 'no'} | {first.replace('|', '/')} | {seconds:.0f} |", flush=True)
 
 
