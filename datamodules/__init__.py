@@ -1,7 +1,7 @@
 """Lhotse-based data pipelines for lightning_most."""
 
 from datamodules.datamodule import MostDataModule
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
 from datamodules.embedded_datamodule import EmbeddedDataModule
 from datamodules.instruction_datamodule import EmbeddedInstructionDataModule
@@ -14,7 +14,6 @@ __all__ = [
     "EmbeddedCorpusConfig",
     "EmbeddedDataModule",
     "EmbeddedInstructionDataModule",
-    "FeatureConfig",
     "MostDataModule",
     "MostDataset",
     "SourceConfig",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.dataset import FeatureConfig
 from datamodules.embedded import EmbeddedCorpusConfig, corpus_paths
 from datamodules.embedded_datamodule import EmbeddedDataModule
 from datamodules.mixing import STAGE2_TASK_WEIGHTS, SourceConfig, validate_mix
@@ -26,6 +25,7 @@ from datamodules.spoken_instructions import (
     prepare_spoken_instructions,
     spoken_instruction_paths,
 )
+from lightning_most.audio.features import FeatureConfig
 
 
 class EmbeddedInstructionDataModule(EmbeddedDataModule):

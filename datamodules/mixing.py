@@ -30,11 +30,14 @@ from lhotse.cut import Cut
 from datamodules.shards import read_shar
 from datamodules.text import text_cuts
 from datamodules.webdataset_shards import is_webdataset_path, read_webdataset
+from lightning_most.batch import TASKS, TEXT_ONLY_TASKS, Task
 
-SPEECH_TASKS: tuple[str, ...] = ("asr", "tts", "speech_instruct")
-TEXT_TASKS: tuple[str, ...] = ("text_lm", "text_instruct")
-STAGE1_TASK_WEIGHTS: dict[str, float] = {"asr": 0.4, "tts": 0.4, "text_lm": 0.2}
-STAGE2_TASK_WEIGHTS: dict[str, float] = {"speech_instruct": 0.4, "text_instruct": 0.4, "asr": 0.1, "tts": 0.1}
+STAGE1_TASK_WEIGHTS: dict[str, float] = {Task.ASR.value: 0.4, Task.TTS.value: 0.4, Task.TEXT_LM.value: 0.2}
+"""MoST's stage-1 mix (plain-string keys, as a YAML `task_weights` holds them)."""
+STAGE2_TASK_WEIGHTS: dict[str, float] = {
+    Task.SPEECH_INSTRUCT.value: 0.4, Task.TEXT_INSTRUCT.value: 0.4, Task.ASR.value: 0.1, Task.TTS.value: 0.1
+}
+"""MoST's stage-2 mix."""
 
 
 @dataclass
@@ -54,13 +57,12 @@ class SourceConfig:
 
 def validate_mix(sources: list[SourceConfig], task_weights: dict[str, float], field: str = "train_sources") -> None:
     """Raise a ValueError naming the bad field if the sources and weights do not make a mix."""
-    known = SPEECH_TASKS + TEXT_TASKS
     if not sources:
         raise ValueError(f"`{field}` is empty: list at least one source (name, task, path).")
     seen = set()
     for s in sources:
-        if s.task not in known:
-            raise ValueError(f"{field}: source {s.name!r} has unknown task {s.task!r}; tasks are {known}.")
+        if s.task not in TASKS:
+            raise ValueError(f"{field}: source {s.name!r} has unknown task {s.task!r}; tasks are {', '.join(TASKS)}.")
         if (s.name, s.task) in seen:
             raise ValueError(f"{field}: source {s.name!r} appears twice for task {s.task!r}.")
         seen.add((s.name, s.task))
@@ -104,7 +106,7 @@ def open_source(
     source: SourceConfig, tokenizer: str, tokens_per_second: float, seed: int, shuffle_shards: bool = True
 ) -> CutSet:
     """The lazy CutSet of one source, each cut tagged with its task and source (Shar/webdataset shards shuffled per pass)."""
-    if source.task in TEXT_TASKS:
+    if source.task in TEXT_ONLY_TASKS:
         cuts = text_cuts(source.path, tokenizer, tokens_per_second)
     elif is_webdataset_path(source.path):
         cuts = read_webdataset(source.path, seed=seed, shuffle_shards=shuffle_shards)

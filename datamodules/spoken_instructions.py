@@ -56,12 +56,12 @@ from lhotse.array import Array
 from lhotse.features.io import NumpyFilesWriter
 from tqdm import tqdm
 
-from datamodules.dataset import FeatureConfig
 from datamodules.encoder_features import prepare_whisper_features
 from datamodules.generated_instructions import GeneratedInstructionsConfig, generate_instructions
 from datamodules.instructions import InstructionPair, read_instructions, write_instructions
 from datamodules.quality import SkipLog, text_problem
 from datamodules.voices import DEFAULT_VOICES, Speaker, get_voice, speak
+from lightning_most.audio.features import FeatureConfig
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 EVAL_SPLITS: tuple[str, ...] = ("dev", "test")

@@ -169,7 +169,7 @@ def load_dense(src: str | Path, num_audio_units: int = 500, audio_feature_dim: i
     """(config, backbone state dict) of a dense source: a Hugging Face Llama folder or a Lightning checkpoint."""
     src = Path(src)
     if src.is_dir():
-        from lightning_most.checkpoints import config_from_hf, hf_state_dict
+        from lightning_most.convert import config_from_hf, hf_state_dict
 
         config = config_from_hf(src, num_audio_units, audio_feature_dim, "mamoe", text_vocab_size)
         return config, hf_state_dict(src, config)
@@ -187,7 +187,7 @@ def load_dense(src: str | Path, num_audio_units: int = 500, audio_feature_dim: i
 
 def config_yaml(config: ModelConfig, init_from: Path, command: str) -> str:
     """A fit config fragment: the preset, the backbone_overrides of the upcycled model, and init_from."""
-    from lightning_most.checkpoints import preset_overrides
+    from lightning_most.convert import preset_overrides
 
     preset, overrides = preset_overrides(config)
     return "\n".join([
