@@ -35,9 +35,9 @@ import tempfile
 import time
 
 import torch
+from lightning_most.checkpoints import config_from_hf, hf_state_dict
 
 from lightning_most.backbone import MoSTBackbone, next_token_loss
-from lightning_most.checkpoints import config_from_hf, hf_state_dict
 from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.layouts import IGNORE_INDEX
 

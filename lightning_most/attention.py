@@ -36,7 +36,13 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 
 
 def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = None) -> tuple[Tensor, float]:
-    """Inverse frequencies (D/2,) and the cos/sin multiplier of plain, YaRN or Llama-3 RoPE (as transformers does)."""
+    """Inverse frequencies (D/2,) and the cos/sin multiplier of plain, YaRN or Llama-3 RoPE.
+
+    The frequencies are transformers'; YaRN's multiplier is DeepSeek-V2's (modeling_deepseek.py,
+    `DeepseekV2YarnRotaryEmbedding`): yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim), with
+    mscale = 1 and mscale_all_dim = 0 when absent, unless the config gives `attention_factor` itself.
+    transformers agrees when both or neither of mscale / mscale_all_dim are given, not when one is.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (D/2,)
     if scaling is None:
         return inv_freq, 1.0
@@ -59,11 +65,10 @@ def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = No
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / ((high - low) or 1e-3)).clamp(0, 1)  # (D/2,)
     inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
     attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
+    if attention_factor is None:  # DeepSeek-V2's rule; absent keys take its defaults mscale=1, mscale_all_dim=0
         mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        attention_factor = yarn_mscale(factor)
-        if mscale and mscale_all_dim:
-            attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+        mscale, mscale_all_dim = 1.0 if mscale is None else mscale, 0.0 if mscale_all_dim is None else mscale_all_dim
+        attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
     return inv_freq, attention_factor
 
 
@@ -125,10 +130,15 @@ class KVCache:
                 layer.tensors = tuple(t.index_select(0, index) for t in layer.tensors)
 
 
+LATENT_NORM_EPS = 1e-6
+"""eps of MLA's q_a / kv_a latent norms: DeepSeek-V2 builds them with its RMSNorm's default, whatever the model's
+`rms_norm_eps` (modeling_deepseek.py and transformers' DeepseekV2Attention alike)."""
+
+
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2 MLA: keys/values from a shared low-rank latent; the cache holds the latent and rope key."""
 
-    def __init__(self, hidden_size: int, config: AttentionConfig, eps: float) -> None:
+    def __init__(self, hidden_size: int, config: AttentionConfig) -> None:
         super().__init__()
         c = config
         self.num_heads, self.nope, self.rope, self.v_dim = c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
@@ -138,10 +148,10 @@ class MultiHeadLatentAttention(nn.Module):
             self.q_proj = nn.Linear(hidden_size, q_width, bias=False)
         else:
             self.q_a_proj = nn.Linear(hidden_size, c.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(c.q_lora_rank, eps)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
             self.q_b_proj = nn.Linear(c.q_lora_rank, q_width, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(hidden_size, c.kv_lora_rank + self.rope, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, eps)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_heads * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(c.num_heads * self.v_dim, hidden_size, bias=False)
         self.rotary = RotaryEmbedding(self.rope, c.rope_theta, c.rope_scaling)
@@ -206,10 +216,10 @@ class GroupedQueryAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
-def build_attention(hidden_size: int, config: AttentionConfig, eps: float) -> nn.Module:
+def build_attention(hidden_size: int, config: AttentionConfig) -> nn.Module:
     """The attention module named by `config.kind`."""
     if config.kind == "mla":
-        return MultiHeadLatentAttention(hidden_size, config, eps)
+        return MultiHeadLatentAttention(hidden_size, config)
     return GroupedQueryAttention(hidden_size, config)
 
 

@@ -8,7 +8,9 @@ Forward pass of `MoEBlock` on N = B*T tokens of width d, E routed experts, top-k
    in-group scores are NOT renormalised, so a token's routed weights sum to its probability mass on
    its own group (< 1); the aux loss sees these masked scores. `group_renormalized`: softmax over the
    group's logits only, weights of the group sum to 1. `vanilla` uses no mask.
-3. Top-k inside the group; the chosen scores are the combination weights.
+3. Top-k inside the group; the chosen scores are the combination weights, times `routed_scaling_factor`, or
+   with `norm_topk_prob` divided by their sum instead (DeepSeek-V2). A top_k larger than the group fills
+   the extra slots with off-group experts at weight 0, as the official release does.
 4. Dropless dispatch: the N*k (token, expert) pairs are sorted by expert, every expert runs once on
    its contiguous slice (one grouped GEMM where torch has `_grouped_mm`), outputs are weighted and
    scattered back with `index_add_`. No Python loop over tokens.
@@ -157,7 +159,7 @@ class RoutedExperts(nn.Module):
 class RoutingStats:
     """Routing of one MoE layer in one forward pass (detached, for logging)."""
 
-    expert_load: Tensor  # (M, E) number of (token, expert) assignments per modality
+    expert_load: Tensor  # (M, E) number of (token, in-group expert) assignments per modality
     entropy: Tensor  # (M,) mean entropy (nats) of the in-group routing distribution per modality
     tokens: Tensor  # (M,) number of (non-padding) tokens per modality
 
@@ -179,16 +181,20 @@ class ModalityAwareRouter(nn.Module):
         self.register_buffer("group_mask", group_mask, persistent=False)
 
     def forward(self, h: Tensor, modality_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h (N, d), modality_ids (N,) -> expert indices (N, k), weights (N, k), gate scores (N, E)."""
+        """h (N, d), modality_ids (N,) -> expert indices (N, k), combination weights (N, k), gate scores (N, E)."""
         logits = F.linear(h.float(), self.weight.float())  # (N, E), fp32 for a stable softmax
         allowed = self.group_mask[modality_ids]  # (N, E)
         if self.config.gate == "group_renormalized":
             scores = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (N, E), 0 off-group
         else:
             scores = logits.softmax(dim=-1).masked_fill(~allowed, 0.0)  # (N, E), not renormalised
-        # Off-group experts get -1 so top-k never picks them, even when an in-group score underflows to 0.
+        # Off-group experts get -1 so top-k never picks them, even when an in-group score underflows to 0; with
+        # top_k larger than the group they fill the extra slots, at weight 0 (the official release's zeros).
         weights, indices = torch.topk(scores.masked_fill(~allowed, -1.0), self.config.top_k, dim=-1)  # (N, k)
-        return indices, weights, scores
+        weights = weights.clamp(min=0.0)  # (N, k)
+        if self.config.norm_topk_prob and self.config.top_k > 1:  # DeepSeek-V2: renormalise, no routed scaling
+            return indices, weights / (weights.sum(dim=-1, keepdim=True) + 1e-20), scores
+        return indices, weights * self.config.routed_scaling_factor, scores
 
 
 def load_balancing_loss(scores: Tensor, indices: Tensor, valid: Tensor, alpha: float) -> Tensor:
@@ -241,9 +247,7 @@ class MoEBlock(nn.Module):
         counts = torch.zeros(E, dtype=torch.long, device=h.device).index_add_(
             0, expert_of_pair, torch.ones_like(expert_of_pair)
         )  # (E,) pairs per expert (bincount's output size is data-dependent, which breaks compiled graphs)
-        pair_weight = weights.reshape(-1)[order]  # (N*k,) gate weight of each sorted pair
-        if self.config.routed_scaling_factor != 1.0:
-            pair_weight = pair_weight * self.config.routed_scaling_factor
+        pair_weight = weights.reshape(-1)[order]  # (N*k,) combination weight of each sorted pair
         expert_out = self.experts(flat[token_of_pair], counts, pair_weight)  # (N*k, d), already weighted
         routed = expert_out.new_zeros(flat.shape).index_add_(0, token_of_pair, expert_out)  # (N, d)
 
@@ -262,8 +266,8 @@ class MoEBlock(nn.Module):
         k = indices.shape[-1]
         m_valid = torch.where(valid, modality_ids, M)  # padding goes to an extra row that is dropped
         load = torch.zeros(M + 1, E, device=scores.device)
-        ones = torch.ones(indices.numel(), device=scores.device)
-        load.index_put_((m_valid.repeat_interleave(k), indices.reshape(-1)), ones, accumulate=True)
+        in_group = self.router.group_mask[modality_ids].gather(1, indices)  # (N, k) False on weight-0 extra slots
+        load.index_put_((m_valid.repeat_interleave(k), indices.reshape(-1)), in_group.reshape(-1).float(), accumulate=True)
         p = scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-20)  # (N, E) in-group distribution
         entropy = -(p * p.clamp(min=1e-20).log()).sum(dim=-1)  # (N,)
         tokens = torch.zeros(M + 1, device=scores.device).index_add_(0, m_valid, torch.ones_like(entropy))
