@@ -4,7 +4,7 @@
     python bench/train_step_vs_transformers.py --shapes tiny --no-compile --rounds 3
 
 A step is forward + next-token loss + backward on a text-only batch (no optimizer step). transformers'
-model is built from a DeepseekV2Config, saved, and converted by `lightning_most.checkpoints` into our
+model is built from a DeepseekV2Config, saved, and converted by `lightning_most.convert` into our
 backbone (MoE variant `vanilla`: no modality mask, so both route every token over all experts and
 compute the same function; the script reports the largest difference of their text logits). Ours also
 computes its aux loss and routing statistics (transformers' model has neither), and its loss is over the
@@ -35,7 +35,7 @@ import tempfile
 import time
 
 import torch
-from lightning_most.checkpoints import config_from_hf, hf_state_dict
+from lightning_most.convert import config_from_hf, hf_state_dict
 
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.compile import CompileConfig, compile_backbone
