@@ -35,10 +35,10 @@ import tempfile
 import time
 
 import torch
-from lightning_most.convert import config_from_hf, hf_state_dict
 
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.compile import CompileConfig, compile_backbone
+from lightning_most.convert import config_from_hf, hf_state_dict
 from lightning_most.layouts import IGNORE_INDEX
 
 SHAPES = {
@@ -161,9 +161,10 @@ def bench_shape(shape: str, rounds: int, compile_: bool) -> dict:
 
 def peak_rss(shape: str, impl: str) -> int:
     """Peak RSS (KiB) of a child process that builds `impl` at `shape` and runs two training steps."""
+    command = [sys.executable, __file__, "--memory-child", impl, "--shapes", shape,
+               "--threads", str(torch.get_num_threads())]
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", impl, "--shapes", shape, "--threads", str(torch.get_num_threads())],
-        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     return int(out.stdout.strip().splitlines()[-1])
 
