@@ -293,7 +293,6 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("no GPU here: give --smoke (tiny CPU shapes) or run on a GPU")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
     run = SMOKE if args.smoke else FULL
     clock = Clock(device)
     dtype = torch.float32 if args.smoke else torch.bfloat16
