@@ -14,10 +14,11 @@ pairs, enough for a 95% interval of about +-5 points on accuracy):
 - ``<out_root>/syntactic/dev``: sBLIMP-style minimal pairs from templates, number forms from ``inflect``:
   subject-verb agreement, agreement across a prepositional phrase (attractor), determiner-noun
   agreement, be-agreement and reflexive agreement.
-- ``<out_root>/sStoryCloze`` and ``<out_root>/tStoryCloze``: real multi-sentence fortunes; the context
+- ``<out_root>/sStoryCloze`` and ``<out_root>/tStoryCloze``: real multi-sentence fortunes of the split
+  held out of the pretraining text (``datamodules/text_corpus.py``); the context
   is all but the last sentence, the correct ending the last sentence, the incorrect one the ending of
   another fortune: of the same fortune category (sStoryCloze: same register, harder) or of another
-  category (tStoryCloze: topic change); fortunes of 2-5 sentences, at most 40 words. Fortunes sharing
+  category (tStoryCloze: topic change); fortunes of 2-5 sentences, at most 30 words. Fortunes sharing
   a sentence with ``exclude_text_files`` (the training text: give the corpus's train jsonl / cut
   manifests) are held out of the sets.
 
@@ -35,6 +36,7 @@ import gzip
 import hashlib
 import json
 import random
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -281,14 +283,18 @@ def training_sentences(files: Sequence[str]) -> set[str]:
 
 
 def fortune_stories(excluded: set[str]) -> list[tuple[str, list[str]]]:
-    """(category, sentences) of fortunes of 2-5 speakable sentences (<= 40 words) sharing no sentence with `excluded`."""
+    """(category, sentences) of held-out fortunes (`text_corpus.fortune_split`, never in the pretraining text) of 2-5
+    speakable sentences (<= 30 words) sharing no sentence with `excluded`."""
     from datamodules.sentences import fortune_files, is_speakable, read_fortunes, split_sentences
+    from datamodules.text_corpus import fortune_split
 
     stories = []
     for path in fortune_files():
         for fortune in read_fortunes(path):
             sentences = split_sentences(fortune)
-            if not 2 <= len(sentences) <= 5 or sum(len(s.split()) for s in sentences) > 40:
+            if not 2 <= len(sentences) <= 5 or sum(len(s.split()) for s in sentences) > 30:
+                continue
+            if fortune_split(fortune) != "held_out":
                 continue
             if all(is_speakable(s, 2, 25) for s in sentences) and not any(
                 " ".join(s.lower().split()) in excluded for s in sentences
@@ -369,11 +375,13 @@ def build_story_cloze(out_root: Path, config: SpokenLmMiniatureConfig, rng: rand
     s_dir, t_dir = out_root / "sStoryCloze", out_root / "tStoryCloze"
     voice, jobs = config.voices[0], []
     excluded = training_sentences(config.exclude_text_files)
-    for index, (correct, same_register, off_topic) in enumerate(story_pairs(config.num_story_pairs, rng, excluded)):
-        for directory, negative in ((s_dir, same_register), (t_dir, off_topic)):
-            jobs += [(correct, directory / f"{index}_correct.wav", voice),
-                     (negative, directory / f"{index}_incorrect.wav", voice)]
+    pairs = story_pairs(config.num_story_pairs, rng, excluded)
+    for index, (correct, same_register, off_topic) in enumerate(pairs):
+        jobs += [(correct, s_dir / f"{index}_correct.wav", voice), (same_register, s_dir / f"{index}_incorrect.wav", voice),
+                 (off_topic, t_dir / f"{index}_incorrect.wav", voice)]
     _speak_all(jobs, config.num_jobs)
+    for index in range(len(pairs)):  # the same correct story in both sets: spoken once
+        shutil.copyfile(s_dir / f"{index}_correct.wav", t_dir / f"{index}_correct.wav")
     return s_dir, t_dir
 
 
@@ -411,8 +419,6 @@ def build_spoken_lm_sets(cache_dir: str | Path, config: SpokenLmMiniatureConfig 
         return target
     scratch = target.with_name(f".{target.name}-building")
     if scratch.exists():
-        import shutil
-
         shutil.rmtree(scratch)
     build_spoken_lm_miniature(scratch, config)
     scratch.rename(target)
