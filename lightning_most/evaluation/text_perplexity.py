@@ -56,9 +56,9 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
                 continue
             record = json.loads(line)
             text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise ValueError(f"line {line_no} of {path} has no string \"text\"")
-            texts.append(text)
+            if text is None or not text.strip():
+                raise ValueError(f"line {line_no} of {path} has no \"text\"")
+            texts.append(str(text))
             if limit is not None and len(texts) == limit:
                 break
     if not texts:
