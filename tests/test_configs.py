@@ -68,7 +68,8 @@ def test_wrong_key_or_type_fails_with_a_clear_message(capsys) -> None:
 
 
 def test_feature_width_mismatch_fails_before_training(tmp_path) -> None:
-    from datamodules import FeatureConfig, MostDataModule, SourceConfig
+    from datamodules import MostDataModule, SourceConfig
+    from lightning_most.audio import FeatureConfig
     from lightning_most.config import build_config
     from lightning_most.stages.base import check_data_fits_model
 

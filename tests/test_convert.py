@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.config import PRESETS, build_config
 from lightning_most.convert import (
     CheckpointError,
     config_from_hf,
@@ -27,7 +28,6 @@ from lightning_most.convert import (
     main,
     preset_overrides,
 )
-from lightning_most.config import PRESETS, build_config
 from lightning_most.stages.base import StageModule
 
 transformers = pytest.importorskip("transformers")
@@ -98,12 +98,34 @@ def _max_logit_difference(hf_model: torch.nn.Module, backbone: MoSTBackbone, T: 
         pytest.param({}, id="lite-like"),  # q_proj, plain RoPE
         pytest.param({"q_lora_rank": 12, "routed_scaling_factor": 2.0, "rope_parameters": YARN}, id="q-lora-yarn"),
         pytest.param({"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 2}, id="all-groups"),
+        # The q_a / kv_a latent norms keep eps 1e-6 whatever rms_norm_eps is (a large eps makes a wrong one show).
+        pytest.param({"q_lora_rank": 12, "rms_norm_eps": 0.5}, id="latent-norm-eps"),
     ],
 )
 def test_deepseek_v2_logits_match_transformers(tmp_path: Path, overrides: dict) -> None:
     hf_model = _save_deepseek(tmp_path / "hf", **overrides)
     backbone = _converted(tmp_path / "hf", tmp_path / "backbone.pt")
     assert _max_logit_difference(hf_model, backbone) < TOLERANCE
+
+
+def test_norm_topk_prob_converts_to_deepseeks_renormalised_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """norm_topk_prob=True maps to `moe.norm_topk_prob`. transformers 5.24's DeepseekV2TopkRouter ignores the flag,
+    so the reference is that router with DeepSeek-V2's renormalisation added (weights / (sum + 1e-20); the routed
+    scaling factor cancels out of the ratio)."""
+    router = transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2TopkRouter
+    plain_forward = router.forward
+
+    def renormalised_forward(self, hidden_states):
+        logits, weights, indices = plain_forward(self, hidden_states)
+        return logits, weights / (weights.sum(dim=-1, keepdim=True) + 1e-20), indices
+
+    monkeypatch.setattr(router, "forward", renormalised_forward)
+    hf_model = _save_deepseek(tmp_path / "hf", norm_topk_prob=True, routed_scaling_factor=2.0, num_experts_per_tok=3)
+    backbone = _converted(tmp_path / "hf", tmp_path / "backbone.pt")
+    assert backbone.config.moe.norm_topk_prob
+    assert _max_logit_difference(hf_model, backbone) < TOLERANCE
+    monkeypatch.setattr(router, "forward", plain_forward)  # the unnormalised gate gives other logits
+    assert _max_logit_difference(hf_model, backbone) > 100 * TOLERANCE
 
 
 @pytest.mark.parametrize("rope", [None, LLAMA3], ids=["plain-rope", "llama3-rope"])
@@ -239,13 +261,11 @@ def _edit_config(folder: Path, **changes) -> None:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"norm_topk_prob": True}, "norm_topk_prob=True is not supported"),
         ({"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1}, "topk_method='group_limited_greedy'"),
         ({"topk_method": "noaux_tc"}, "topk_method='noaux_tc'"),
         ({"scoring_func": "sigmoid"}, "scoring_func='sigmoid'"),
         ({"moe_layer_freq": 2}, "moe_layer_freq=2"),
         ({"attention_bias": True}, "attention_bias=True"),
-        ({"rms_norm_eps": 1e-5}, "rms_norm_eps=1e-05"),
         ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}, "rope type 'dynamic'"),
         ({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}, "MixtralForCausalLM"),
     ],

@@ -7,7 +7,7 @@ prints the Markdown table. Data, when not given:
     asr, tts    the embedded corpus test split (`--corpus_dir`, default data/embedded)
     spoken_lm   the miniature sWUGGY / sBLIMP / sStoryCloze / tStoryCloze sets, built once into `--cache_dir`
     spoken_qa   the miniature spoken QA set, built once into `--cache_dir`
-    text        perplexity on the fortunes' held-out dev split (`datamodules/text_corpus.py`, built into data/text)
+    text        perplexity on the fortunes' held-out dev split (`lightning_most/text_corpus.py`, written into data/text)
 
 Every input is resolved (files checked, miniatures built, judge loaded) before the model runs.
 """
@@ -57,8 +57,11 @@ from lightning_most.evaluation.spoken_qa import (
 from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
 from lightning_most.evaluation.text_perplexity import TextPerplexityConfig, evaluate_text_perplexity, read_texts
 from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
+from lightning_most.text_corpus import DEFAULT_TEXT_DIR, prepare_text_corpus
 
 SUITES = ("asr", "tts", "spoken_lm", "spoken_qa", "text")
+EMBEDDED_TEST_CUTS = "embedded_cuts_test.jsonl.gz"
+"""The test split's manifest in a corpus folder written by `prepare` (checked against `datamodules.embedded`)."""
 STORY_SETS = ("sStoryCloze", "tStoryCloze")
 
 
@@ -113,9 +116,7 @@ def parse_suites(value: str) -> list[str]:
 def load_cuts(manifest: str | None, corpus_dir: str, option: str, limit: int | None) -> tuple[str, CutSet]:
     """(name, cuts) of a manifest, or of the embedded test split when `manifest` is None."""
     if manifest is None:
-        from datamodules.embedded import corpus_paths
-
-        path = corpus_paths(corpus_dir).cuts["test"]
+        path = Path(corpus_dir) / EMBEDDED_TEST_CUTS
         if not path.is_file():
             raise CommandError(
                 f"the embedded test split {path} does not exist: build the corpus with "
@@ -196,13 +197,8 @@ def spoken_qa_set(args: argparse.Namespace, cache_dir: Path) -> QaSet:
 
 
 def held_out_texts(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """(name, texts) of --text_jsonl, or of the fortunes' held-out dev split (built into data/text if missing)."""
-    if args.text_jsonl:
-        path = Path(args.text_jsonl)
-    else:
-        from datamodules.text_corpus import prepare_text_corpus
-
-        path = prepare_text_corpus("data/text")["dev"]
+    """(name, texts) of --text_jsonl, or of the fortunes' held-out dev split (written into data/text if missing)."""
+    path = Path(args.text_jsonl) if args.text_jsonl else prepare_text_corpus(DEFAULT_TEXT_DIR)["dev"]
     name = path.name.removesuffix(".gz").removesuffix(".jsonl")
     return name, read_texts(path, args.max_texts)
 

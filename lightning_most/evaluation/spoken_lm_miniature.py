@@ -15,7 +15,7 @@ pairs, enough for a 95% interval of about +-5 points on accuracy):
   subject-verb agreement, agreement across a prepositional phrase (attractor), determiner-noun
   agreement, be-agreement and reflexive agreement.
 - ``<out_root>/sStoryCloze`` and ``<out_root>/tStoryCloze``: real multi-sentence fortunes of the split
-  held out of the pretraining text (``datamodules/text_corpus.py``); the context
+  held out of the pretraining text (``stories_jsonl``, written by ``datamodules/text_corpus.py``); the context
   is all but the last sentence, the correct ending the last sentence, the incorrect one the ending of
   another fortune: of the same fortune category (sStoryCloze: same register, harder) or of another
   category (tStoryCloze: topic change); fortunes of 2-5 sentences, at most 30 words. Fortunes sharing
@@ -36,6 +36,7 @@ import gzip
 import hashlib
 import json
 import random
+import re
 import shutil
 import time
 from collections import Counter
@@ -48,8 +49,12 @@ import inflect
 import wordfreq
 
 from lightning_most.evaluation.offline_speech import OfflineVoice, speak
+from lightning_most.text_corpus import DEFAULT_TEXT_DIR, prepare_text_corpus
 
 LEXICAL_COLUMNS = ("filename", "id", "voice", "frequency", "word", "phones", "correct")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_SPEAKABLE = re.compile(r"[A-Z][A-Za-z ,;'-]*[a-z][.!?]")
+"""Sentences a voice reads as written (the embedded corpus's rule: plain letters, light punctuation, no digits)."""
 SYNTACTIC_COLUMNS = ("filename", "voice", "type", "subtype", "id", "correct", "transcription")
 
 ARPABET_TO_ESPEAK = {
@@ -97,6 +102,9 @@ class SpokenLmMiniatureConfig:
     """Voices of sentences and stories (default flite rms, a voice of the embedded corpus's training speakers)."""
     lexical_voices: list[OfflineVoice] = field(default_factory=lambda: [OfflineVoice("espeak-ng", "en-us")])
     """Voices of the lexical set: espeak-ng only (they speak phonemes)."""
+    stories_jsonl: str | None = None
+    """Held-out fortunes the stories are made from; None = data/text/text_held_out.jsonl.gz, written if missing
+    (`lightning_most.text_corpus`)."""
     exclude_text_files: list[str] = field(default_factory=list)
     """Training text (jsonl(.gz) with "text", or lhotse cut/supervision manifests): stories sharing a sentence
     with it are left out."""
@@ -282,30 +290,32 @@ def training_sentences(files: Sequence[str]) -> set[str]:
     return texts
 
 
-def fortune_stories(excluded: set[str]) -> list[tuple[str, list[str]]]:
-    """(category, sentences) of held-out fortunes (`text_corpus.fortune_split`, never in the pretraining text) of 2-5
-    speakable sentences (<= 30 words) sharing no sentence with `excluded`."""
-    from datamodules.sentences import fortune_files, is_speakable, read_fortunes, split_sentences
-    from datamodules.text_corpus import fortune_split
-
+def fortune_stories(stories_jsonl: str | Path, excluded: set[str]) -> list[tuple[str, list[str]]]:
+    """(category, sentences) of the held-out fortunes in `stories_jsonl` of 2-5 speakable sentences (<= 30 words)
+    sharing no sentence with `excluded`."""
+    path = Path(stories_jsonl)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"stories_jsonl {path} does not exist: give a .jsonl(.gz) of {{\"text\", \"category\"}} lines, or leave it "
+            "unset for the fortunes' held-out split"
+        )
     stories = []
-    for path in fortune_files():
-        for fortune in read_fortunes(path):
-            sentences = split_sentences(fortune)
-            if not 2 <= len(sentences) <= 5 or sum(len(s.split()) for s in sentences) > 30:
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            sentences = [x.strip() for x in _SENTENCE_END.split(record["text"].replace('"', "")) if x.strip()]
+            if not 2 <= len(sentences) <= 5 or sum(len(x.split()) for x in sentences) > 30:
                 continue
-            if fortune_split(fortune) != "held_out":
-                continue
-            if all(is_speakable(s, 2, 25) for s in sentences) and not any(
-                " ".join(s.lower().split()) in excluded for s in sentences
+            if all(_SPEAKABLE.fullmatch(x) and len(x.split()) >= 2 for x in sentences) and not any(
+                " ".join(x.lower().split()) in excluded for x in sentences
             ):
-                stories.append((path.name, sentences))
+                stories.append((record.get("category", ""), sentences))
     return stories
 
 
-def story_pairs(num_pairs: int, rng: random.Random, excluded: set[str]) -> list[tuple[str, str, str]]:
+def story_pairs(num_pairs: int, rng: random.Random, stories_jsonl: str | Path, excluded: set[str]) -> list[tuple[str, str, str]]:
     """(correct story, same-category swapped ending, other-category swapped ending) for ``num_pairs`` fortunes."""
-    stories = fortune_stories(excluded)
+    stories = fortune_stories(stories_jsonl, excluded)
     by_category: dict[str, list[int]] = {}
     for i, (category, _) in enumerate(stories):
         by_category.setdefault(category, []).append(i)
@@ -375,7 +385,8 @@ def build_story_cloze(out_root: Path, config: SpokenLmMiniatureConfig, rng: rand
     s_dir, t_dir = out_root / "sStoryCloze", out_root / "tStoryCloze"
     voice, jobs = config.voices[0], []
     excluded = training_sentences(config.exclude_text_files)
-    pairs = story_pairs(config.num_story_pairs, rng, excluded)
+    stories_jsonl = config.stories_jsonl or prepare_text_corpus(DEFAULT_TEXT_DIR)["held_out"]
+    pairs = story_pairs(config.num_story_pairs, rng, stories_jsonl, excluded)
     for index, (correct, same_register, off_topic) in enumerate(pairs):
         jobs += [(correct, s_dir / f"{index}_correct.wav", voice), (same_register, s_dir / f"{index}_incorrect.wav", voice),
                  (off_topic, t_dir / f"{index}_incorrect.wav", voice)]
@@ -433,12 +444,15 @@ def main(argv: list[str] | None = None) -> Path:
                         help="pairs of sWUGGY and sBLIMP")
     parser.add_argument("--story_pairs", type=int, default=SpokenLmMiniatureConfig.num_story_pairs,
                         help="pairs of each StoryCloze set")
+    parser.add_argument("--stories_jsonl", default=SpokenLmMiniatureConfig.stories_jsonl,
+                        help="held-out fortunes (default: the fortunes' held-out split, written if missing)")
     parser.add_argument("--exclude", nargs="*", default=[], help="training text files the stories must not share")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         config = SpokenLmMiniatureConfig(num_lexical_pairs=args.pairs, num_syntactic_pairs=args.pairs,
-                                         num_story_pairs=args.story_pairs, exclude_text_files=args.exclude, seed=args.seed)
+                                         num_story_pairs=args.story_pairs, stories_jsonl=args.stories_jsonl,
+                                         exclude_text_files=args.exclude, seed=args.seed)
         root = build_spoken_lm_sets(args.cache_dir, config)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))

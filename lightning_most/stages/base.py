@@ -26,15 +26,18 @@ from torchmetrics.text import WordErrorRate
 
 from lightning_most.audio import build_vocoder
 from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.batch import IGNORE_INDEX, TASKS
 from lightning_most.beam_search import beam_search
+from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.config import AttentionOverrides, ModelConfig, ModelOverrides, MoEOverrides, build_config
 from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.generation import generate, prompts_from_batch
-from lightning_most.layouts import IGNORE_INDEX, TASKS, collate, tts_example
+from lightning_most.layouts import collate, tts_example
 from lightning_most.parallel import apply_fsdp2, reshard_after_evaluation, unshard_for_evaluation
 from lightning_most.positions import audio_scaled_positions, decoding_positions
 from lightning_most.routing_logging import log_routing
+from lightning_most.safe_loading import load_checkpoint
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 from lightning_most.word_lm import LexiconTrie, WordLMConfig, WordLMFusion, WordNgramLM
 
@@ -59,6 +62,7 @@ class OptimizerConfig:
 # Checkpoints carry these config classes in their hyperparameters: let torch's weights_only loading
 # (the default of torch.load, used by sharded FSDP2 resumes) rebuild them without unpickling code.
 torch.serialization.add_safe_globals([OptimizerConfig, ModelOverrides, MoEOverrides, AttentionOverrides, WordLMConfig])
+torch.serialization.add_safe_globals([CompileConfig])
 
 
 class StageModule(pl.LightningModule):
@@ -84,6 +88,7 @@ class StageModule(pl.LightningModule):
         asr_ctc_decoding_weight: float = 0.0,
         asr_beam_size: int = 1,
         asr_word_lm: WordLMConfig | None = None,
+        compile: CompileConfig | None = None,
     ) -> None:
         """Build the stage.
 
@@ -118,6 +123,7 @@ class StageModule(pl.LightningModule):
             asr_word_lm: a word n-gram LM and lexicon fused into the ASR beam search (`lightning_most.word_lm`;
                 byte tokenizer only), counted in `setup` on its `text_files` (empty: the data module's training
                 text, then recorded there); None = none.
+            compile: `torch.compile` of each decoder block (`lightning_most.compile`); None = eager.
     """
         super().__init__()
         if asr_word_lm is not None and tokenizer != "byte":
@@ -166,6 +172,7 @@ class StageModule(pl.LightningModule):
         if not 0 <= asr_length_jitter < 1:
             raise ValueError(f"asr_length_jitter must lie in [0, 1), got {asr_length_jitter}")
         self.backbone: MoSTBackbone | None = None
+        self._weights_from_checkpoint = False  # set when loading a checkpoint: init_from is then not read
         # `*_ctc`: greedy CTC transcripts of the audio encoder's head (with `audio_encoder.ctc_head`).
         self.wer = torch.nn.ModuleDict({k: WordErrorRate() for k in ("val", "test", "val_ctc", "test_ctc")})
         # "{stage}_{all | task | ctc}": token-mean losses of the epoch (`_log_evaluation`).
@@ -182,8 +189,9 @@ class StageModule(pl.LightningModule):
             return
         self.backbone = MoSTBackbone(self.config)
         self.backbone.activation_checkpointing = self.hparams.activation_checkpointing
-        if self.hparams.init_from:
+        if self.hparams.init_from and not self._weights_from_checkpoint:
             self._load_backbone_weights(self.hparams.init_from)
+        compile_backbone(self.backbone, self.hparams.compile or CompileConfig())
         mesh = self.device_mesh  # set by ModelParallelStrategy, None otherwise
         if mesh is not None:
             apply_fsdp2(self.backbone, mesh, precision=self.trainer.precision)
@@ -193,7 +201,7 @@ class StageModule(pl.LightningModule):
         if not file.is_file():
             raise FileNotFoundError(f"init_from={path}: no such checkpoint file")
         # Converted checkpoints (`python -m lightning_most convert`) hold tensors only; Lightning's also hold config.
-        state = torch.load(file, map_location="cpu", weights_only=file.suffix != ".ckpt")
+        state = load_checkpoint(file)
         weights = state.get("state_dict", state)
         weights = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")} or weights
         missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
@@ -581,6 +589,8 @@ class StageModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.audio_io = checkpoint.get("audio_io", {})
+        # The checkpoint's weights replace init_from's, whose file need not exist where the checkpoint is loaded.
+        self._weights_from_checkpoint = True
         self.configure_model()
 
 
