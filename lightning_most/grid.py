@@ -10,7 +10,7 @@ partition written by `python -m lightning_most partition`). `--sweep KEY=V1,V2` 
 with each value (the variant is then named `variant+KEY_TAIL=V`). Each run, one (variant, seed):
 
 1. `fit --config BASE --config VARIANT... --seed_everything SEED [sweep values] [args after --]`, logging
-   to `<out_dir>/runs/<variant>/seed<SEED>/tensorboard/version_0`;
+   to `<out_dir>/runs/<variant>/seed<SEED>/tensorboard/version_0` (the base config must save last.ckpt);
 2. `evaluate` of its last checkpoint on `--suites` (ASR WER with the configured decoding, TTS WER by the
    judge, spoken-LM pair accuracy, text perplexity on held-out text), and the ASR suite again with
    `--no_word_lm` (the model alone, without the external word LM);
@@ -127,13 +127,17 @@ def fit_command(base: str, variant: Variant, seed: int, run_dir: Path, extra: li
     ]
 
 
-def evaluate_commands(checkpoint: Path, run_dir: Path, spec: EvaluationSpec) -> dict[str, list[str]]:
+CHECKPOINT = "{checkpoint}"
+"""Placeholder of the evaluate commands for the fit's last checkpoint, found when the fit has ended."""
+
+
+def evaluate_commands(run_dir: Path, spec: EvaluationSpec) -> dict[str, list[str]]:
     """The evaluate commands of one run: the suites, and ASR without the word LM when asr is among them."""
     options = {"--corpus_dir": spec.corpus_dir, "--spoken_lm_root": spec.spoken_lm_root, "--text_jsonl": spec.text_jsonl,
                "--max_utterances": spec.max_utterances, "--miniature_pairs": spec.miniature_pairs,
                "--judge": spec.judge, "--batch_size": spec.batch_size, "--cache_dir": spec.cache_dir}
     common = [arg for key, value in options.items() if value is not None for arg in (key, str(value))]
-    base = [sys.executable, "-m", "lightning_most", "evaluate", "--ckpt", str(checkpoint), *common]
+    base = [sys.executable, "-m", "lightning_most", "evaluate", "--ckpt", CHECKPOINT, *common]
     commands = {"": [*base, "--suites", spec.suites, "--out_dir", str(run_dir / "eval")]}
     if "asr" in spec.suites.split(","):
         commands["asr_model_alone"] = [*base, "--suites", "asr", "--no_word_lm", "--out_dir", str(run_dir / "eval_model_alone")]
@@ -147,9 +151,8 @@ def plan_runs(base: str, variants: list[Variant], seeds: list[int], out_dir: Pat
     for variant in variants:
         for seed in seeds:
             run_dir = out_dir / "runs" / variant.name / f"seed{seed}"
-            checkpoint = run_dir / "tensorboard" / "version_0" / "checkpoints" / "last.ckpt"
             runs.append(RunSpec(variant.name, seed, str(run_dir), fit_command(base, variant, seed, run_dir, extra),
-                                evaluate_commands(checkpoint, run_dir, evaluation), threads))
+                                evaluate_commands(run_dir, evaluation), threads))
     return runs
 
 
@@ -181,6 +184,17 @@ def _run_logged(command: list[str], log: Path, threads: int) -> None:
         raise RuntimeError(f"`{' '.join(command[2:5])}` exited with {done.returncode}; see {log}")
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """The newest `last.ckpt` a fit wrote under run_dir (FileNotFoundError naming the log if there is none)."""
+    found = sorted(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"the fit wrote no last.ckpt under {run_dir}: keep a ModelCheckpoint(save_last=True) in the base config; "
+            f"see {run_dir / 'run.log'}"
+        )
+    return found[-1]
+
+
 def run_one(spec: RunSpec) -> dict:
     """Train and evaluate one run unless its result.json exists; return that result (read or written)."""
     run_dir = Path(spec.run_dir)
@@ -191,8 +205,10 @@ def run_one(spec: RunSpec) -> dict:
     log = run_dir / "run.log"
     start = time.perf_counter()
     _run_logged(spec.fit, log, spec.threads)
+    checkpoint = last_checkpoint(run_dir)
     metrics = {}
     for prefix, command in spec.evaluations.items():
+        command = [str(checkpoint) if arg == CHECKPOINT else arg for arg in command]
         _run_logged(command, log, spec.threads)
         out_dir = Path(command[command.index("--out_dir") + 1])
         metrics.update(report_metrics(out_dir / "evaluation.json", prefix))

@@ -66,13 +66,15 @@ def test_mean_and_t_interval() -> None:
 def _stand_in(run_dir: Path, wer: float) -> RunSpec:
     """A run whose fit writes a val/ scalar and whose evaluate writes an evaluation.json (fast stand-ins)."""
     tb = run_dir / "tensorboard" / "version_0"
-    write_events = ("from torch.utils.tensorboard import SummaryWriter; import sys; w = SummaryWriter(sys.argv[1]); "
-                    "w.add_scalar('val/loss', 2.5, 1); w.add_scalar('train/loss', 3.0, 1); w.close()")
+    write_events = ("from torch.utils.tensorboard import SummaryWriter; import pathlib, sys; w = SummaryWriter(sys.argv[1]); "
+                    "w.add_scalar('val/loss', 2.5, 1); w.add_scalar('train/loss', 3.0, 1); w.close(); "
+                    "c = pathlib.Path(sys.argv[1], 'checkpoints'); c.mkdir(); (c / 'last.ckpt').write_text('')")
     fit = [sys.executable, "-c", write_events, str(tb)]
     report = {"metrics": {"asr/embedded_cuts_test": {"wer": wer, "num_utterances": 3.0}}}
     write_report = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True); "
                     "(p / 'evaluation.json').write_text(sys.argv[2])")
-    evaluate = [sys.executable, "-c", write_report, str(run_dir / "eval"), json.dumps(report), "--out_dir", str(run_dir / "eval")]
+    evaluate = [sys.executable, "-c", write_report, str(run_dir / "eval"), json.dumps(report), "--ckpt", "{checkpoint}",
+                "--out_dir", str(run_dir / "eval")]
     return RunSpec("v", 0, str(run_dir), fit, {"": evaluate})
 
 
@@ -82,6 +84,8 @@ def test_run_one_records_metrics_and_skips_a_finished_run(tmp_path: Path) -> Non
     assert not result["skipped"]
     assert result["metrics"] == {"asr/embedded_cuts_test/wer": 0.25, "asr/embedded_cuts_test/num_utterances": 3.0,
                                  "val/loss": 2.5}
+    assert f"--ckpt {tmp_path / 'run' / 'tensorboard' / 'version_0' / 'checkpoints' / 'last.ckpt'}" in (
+        tmp_path / "run" / "run.log").read_text()  # the placeholder became the checkpoint the fit wrote
     spec.fit = [sys.executable, "-c", "raise SystemExit(3)"]  # would fail if it ran again
     again = run_one(spec)
     assert again["skipped"] and again["metrics"] == result["metrics"]
@@ -94,6 +98,10 @@ def test_failed_runs_are_counted_and_named(tmp_path: Path) -> None:
     assert "exited with 3" in result["error"] and str(tmp_path / "run" / "run.log") in result["error"]
     write_outputs([result, {"variant": "v", "seed": 1, "metrics": {"asr/x/wer": 0.5}}], tmp_path)
     assert "1 of 2 runs failed" in (tmp_path / "grid.md").read_text()
+    spec = _stand_in(tmp_path / "no_checkpoint", 0.25)
+    spec.fit = [sys.executable, "-c", "pass"]
+    [result] = launch([spec], "local", 1, tmp_path, {})
+    assert "wrote no last.ckpt" in result["error"]
 
 
 @pytest.mark.parametrize("launcher", ["local", "debug", "submitit_local"])
