@@ -22,6 +22,7 @@ Waveforms are mono float (S,) at 16 kHz, as in the protocols.
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from lightning_most.audio import (
 )
 from lightning_most.evaluation.protocols import SAMPLING_RATE
 from lightning_most.layouts import AUDIO, TEXT, Example, asr_example, collate, speech_instruct_example, tts_example
-from lightning_most.stages.base import StageModule
+from lightning_most.stages.base import LEGACY_HPARAMS, StageModule, upgrade_hparams
 from lightning_most.stages.stage1 import Stage1Module
 
 
@@ -108,6 +109,19 @@ def _stage_class(hparams: dict[str, Any], source: str) -> type[StageModule]:
     if not (isinstance(cls, type) and issubclass(cls, StageModule)):
         raise InferenceError(f"{source}: {class_path!r} is not a StageModule subclass")
     return cls
+
+
+def _upgraded(path: str | Path, header: dict[str, Any]) -> str | io.BytesIO:
+    """The checkpoint to load: `path`, or, if it was saved before the config groups (flat `asr_*` / `ctc_*`
+    hyperparameters), an in-memory copy with them moved into their groups (`stages.base.upgrade_hparams`)."""
+    if not LEGACY_HPARAMS.keys() & header["hyper_parameters"].keys():
+        return str(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint["hyper_parameters"] = upgrade_hparams(checkpoint["hyper_parameters"])
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
@@ -205,12 +219,12 @@ class MostInference:
             vocoder: a unit HiFi-GAN folder (config.json + generator.ckpt); None = Griffin-Lim over the units.
             audio_io: replaces the checkpoint's `audio_io` (for checkpoints saved without one).
             unit_quantizer: replaces the quantizer path of `audio_io` (when the corpus moved).
-            max_new_tokens: text decoding budget (default: the module's `asr_max_new_tokens`).
+            max_new_tokens: text decoding budget (default: the module's `asr_decoding.max_new_tokens`).
             max_units: unit decoding budget of synthesis (default: the module's `tts_max_new_tokens`).
             temperature: unit sampling temperature of synthesis (0 = greedy).
             top_k: sample units among the k most likely only.
             seed: seeds unit sampling.
-            word_lm: decode ASR with the checkpoint's `asr_word_lm` if it has one (False: without it).
+            word_lm: decode ASR with the checkpoint's `asr_decoding.word_lm` if it has one (False: without it).
         """
         header = read_checkpoint_header(path)
         stage = _stage_class(header["hyper_parameters"], str(path))
@@ -219,7 +233,7 @@ class MostInference:
             raw_audio_io["unit_quantizer"] = str(unit_quantizer)
         parsed = AudioIO.from_dict(raw_audio_io, str(path))
         try:
-            module = stage.load_from_checkpoint(str(path), map_location=device, weights_only=False)
+            module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=False)
         except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
             first = str(error).strip().splitlines()
             raise InferenceError(
@@ -229,11 +243,11 @@ class MostInference:
             ) from error
         module.to(device)
         if max_new_tokens is not None:
-            module.hparams.asr_max_new_tokens = max_new_tokens
+            module.asr_decoding.max_new_tokens = max_new_tokens
         if max_units is not None:
             module.hparams.tts_max_new_tokens = max_units
         if not word_lm:
-            module.hparams.asr_word_lm = None
+            module.asr_decoding.word_lm = None
         try:
             module.setup("predict")  # counts the word LM, if any, now: a moved text file fails here
         except (FileNotFoundError, ValueError) as error:
@@ -293,7 +307,7 @@ class MostInference:
         examples = [
             asr_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w)) for w in waveforms
         ]
-        return m.transcribe_batch(self._batch(examples))
+        return m.decoder.transcribe(self._batch(examples))
 
     def synthesize_units(self, texts: list[str]) -> list[Tensor]:
         """Units (T,) spoken for each text, greedy or sampled at `temperature`.
@@ -306,7 +320,8 @@ class MostInference:
         empty = torch.zeros(0, dtype=torch.long)
         examples = [tts_example(m.tokenizer.encode(t), empty, m.specials, m.config.text_vocab_size) for t in texts]
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        return m.units_for_batch(self._batch(examples), self.temperature, self.top_k, generator, self.audio_io.num_units)
+        return m.decoder.units(self._batch(examples), m.hparams.tts_max_new_tokens, self.audio_io.num_units,
+                               self.temperature, self.top_k, generator)
 
     def vocode(self, units: list[Tensor]) -> list[Tensor]:
         """16 kHz waveform (S,) of each unit sequence (T,)."""
@@ -360,7 +375,7 @@ class MostInference:
             speech_instruct_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w))
             for w in waveforms
         ]
-        return m.transcribe_batch(self._batch(examples))  # greedy text after the prompt, up to <eos>
+        return m.decoder.transcribe(self._batch(examples))  # greedy text after the prompt, up to <eos>
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
         """Spoken answer (S,) to each spoken question: the text answer, synthesized."""
