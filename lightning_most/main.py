@@ -50,6 +50,28 @@ def _run_extra(target: str, argv: list[str]) -> None:
     getattr(import_module(module_name), func)(argv)
 
 
+def data_feature_dim(data: pl.LightningDataModule) -> int | None:
+    """F of the data's `audio_features` (None when the data cannot say before reading its stored features)."""
+    try:
+        return getattr(data, "feature_dim", None)
+    except ValueError:  # kind='precomputed': set model.init_args.backbone_overrides.audio_feature_dim
+        return None
+
+
+class MostCLI(LightningCLI):
+    """LightningCLI whose model takes the data module's feature width, unit count and tokenizer (linked, not typed twice)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """Link `data.feature_dim` / `data.num_units` / `data.tokenizer` to the model's init arguments."""
+        links = {
+            "audio_feature_dim": data_feature_dim,
+            "num_audio_units": lambda data: getattr(data, "num_units", None),
+            "tokenizer": lambda data: getattr(data, "tokenizer", "byte"),
+        }
+        for target, compute in links.items():
+            parser.link_arguments("data", f"model.init_args.{target}", compute_fn=compute, apply_on="instantiate")
+
+
 def main(args: list[str] | None = None) -> LightningCLI | None:
     """Run the CLI on `args` (default: sys.argv[1:])."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -57,7 +79,7 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     if argv and argv[0] in commands:
         _run_extra(commands[argv[0]], argv[1:])
         return None
-    return LightningCLI(
+    return MostCLI(
         model_class=StageModule,
         datamodule_class=pl.LightningDataModule,
         subclass_mode_model=True,

@@ -161,8 +161,8 @@ def test_two_variants_two_seeds_end_to_end(tmp_path: Path) -> None:
         "--jobs", "2", "--out_dir", str(tmp_path / "grid"), "--suites", "asr,text", "--corpus_dir", str(corpus),
         "--max_utterances", "2", "--batch_size", "2",
         "--", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
-        "--data.init_args.corpus_dir", str(corpus), "--model.init_args.asr_max_new_tokens", "8",
-        "--model.init_args.asr_beam_size", "1", *TINY_CORPUS,
+        "--data.init_args.corpus_dir", str(corpus), "--model.init_args.asr_decoding.max_new_tokens", "8",
+        "--model.init_args.asr_decoding.beam_size", "1", *TINY_CORPUS,
     ]
     # The corpus is built once before the parallel runs (both would build it otherwise).
     from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus

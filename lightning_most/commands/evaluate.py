@@ -237,7 +237,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     results = {}
     if asr is not None:
-        print(f"ASR decoding: {inference.module.asr_decoding()}", flush=True)
+        print(f"ASR decoding: {inference.module.asr_decoding.describe()}", flush=True)
         results[f"asr/{asr[0]}"] = evaluate_asr(inference, asr[1], AsrConfig(batch_size=args.batch_size))
     if tts is not None:
         results[f"tts/{tts[0]}"] = evaluate_tts(

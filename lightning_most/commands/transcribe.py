@@ -29,7 +29,7 @@ def longest_audio_seconds(inference: MostInference) -> float:
     """The longest audio whose input frames and transcript budget fit the backbone's positions."""
     frames_per_second = inference.input_features(torch.zeros(SAMPLING_RATE)).shape[0]  # 1 s of silence
     prompt_tokens = 8  # <bos>, <audio_start>, <audio_end>, <asr>, ... (a few specials around the frames)
-    room = inference.module.config.max_position - inference.module.hparams.asr_max_new_tokens - prompt_tokens
+    room = inference.module.config.max_position - inference.module.asr_decoding.max_new_tokens - prompt_tokens
     return max(room, 0) / frames_per_second
 
 
@@ -50,7 +50,7 @@ def transcribe(args: argparse.Namespace) -> None:
             raise CommandError(
                 f"audio file {path} lasts {waveform.numel() / SAMPLING_RATE:.0f} s; this model transcribes at most "
                 f"{int(max_seconds)} s at once (its {inference.module.config.max_position} positions hold the audio frames "
-                f"and up to {inference.module.hparams.asr_max_new_tokens} transcript tokens): split it, e.g. "
+                f"and up to {inference.module.asr_decoding.max_new_tokens} transcript tokens): split it, e.g. "
                 f"`sox {path} part.wav trim 0 {int(max_seconds)} : newfile : restart`"
             )
     for start in range(0, len(waveforms), args.batch_size):

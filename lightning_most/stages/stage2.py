@@ -20,10 +20,11 @@ import logging
 import torch
 from torch import Tensor
 
+from lightning_most.batch import TASKS
+from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.evaluation.spoken_qa import exact_match
-from lightning_most.generation import generate, prompts_from_batch
-from lightning_most.layouts import TASKS
-from lightning_most.stages.base import StageModule, _select
+from lightning_most.stages.base import StageModule
+from lightning_most.stages.evaluation import select_rows
 
 log = logging.getLogger(__name__)
 QA_METRICS = {"speech_instruct": "spoken_qa_accuracy", "text_instruct": "text_qa_accuracy"}
@@ -72,7 +73,7 @@ class Stage2Module(StageModule):
             rows = (batch["task_ids"] == TASKS.index(task)).nonzero().flatten().tolist()
             if not rows:
                 continue
-            answers = self.answer_batch(_select(batch, rows))
+            answers = self.answer_batch(select_rows(batch, rows))
             correct = sum(exact_match(a, [batch["texts"][i]]) for a, i in zip(answers, rows))
             counts = self._qa_counts.setdefault(f"{stage}_{task}", torch.zeros(2, device=self.device))
             counts += torch.tensor([correct, len(rows)], dtype=counts.dtype, device=self.device)
