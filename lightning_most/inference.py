@@ -377,6 +377,11 @@ class MostInference:
         totals = (picked * is_unit).sum(dim=1)  # (B,)
         return [(float(total), int(u.numel())) for total, u in zip(totals.cpu(), units)]
 
+    @property
+    def answer_max_new_tokens(self) -> int:
+        """Decoding budget of an answer: a stage-2 checkpoint's `answer_max_new_tokens`, else the transcripts'."""
+        return int(self.module.hparams.get("answer_max_new_tokens") or self.module.asr_decoding.max_new_tokens)
+
     def answer_text(self, waveforms: list[Tensor]) -> list[str]:
         """Greedy text answer to each spoken question (S,) (the `SpokenQuestionAnswerer` protocol)."""
         if not waveforms:
@@ -386,7 +391,7 @@ class MostInference:
             speech_instruct_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w))
             for w in waveforms
         ]
-        return m.decoder.transcribe(self._batch(examples))  # greedy text after the prompt, up to <eos>
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_written(self, questions: list[str]) -> list[str]:
         """Greedy text answer to each written question (the text_instruct layout, prompt up to <answer>)."""
@@ -394,7 +399,7 @@ class MostInference:
             return []
         m = self.module
         examples = [text_instruct_example(m.tokenizer.encode(q), [], m.specials) for q in questions]
-        return m.decoder.transcribe(self._batch(examples))
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
         """Spoken answer (S,) to each spoken question: the text answer, synthesized."""

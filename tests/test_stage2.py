@@ -12,9 +12,12 @@ import soundfile
 import torch
 import yaml
 
-from lightning_most.layouts import IGNORE_INDEX, collate, speech_instruct_example, text_instruct_example
+from lightning_most.batch import IGNORE_INDEX
+from lightning_most.layouts import collate, speech_instruct_example, text_instruct_example
 from lightning_most.main import main
+from lightning_most.decoding import ASRDecodingConfig
 from lightning_most.stages import OptimizerConfig, Stage2Module
+from lightning_most.stages.losses import task_losses
 from tests.fixtures_checkpoint import TrainedRun
 
 pytest_plugins = ["tests.fixtures_checkpoint"]
@@ -43,7 +46,7 @@ def test_loss_falls_on_answer_tokens_only():
     module = _module()
     batch = _instruction_batch(module)
     logits = torch.randn(*batch["labels"].shape, module.config.vocab_size)
-    loss, per_task = module._task_losses(batch, logits)
+    loss, per_task = task_losses(logits, batch["labels"], batch["task_ids"])
     is_answer = batch["labels"] != IGNORE_INDEX
     first = int(is_answer[0].nonzero()[0])  # the position predicting the first answer token
     assert first == batch["prompt_lengths"][0] - 1
@@ -52,7 +55,7 @@ def test_loss_falls_on_answer_tokens_only():
     assert torch.equal(module._task_losses(batch, prompt_changed)[0], loss)
     relabelled = {**batch, "labels": batch["labels"].clone()}
     relabelled["labels"][0, 1] = IGNORE_INDEX  # a prompt position's label: stays out of the loss
-    assert torch.equal(module._task_losses(relabelled, logits)[0], loss)
+    assert torch.equal(task_losses(logits, relabelled["labels"], relabelled["task_ids"])[0], loss)
     answer_changed = logits.clone()
     answer_changed[0, first] += 5 * torch.randn_like(answer_changed[0, first])
     assert not torch.equal(module._task_losses(batch, answer_changed)[0], loss)
@@ -67,7 +70,7 @@ def test_a_few_steps_drive_a_fixed_instruction_batch_loss_down():
 
     def loss_now() -> float:
         with torch.no_grad():
-            return float(module._task_losses(batch, module(batch).logits)[0])
+            return float(task_losses(module(batch).logits, batch["labels"], batch["task_ids"])[0])
 
     before = loss_now()
     trainer = pl.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -203,3 +206,12 @@ def test_chat_bad_inputs_exit_2(stage2_run: Path, tmp_path: Path, capsys):
         code, _, err = _chat(args, capsys)
         assert code == 2, (args, err)
         assert message in err and err.startswith("error: "), err
+
+
+def test_answers_are_not_cut_by_the_transcripts_per_frame_cap():
+    """A written question has no audio frames: the ASR cap of `max_tokens_per_frame` must not cut its answer."""
+    module = _module(asr_decoding=ASRDecodingConfig(max_tokens_per_frame=1.0))
+    s, encode = module.specials, module.tokenizer.encode
+    batch = collate([text_instruct_example(encode("What is 7 plus 5?"), [], s)], s.pad)
+    answers = module.decoder.answer(batch, max_new_tokens=6)  # a random model (seed 0) does not say <eos> at once
+    assert len(answers) == 1 and len(encode(answers[0])) > 1
