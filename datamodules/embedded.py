@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from tqdm import tqdm
 
 from datamodules.units import QUANTIZER_FILE, UnitsConfig, fit_and_attach_units
 from lightning_most.audio.offline_voices import DEFAULT_VOICES, Speaker, get_voice, speak
@@ -187,11 +188,11 @@ def synthesize(root: Path, utterances: list[Utterance], num_jobs: int, chunk_siz
     jobs = [
         (root, group[i : i + chunk_size]) for group in by_speaker.values() for i in range(0, len(group), chunk_size)
     ]
-    done = 0
-    with ProcessPoolExecutor(max_workers=num_jobs) as pool:
+    with ProcessPoolExecutor(max_workers=num_jobs) as pool, tqdm(
+        total=len(utterances), desc="embedded corpus: speaking", unit="utt"
+    ) as bar:
         for n in pool.map(_speak_chunk, jobs):
-            done += n
-            log.info("synthesized %d/%d utterances", done, len(utterances))
+            bar.update(n)
 
 
 def write_manifests(root: Path, utterances: list[Utterance]) -> dict[str, CutSet]:

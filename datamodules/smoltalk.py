@@ -30,6 +30,7 @@ message are skipped and counted per reason (`too_long`, `empty_text`, `no_answer
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -76,8 +77,6 @@ def _rows(path: Path) -> Iterator[object]:
         for batch in parquet.iter_batches(columns=["messages"], batch_size=1024):
             yield from batch.column(0).to_pylist()
         return
-    import json
-
     from lhotse.serialization import open_best
 
     with open_best(str(path), "r") as f:
@@ -173,3 +172,23 @@ def convert_conversations(
     if skipped:
         log.warning("conversations: skipped %s (written %d pairs to %s)", dict(skipped), written, out_path)
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line: `python -m datamodules.smoltalk --files '[a.parquet, b.jsonl]' --out instructions.jsonl.gz`."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="datamodules.smoltalk", description=convert_conversations.__doc__)
+    parser.add_argument("--files", type=list[str], required=True, help="Conversation files (JSONL or Parquet).")
+    parser.add_argument("--out", type=str, required=True, help="The instruction shard to write (.jsonl.gz).")
+    parser.add_class_arguments(ConversationConfig, "conversations")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = ConversationConfig(**args.conversations.as_dict())
+    summary = convert_conversations(args.files, args.out, config)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

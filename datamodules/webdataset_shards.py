@@ -25,7 +25,8 @@ tensor `units`. A source `path` (`mixing.SourceConfig`) names the shards as
 (URLs and pipes are opened by webdataset's `gopen`.) Shards are streamed front to back by
 webdataset's tar iterator (`tarfile_samples`), in an order shuffled per full pass when
 `shuffle_shards` is set, with `random.Random(seed + pass)`: the same order on every rank and after a
-restart, so the loader's exact resume (`loader.py`) replays the same stream. (As for Shar, the pass
+restart, so the loader's exact resume (`loader.py`) replays the same stream (every DDP rank reads
+every shard, as with manifests and Shar, and keeps its share of the batches). (As for Shar, the pass
 counter restarts with the loader: with `infinite=True`, the default, a whole run is one pass sequence
 and resumes exactly; with `infinite=False` a resumed epoch > 0 reads its shards in pass-0 order.)
 
@@ -98,10 +99,10 @@ def resolve_webdataset_shards(path: str) -> list[str]:
             shards.extend(sorted(glob.glob(url)) if is_glob else [url])
     missing = [s for s in shards if not _REMOTE.match(s) and not Path(s).is_file()]
     if not shards or missing:
+        problem = f"names missing shard files {missing[:3]}" if missing else "names no shard file"
         raise FileNotFoundError(
-            f"webdataset source {path!r} names no shard file{'s ' + str(missing[:3]) if missing else ''}: "
-            "give a .tar file, a folder of .tar shards, a glob or a brace pattern (shard-{000000..000009}.tar); "
-            "write shards with `python -m lightning_most export_webdataset`."
+            f"webdataset source {path!r} {problem}: give a .tar file, a folder of .tar shards, a glob or a brace "
+            "pattern (shard-{000000..000009}.tar); write shards with `python -m lightning_most export_webdataset`."
         )
     return shards
 

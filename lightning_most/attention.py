@@ -94,28 +94,40 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+class LayerCache:
+    """One layer's cached tensors, grown along the time axis (dim 1 of (B, S, ...) tensors).
+
+    Each attention module gets its own object (not a layer index into a shared one), so a compiled decoder
+    block reads no per-layer constant and every layer reuses one compiled graph.
+    """
+
+    def __init__(self) -> None:
+        self.tensors: tuple[Tensor, ...] | None = None
+
+    def update(self, *new: Tensor) -> tuple[Tensor, ...]:
+        """Append this step's tensors (B, T, ...) and return the full ones (B, S, ...)."""
+        full = new if self.tensors is None else tuple(torch.cat([o, n], dim=1) for o, n in zip(self.tensors, new))
+        self.tensors = full
+        return full
+
+
 class KVCache:
-    """Per-layer cached tensors, grown along the time axis (dim 1 of (B, S, ...) tensors)."""
+    """The per-layer caches of a decoder stack."""
 
     def __init__(self, num_layers: int) -> None:
-        self.layers: list[tuple[Tensor, ...] | None] = [None] * num_layers
+        self.layers = [LayerCache() for _ in range(num_layers)]
 
     @property
     def length(self) -> int:
         """Number of cached positions."""
-        first = self.layers[0]
+        first = self.layers[0].tensors
         return 0 if first is None else first[0].shape[1]
-
-    def update(self, layer: int, *new: Tensor) -> tuple[Tensor, ...]:
-        """Append this step's tensors (B, T, ...) for `layer` and return the full ones (B, S, ...)."""
-        old = self.layers[layer]
-        full = new if old is None else tuple(torch.cat([o, n], dim=1) for o, n in zip(old, new))
-        self.layers[layer] = full
-        return full
 
     def reorder(self, index: Tensor) -> None:
         """Keep the cached rows `index` (new row i = old row index[i]) in every layer (beam search)."""
-        self.layers = [None if layer is None else tuple(t.index_select(0, index) for t in layer) for layer in self.layers]
+        for layer in self.layers:
+            if layer.tensors is not None:
+                layer.tensors = tuple(t.index_select(0, index) for t in layer.tensors)
 
 
 LATENT_NORM_EPS = 1e-6
@@ -126,10 +138,9 @@ LATENT_NORM_EPS = 1e-6
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2 MLA: keys/values from a shared low-rank latent; the cache holds the latent and rope key."""
 
-    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int) -> None:
+    def __init__(self, hidden_size: int, config: AttentionConfig) -> None:
         super().__init__()
         c = config
-        self.layer_index = layer_index
         self.num_heads, self.nope, self.rope, self.v_dim = c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
         self.kv_lora_rank = c.kv_lora_rank
         q_width = c.num_heads * (self.nope + self.rope)
@@ -148,7 +159,7 @@ class MultiHeadLatentAttention(nn.Module):
         if c.rope_scaling and c.rope_scaling.get("mscale_all_dim"):  # YaRN temperature (DeepSeek-V2)
             self.scale *= yarn_mscale(c.rope_scaling["factor"], c.rope_scaling["mscale_all_dim"]) ** 2
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
         B, T, _ = x.shape
         H = self.num_heads
@@ -160,7 +171,7 @@ class MultiHeadLatentAttention(nn.Module):
         q_pe = apply_rotary(q_pe, cos, sin)  # (B, T, H, rope)
         k_pe = apply_rotary(k_pe[:, :, None, :], cos, sin)  # (B, T, 1, rope): one rope key for all heads
         if cache is not None:
-            latent, k_pe = cache.update(self.layer_index, latent, k_pe)  # (B, S, r), (B, S, 1, rope)
+            latent, k_pe = cache.update(latent, k_pe)  # (B, S, r), (B, S, 1, rope)
         S = latent.shape[1]
         k_nope, v = self.kv_b_proj(latent).view(B, S, H, self.nope + self.v_dim).split([self.nope, self.v_dim], dim=-1)
         k = torch.cat([k_nope, k_pe.expand(B, S, H, self.rope)], dim=-1)  # (B, S, H, nope + rope)
@@ -178,10 +189,9 @@ class MultiHeadLatentAttention(nn.Module):
 class GroupedQueryAttention(nn.Module):
     """Llama-style attention: H query heads share H_kv key/value heads; the cache holds k and v."""
 
-    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int) -> None:
+    def __init__(self, hidden_size: int, config: AttentionConfig) -> None:
         super().__init__()
         c = config
-        self.layer_index = layer_index
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         self.q_proj = nn.Linear(hidden_size, c.num_heads * c.head_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, c.num_kv_heads * c.head_dim, bias=False)
@@ -189,7 +199,7 @@ class GroupedQueryAttention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, hidden_size, bias=False)
         self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling)
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
@@ -198,7 +208,7 @@ class GroupedQueryAttention(nn.Module):
         cos, sin = self.rotary(position_ids)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)  # (B, S, H_kv, D)
+            k, v = cache.update(k, v)  # (B, S, H_kv, D)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
             enable_gqa=self.num_heads != self.num_kv_heads,
@@ -206,11 +216,11 @@ class GroupedQueryAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
-def build_attention(hidden_size: int, config: AttentionConfig, layer_index: int) -> nn.Module:
+def build_attention(hidden_size: int, config: AttentionConfig) -> nn.Module:
     """The attention module named by `config.kind`."""
     if config.kind == "mla":
-        return MultiHeadLatentAttention(hidden_size, config, layer_index)
-    return GroupedQueryAttention(hidden_size, config, layer_index)
+        return MultiHeadLatentAttention(hidden_size, config)
+    return GroupedQueryAttention(hidden_size, config)
 
 
 def attention_mask(padding_mask: Tensor, num_new: int) -> Tensor:

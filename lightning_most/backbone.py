@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_most.attention import KVCache, RMSNorm, build_attention, causal_mask_or_none
+from lightning_most.attention import KVCache, LayerCache, RMSNorm, build_attention, causal_mask_or_none
 from lightning_most.batch import IGNORE_INDEX
 from lightning_most.bidirectional_encoder import BidirectionalAudioEncoder
 from lightning_most.config import ModelConfig
@@ -45,18 +45,15 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
-        self.self_attn = build_attention(d, config.attention, index)
+        self.self_attn = build_attention(d, config.attention)
         self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
         if config.is_moe_layer(index):
             self.mlp: nn.Module = MoEBlock(d, config.moe_for_layer(index))
-        elif index >= config.first_k_dense:  # dense ablation: same active width as top_k + shared experts
-            moe = config.moe
-            self.mlp = SwiGLU(d, (moe.top_k + moe.num_shared_experts) * moe.expert_intermediate_size)
-        else:
-            self.mlp = SwiGLU(d, config.intermediate_size)
+        else:  # the first_k_dense layers, and the dense ablation's (active width of top_k + shared experts)
+            self.mlp = SwiGLU(d, config.dense_mlp_width(index))
 
     def forward(
-        self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None
+        self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None
     ) -> tuple[Tensor, Tensor, RoutingStats | None]:
         """x (B, T, d) -> x (B, T, d), aux loss (), routing stats or None for dense layers."""
         x = x + self.self_attn(self.input_layernorm(x), position_ids, mask, cache)
@@ -174,11 +171,11 @@ class MoSTBackbone(nn.Module):
 
         aux = x.new_zeros((), dtype=torch.float32)
         routing: list[RoutingStats] = []
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
             if self.activation_checkpointing and self.training and cache is None:
                 x, layer_aux, stats = checkpoint(block, x, modality_ids, valid, position_ids, mask, None, use_reentrant=False)
             else:
-                x, layer_aux, stats = block(x, modality_ids, valid, position_ids, mask, cache)
+                x, layer_aux, stats = block(x, modality_ids, valid, position_ids, mask, None if cache is None else cache.layers[i])
             aux = aux + layer_aux
             if stats is not None:
                 routing.append(stats)

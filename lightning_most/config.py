@@ -42,7 +42,9 @@ class MoEConfig:
     num_shared_experts: int = 1
     """Always-on shared experts (0 = none, as in NoShared)."""
     top_k: int = 2
-    """Experts each token is routed to, inside its modality's group."""
+    """Experts each token is routed to, inside its modality's group. It may exceed a group's size, as the official
+    MoST release allows: the slots past the group go to off-group experts at weight 0 (they add compute and count in
+    the aux loss's expert frequencies, nothing else)."""
     expert_intermediate_size: int = 64
     """Hidden width of one expert's SwiGLU MLP."""
     num_modalities: int = 2
@@ -60,10 +62,14 @@ class MoEConfig:
     gate: GateKind = "masked_softmax"
     """masked_softmax: softmax over all experts, then masked to the group, not renormalised (the official
     MoST release); group_renormalized: softmax over the group's experts only (weights sum to 1)."""
+    norm_topk_prob: bool = False
+    """DeepSeek-V2's `norm_topk_prob`: with top_k > 1 the chosen top-k weights are divided by their sum (inside the
+    modality group, so a token's routed weights sum to 1), and `routed_scaling_factor` is then not applied
+    (DeepSeek-V2's MoEGate; the official MoST release's MAMoEGate does the same on its masked scores)."""
     aux_loss_alpha: float = 0.001
     """Weight of the sequence-level load-balancing loss (DeepSeek-V2); 0 disables it."""
     routed_scaling_factor: float = 1.0
-    """Multiplier on the routed output (DeepSeek-V2 uses 1.0 for Lite)."""
+    """Multiplier on the routed output (DeepSeek-V2 uses 1.0 for Lite); not applied with `norm_topk_prob`."""
 
     def __post_init__(self) -> None:
         if self.num_routed_experts < 1:
@@ -77,12 +83,16 @@ class MoEConfig:
             check_groups(self.expert_groups, E, M, "moe.expert_groups")
         for i, groups in enumerate(self.layer_expert_groups or []):
             check_groups(groups, E, M, f"moe.layer_expert_groups[{i}]")
-        all_groups = [self.groups(), *(self.layer_expert_groups or [])]
-        routable = E if self.variant == "vanilla" else min(len(g) for groups in all_groups for g in groups)
-        if not 1 <= self.top_k <= routable:
+        if not 1 <= self.top_k <= E:
             raise ValueError(
-                f"moe.top_k={self.top_k} must be between 1 and the smallest expert group ({routable} experts)"
+                f"moe.top_k={self.top_k} must be between 1 and moe.num_routed_experts={self.num_routed_experts}"
             )
+        if self.variant != "vanilla":  # groups() refuses more modalities than experts when it derives them
+            named = {"moe.expert_groups": self.groups(), **{
+                f"moe.layer_expert_groups[{i}]": groups for i, groups in enumerate(self.layer_expert_groups or [])}}
+            for where, groups in named.items():
+                if empty := [m for m, group in enumerate(groups) if not group]:
+                    raise ValueError(f"{where} leaves modalities {empty} without experts: give each at least one")
 
     @property
     def shared_experts(self) -> int:
@@ -235,6 +245,13 @@ class ModelConfig:
         """Whether decoder layer `index` has an MoE block (dense variant: never)."""
         return index >= self.first_k_dense and self.moe.variant != "dense"
 
+    def dense_mlp_width(self, index: int) -> int:
+        """Hidden width of the SwiGLU of a decoder layer without MoE: intermediate_size in the first `first_k_dense`
+        layers, past them (dense variant) the active width of top_k + shared experts."""
+        if index < self.first_k_dense:
+            return self.intermediate_size
+        return (self.moe.top_k + self.moe.num_shared_experts) * self.moe.expert_intermediate_size
+
     def moe_for_layer(self, index: int) -> MoEConfig:
         """The MoE settings of decoder layer `index`: its own `layer_expert_groups` entry when given."""
         if self.moe.layer_expert_groups is None:
@@ -369,3 +386,15 @@ def _overrides_from_dict(twin: type, values: dict, where: str) -> Any:
 
 
 _TWINS_BY_NAME = {"attention": AttentionOverrides, "moe": MoEOverrides, "audio_encoder": AudioEncoderOverrides}
+
+
+def config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """The `ModelConfig` whose `dataclasses.asdict` is `values` (absent fields take their defaults)."""
+    nested = {"attention": AttentionConfig, "moe": MoEConfig, "audio_encoder": AudioEncoderConfig}
+
+    def build(cls: type, fields: dict[str, Any], where: str) -> Any:
+        if unknown := sorted(set(fields) - {f.name for f in dataclasses.fields(cls)}):
+            raise ValueError(f"{where} has no fields {unknown}")
+        return cls(**{k: build(nested[k], v, k) if cls is ModelConfig and k in nested else v for k, v in fields.items()})
+
+    return build(ModelConfig, values, "the backbone config")

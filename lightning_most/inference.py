@@ -13,6 +13,7 @@ module's `audio_io()`):
                      over the quantizer's K units
     answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
                      -> greedy text
+    answer_written   text -> text_instruct prompt |bos| |text_instruct| q.. |answer| -> greedy text
     answer_speech    synthesize(answer_text(waveform))
 
 Every method takes a list and runs it as one padded batch (generation is batched over the list).
@@ -22,7 +23,7 @@ Waveforms are mono float (S,) at 16 kHz, as in the protocols.
 from __future__ import annotations
 
 import importlib
-import pickle
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,16 @@ from lightning_most.audio import (
 )
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
-from lightning_most.layouts import Example, asr_example, collate, speech_instruct_example, tts_example
-from lightning_most.stages.base import StageModule
+from lightning_most.layouts import (
+    Example,
+    asr_example,
+    collate,
+    speech_instruct_example,
+    text_instruct_example,
+    tts_example,
+)
+from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
+from lightning_most.stages.base import LEGACY_HPARAMS, StageModule, upgrade_hparams
 from lightning_most.stages.stage1 import Stage1Module
 
 
@@ -113,6 +122,19 @@ def _stage_class(hparams: dict[str, Any], source: str) -> type[StageModule]:
     return cls
 
 
+def _upgraded(path: str | Path, header: dict[str, Any]) -> str | io.BytesIO:
+    """The checkpoint to load: `path`, or, if it was saved before the config groups (flat `asr_*` / `ctc_*`
+    hyperparameters), an in-memory copy with them moved into their groups (`stages.base.upgrade_hparams`)."""
+    if not LEGACY_HPARAMS.keys() & header["hyper_parameters"].keys():
+        return str(path)
+    checkpoint = load_checkpoint(path, mmap=True)
+    checkpoint["hyper_parameters"] = upgrade_hparams(checkpoint["hyper_parameters"])
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     """The checkpoint's non-tensor entries (memory-mapped read); raises InferenceError if it is not one of ours."""
     path = Path(path)
@@ -127,9 +149,9 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} does not exist: pass the .ckpt a fit run wrote (e.g. .../checkpoints/last.ckpt)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise InferenceError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+        checkpoint = load_checkpoint(path, mmap=True)
+    except (UnsafeCheckpointError, UnreadableCheckpointError) as error:
+        raise InferenceError(str(error)) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise InferenceError(f"{path} is not a Lightning checkpoint of a stage module (no state_dict/hyper_parameters)")
     return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
@@ -208,12 +230,12 @@ class MostInference:
             vocoder: a unit HiFi-GAN folder (config.json + generator.ckpt); None = Griffin-Lim over the units.
             audio_io: replaces the checkpoint's `audio_io` (for checkpoints saved without one).
             unit_quantizer: replaces the quantizer path of `audio_io` (when the corpus moved).
-            max_new_tokens: text decoding budget (default: the module's `asr_max_new_tokens`).
+            max_new_tokens: text decoding budget (default: the module's `asr_decoding.max_new_tokens`).
             max_units: unit decoding budget of synthesis (default: the module's `tts_max_new_tokens`).
             temperature: unit sampling temperature of synthesis (0 = greedy).
             top_k: sample units among the k most likely only.
             seed: seeds unit sampling.
-            word_lm: decode ASR with the checkpoint's `asr_word_lm` if it has one (False: without it).
+            word_lm: decode ASR with the checkpoint's `asr_decoding.word_lm` if it has one (False: without it).
         """
         header = read_checkpoint_header(path)
         stage = _stage_class(header["hyper_parameters"], str(path))
@@ -222,7 +244,7 @@ class MostInference:
             raw_audio_io["unit_quantizer"] = str(unit_quantizer)
         parsed = AudioIO.from_dict(raw_audio_io, str(path))
         try:
-            module = stage.load_from_checkpoint(str(path), map_location=device, weights_only=False)
+            module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=True)
         except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
             first = str(error).strip().splitlines()
             raise InferenceError(
@@ -232,11 +254,11 @@ class MostInference:
             ) from error
         module.to(device)
         if max_new_tokens is not None:
-            module.hparams.asr_max_new_tokens = max_new_tokens
+            module.asr_decoding.max_new_tokens = max_new_tokens
         if max_units is not None:
             module.hparams.tts_max_new_tokens = max_units
         if not word_lm:
-            module.hparams.asr_word_lm = None
+            module.asr_decoding.word_lm = None
         try:
             module.setup("predict")  # counts the word LM, if any, now: a moved text file fails here
         except (FileNotFoundError, ValueError) as error:
@@ -296,7 +318,7 @@ class MostInference:
         examples = [
             asr_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w)) for w in waveforms
         ]
-        return m.transcribe_batch(self._batch(examples))
+        return m.decoder.transcribe(self._batch(examples))
 
     def synthesize_units(self, texts: list[str]) -> list[Tensor]:
         """Units (T,) spoken for each text, greedy or sampled at `temperature`.
@@ -309,7 +331,8 @@ class MostInference:
         empty = torch.zeros(0, dtype=torch.long)
         examples = [tts_example(m.tokenizer.encode(t), empty, m.specials, m.config.text_vocab_size) for t in texts]
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        return m.units_for_batch(self._batch(examples), self.temperature, self.top_k, generator, self.audio_io.num_units)
+        return m.decoder.units(self._batch(examples), m.hparams.tts_max_new_tokens, self.audio_io.num_units,
+                               self.temperature, self.top_k, generator)
 
     def vocode(self, units: list[Tensor]) -> list[Tensor]:
         """16 kHz waveform (S,) of each unit sequence (T,)."""
@@ -354,6 +377,11 @@ class MostInference:
         totals = (picked * is_unit).sum(dim=1)  # (B,)
         return [(float(total), int(u.numel())) for total, u in zip(totals.cpu(), units)]
 
+    @property
+    def answer_max_new_tokens(self) -> int:
+        """Decoding budget of an answer: a stage-2 checkpoint's `answer_max_new_tokens`, else the transcripts'."""
+        return int(self.module.hparams.get("answer_max_new_tokens") or self.module.asr_decoding.max_new_tokens)
+
     def answer_text(self, waveforms: list[Tensor]) -> list[str]:
         """Greedy text answer to each spoken question (S,) (the `SpokenQuestionAnswerer` protocol)."""
         if not waveforms:
@@ -363,7 +391,15 @@ class MostInference:
             speech_instruct_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w))
             for w in waveforms
         ]
-        return m.transcribe_batch(self._batch(examples))  # greedy text after the prompt, up to <eos>
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
+
+    def answer_written(self, questions: list[str]) -> list[str]:
+        """Greedy text answer to each written question (the text_instruct layout, prompt up to <answer>)."""
+        if not questions:
+            return []
+        m = self.module
+        examples = [text_instruct_example(m.tokenizer.encode(q), [], m.specials) for q in questions]
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
         """Spoken answer (S,) to each spoken question: the text answer, synthesized."""

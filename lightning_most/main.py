@@ -41,12 +41,14 @@ class Command:
 EXTRA_COMMANDS = {
     "synthesize": Command("lightning_most.commands.synthesize:main", "Speak texts into a wav file with a trained checkpoint."),
     "transcribe": Command("lightning_most.commands.transcribe:main", "Transcribe audio files with a trained checkpoint."),
+    "chat": Command("lightning_most.commands.chat:main", "Ask a trained checkpoint a written or spoken question."),
     "evaluate": Command(
         "lightning_most.commands.evaluate:main", "Score a checkpoint on ASR, TTS, spoken-LM and spoken QA."
     ),
     "convert": Command(
         "lightning_most.convert:main", "Convert a Hugging Face DeepSeek-V2 / Llama folder to backbone weights."
     ),
+    "export": Command("lightning_most.export:main", "Write a trained backbone as a Hugging Face folder."),
     "grid": Command("lightning_most.grid:main", "Run a config under each ablation and seed, then tabulate."),
     "partition": Command("lightning_most.partitions:main", "Expert groups per modality from a model's routing."),
     "upcycle": Command("lightning_most.upcycling:main", "Build an MoE backbone from a dense one (sparse upcycling)."),
@@ -96,6 +98,28 @@ def _run_extra(target: str, argv: list[str]) -> None:
     getattr(import_module(module_name), func)(argv)
 
 
+def data_feature_dim(data: pl.LightningDataModule) -> int | None:
+    """F of the data's `audio_features` (None when the data cannot say before reading its stored features)."""
+    try:
+        return getattr(data, "feature_dim", None)
+    except ValueError:  # kind='precomputed': set model.init_args.backbone_overrides.audio_feature_dim
+        return None
+
+
+class MostCLI(LightningCLI):
+    """LightningCLI whose model takes the data module's feature width, unit count and tokenizer (linked, not typed twice)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """Link `data.feature_dim` / `data.num_units` / `data.tokenizer` to the model's init arguments."""
+        links = {
+            "audio_feature_dim": data_feature_dim,
+            "num_audio_units": lambda data: getattr(data, "num_units", None),
+            "tokenizer": lambda data: getattr(data, "tokenizer", "byte"),
+        }
+        for target, compute in links.items():
+            parser.link_arguments("data", f"model.init_args.{target}", compute_fn=compute, apply_on="instantiate")
+
+
 def main(args: list[str] | None = None) -> LightningCLI | None:
     """Run the CLI on `args` (default: sys.argv[1:])."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -110,7 +134,7 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
             "epilog": commands_help(commands),
             "formatter_class": _HelpFormatter,
         }
-    return LightningCLI(
+    return MostCLI(
         model_class=StageModule,
         datamodule_class=pl.LightningDataModule,
         subclass_mode_model=True,

@@ -108,6 +108,26 @@ def test_deepseek_v2_logits_match_transformers(tmp_path: Path, overrides: dict) 
     assert _max_logit_difference(hf_model, backbone) < TOLERANCE
 
 
+def test_norm_topk_prob_converts_to_deepseeks_renormalised_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """norm_topk_prob=True maps to `moe.norm_topk_prob`. transformers 5.24's DeepseekV2TopkRouter ignores the flag,
+    so the reference is that router with DeepSeek-V2's renormalisation added (weights / (sum + 1e-20); the routed
+    scaling factor cancels out of the ratio)."""
+    router = transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2TopkRouter
+    plain_forward = router.forward
+
+    def renormalised_forward(self, hidden_states):
+        logits, weights, indices = plain_forward(self, hidden_states)
+        return logits, weights / (weights.sum(dim=-1, keepdim=True) + 1e-20), indices
+
+    monkeypatch.setattr(router, "forward", renormalised_forward)
+    hf_model = _save_deepseek(tmp_path / "hf", norm_topk_prob=True, routed_scaling_factor=2.0, num_experts_per_tok=3)
+    backbone = _converted(tmp_path / "hf", tmp_path / "backbone.pt")
+    assert backbone.config.moe.norm_topk_prob
+    assert _max_logit_difference(hf_model, backbone) < TOLERANCE
+    monkeypatch.setattr(router, "forward", plain_forward)  # the unnormalised gate gives other logits
+    assert _max_logit_difference(hf_model, backbone) > 100 * TOLERANCE
+
+
 @pytest.mark.parametrize("rope", [None, LLAMA3], ids=["plain-rope", "llama3-rope"])
 def test_llama_logits_match_transformers(tmp_path: Path, rope: dict | None) -> None:
     hf_model = _save_llama(tmp_path / "hf", **({"rope_parameters": rope} if rope else {}))
@@ -241,7 +261,6 @@ def _edit_config(folder: Path, **changes) -> None:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"norm_topk_prob": True}, "norm_topk_prob=True is not supported"),
         ({"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1}, "topk_method='group_limited_greedy'"),
         ({"topk_method": "noaux_tc"}, "topk_method='noaux_tc'"),
         ({"scoring_func": "sigmoid"}, "scoring_func='sigmoid'"),

@@ -37,6 +37,15 @@ def synthesize(args: argparse.Namespace) -> None:
     if not args.text.strip():
         raise CommandError("--text is empty; give the text to speak")
     inference = load_inference(args)
+    module = inference.module
+    tokens = len(module.tokenizer.encode(args.text))
+    room = module.config.max_position - module.hparams.tts_max_new_tokens - 8  # 8: the prompt's special tokens
+    if tokens > room:
+        raise CommandError(
+            f"--text is {tokens} tokens long; this model speaks at most {max(room, 0)} at once (its "
+            f"{module.config.max_position} positions hold the text and up to {module.hparams.tts_max_new_tokens} "
+            "units): split the text into sentences and synthesize each"
+        )
     units = inference.synthesize_units([args.text])[0]
     waveform = inference.vocode([units])[0]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -200,3 +200,13 @@ def test_bad_config_is_refused():
         GeneratedInstructionsConfig(relations=("capitals",))
     with pytest.raises(ValueError, match="turns='last'"):
         ConversationConfig(turns="last")
+
+
+def test_convert_command_line(conversation_file, tmp_path, capsys):
+    from datamodules.smoltalk import main
+
+    out = tmp_path / "cli.jsonl.gz"
+    main(["--files", f"[{conversation_file}]", "--out", str(out), "--conversations.turns", "all_turns",
+          "--conversations.max_chars", "200"])
+    assert json.loads(capsys.readouterr().out)["pairs"] == 3
+    assert [p.response for p in read_instructions(out)] == ["Red.", "Blue.", "Hi."]

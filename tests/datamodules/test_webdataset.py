@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 from lhotse import CutSet
 from webdataset import TarWriter
 
@@ -81,8 +82,11 @@ def test_common_layout_reads_back_as_cuts_with_audio_and_transcripts(tmp_path):
     names = [str(tmp_path / "shard-000000.tar"), str(tmp_path / "shard-000001.tar")]
     for path in (str(tmp_path), str(tmp_path / "shard-*.tar"), str(tmp_path / "shard-{000000..000001}.tar")):
         assert is_webdataset_path(path) and resolve_webdataset_shards(path) == names
-    with pytest.raises(FileNotFoundError, match=r"shard-000002\.tar"):
+    with pytest.raises(FileNotFoundError, match=r"missing shard files .*shard-000002\.tar"):
         resolve_webdataset_shards(str(tmp_path / "shard-{000000..000002}.tar"))
+    module = MostDataModule(train_sources=[SourceConfig("wds", "asr", names[0])], task_weights={"asr": 1.0})
+    with pytest.raises(ValueError, match="webdataset shards.*asr_decoding.word_lm.text_files"):
+        module.word_lm_text_files()  # a tar is no text file for the word LM
 
 
 def test_shards_are_reshuffled_each_pass_reproducibly(tmp_path):
@@ -119,6 +123,9 @@ def test_export_command_writes_shards_from_a_manifest_and_a_shar_folder(tiny_cor
     manifest = str(tiny_corpus.cuts["dev"])
     assert main(["export_webdataset", "--cuts", manifest, "--out_dir", str(tmp_path / "a"), "--shard_size", "2"]) is None
     assert "wrote 4 utterances to 2 shards" in capsys.readouterr().out
+    export_webdataset(CutSet.from_file(manifest), tmp_path / "again", shard_size=2)
+    for name in ("shard-000000.tar", "shard-000001.tar"):  # the same cuts give the same bytes
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
     export_shar(CutSet.from_file(manifest), tmp_path / "shar", shard_size=4)
     assert not is_webdataset_path(str(tmp_path / "shar"))  # a Shar folder holds tars too, but is not webdataset
     main(["export_webdataset", "--cuts", str(tmp_path / "shar"), "--out_dir", str(tmp_path / "b")])
@@ -235,3 +242,35 @@ def test_pickled_lhotse_shards_are_refused_not_unpickled(tmp_path):
     cuts = open_source(SourceConfig("lhotse", "asr", str(tmp_path / "lhotse.tar")), "byte", 50.0, seed=0)
     with pytest.raises(ValueError, match="pickled cuts.*export_webdataset"):
         next(iter(cuts))
+
+
+@pytest.mark.slow  # three tiny fits, ~2 min on 2 busy cores; the loader-level resume test above is quick
+def test_killed_fit_on_shards_resumes_with_the_same_batches_and_losses(tiny_corpus, train_shards, tmp_path):
+    """`python -m lightning_most fit` killed mid-run and resumed from its checkpoint (tests/test_resume.py's run,
+    its data section swapped for webdataset shards) trains on the same batches with the same losses."""
+    from tests.test_resume import CHECKPOINT_EVERY, KILL_AT_STEP, MAX_STEPS, KilledRun, _config, _recorder
+
+    def config(root: Path, kill_at: int | None) -> Path:
+        path = _config(Path(tiny_corpus.root), root, kill_at)
+        run = yaml.safe_load(path.read_text())
+        run["data"] = {"class_path": "datamodules.MostDataModule", "init_args": {
+            "train_sources": [
+                {"name": "wds", "task": "asr", "path": str(train_shards)},
+                {"name": "wds", "task": "tts", "path": str(train_shards / "shard-*.tar")},
+                {"name": "fortunes", "task": "text_lm", "path": str(tiny_corpus.text["train"])},
+            ],
+            **{k: v for k, v in run["data"]["init_args"].items() if k not in ("corpus_dir", "corpus")},
+            "num_cuts_for_bins_estimate": 200,
+        }}
+        path.write_text(yaml.safe_dump(run))
+        return path
+
+    reference = _recorder(main(["fit", "--config", str(config(tmp_path / "full", None))]))
+    with pytest.raises(KilledRun):
+        main(["fit", "--config", str(config(tmp_path / "killed", KILL_AT_STEP))])
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    resumed = _recorder(main(["fit", "--config", str(config(tmp_path / "resumed", None)), "--ckpt_path", str(last)]))
+    steps = list(range(CHECKPOINT_EVERY + 1, MAX_STEPS + 1))
+    assert [resumed.cut_ids[s] for s in steps] == [reference.cut_ids[s] for s in steps]
+    assert reference.cut_ids[CHECKPOINT_EVERY + 1] != reference.cut_ids[1]
+    assert [resumed.losses[s] for s in steps] == pytest.approx([reference.losses[s] for s in steps], rel=1e-6, abs=1e-7)
