@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.batch import TASKS
 from lightning_most.decoding.beam_search import beam_search
 from lightning_most.decoding.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.decoding.word_lm import WordLMConfig, WordLMFusion, counted_word_lm
-from lightning_most.layouts import TASKS
 from lightning_most.positions import decoding_positions
 from lightning_most.tokenizer import SpecialTokens, TextTokenizer
 
