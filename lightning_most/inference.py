@@ -43,8 +43,8 @@ from lightning_most.audio import (
     Vocoder,
     stack_frames,
 )
+from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
-from lightning_most.evaluation.protocols import SAMPLING_RATE
 from lightning_most.layouts import (
     Example,
     asr_example,
@@ -188,9 +188,9 @@ class MostInference:
                 f"vocoder {self.vocoder.config.path} knows {self.vocoder.generator_config.vocab_size} units but the "
                 f"model's data has {audio_io.num_units}: train a vocoder on these units"
             )
-        if self.vocoder.sample_rate != SAMPLING_RATE:
+        if self.vocoder.sample_rate != SAMPLE_RATE:
             raise InferenceError(
-                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLING_RATE} Hz"
+                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLE_RATE} Hz"
             )
 
     @classmethod
@@ -275,7 +275,7 @@ class MostInference:
         if waveform.numel() < self.min_input_samples:
             raise InferenceError(
                 f"a waveform of {waveform.numel()} samples is too short: the model's input needs at least "
-                f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLING_RATE * 1000:.0f} ms at 16 kHz)"
+                f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
             )
         frames = self.input_extractor(waveform.float().cpu().numpy())  # (T, F)
         return stack_frames(frames, self.audio_io.features.frame_stack)

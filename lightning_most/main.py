@@ -30,6 +30,7 @@ EXTRA_COMMANDS = {
     "chat": "lightning_most.commands.chat:main",
     "evaluate": "lightning_most.commands.evaluate:main",
     "convert": "lightning_most.convert:main",
+    "export": "lightning_most.export:main",
     "grid": "lightning_most.grid:main",
     "partition": "lightning_most.partitions:main",
     "upcycle": "lightning_most.upcycling:main",

@@ -108,6 +108,8 @@ def chat(args: argparse.Namespace) -> None:
     speak_to = Path(args.speak) if args.speak else None
     if speak_to is not None and speak_to.is_dir():
         raise CommandError(f"--speak {speak_to} is a folder; give a file name such as {speak_to / 'answer.wav'}")
+    if args.question is not None and not args.question.strip():
+        raise CommandError("the question is empty: ask something, or give an audio file")
     if args.question is not None and is_audio_path(args.question):
         check_question_audio(args.question.strip())  # before the model loads
     args.no_word_lm = True  # answers are not ASR transcripts: the word LM plays no part

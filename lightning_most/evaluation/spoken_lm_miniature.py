@@ -36,7 +36,6 @@ import gzip
 import hashlib
 import json
 import random
-import re
 import shutil
 import time
 from collections import Counter
@@ -48,13 +47,11 @@ from pathlib import Path
 import inflect
 import wordfreq
 
-from lightning_most.evaluation.offline_speech import OfflineVoice, speak
+from lightning_most.audio.offline_voices import Voice, speak
+from lightning_most.fortunes import is_speakable, split_sentences
 from lightning_most.text_corpus import DEFAULT_TEXT_DIR, prepare_text_corpus
 
 LEXICAL_COLUMNS = ("filename", "id", "voice", "frequency", "word", "phones", "correct")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_SPEAKABLE = re.compile(r"[A-Z][A-Za-z ,;'-]*[a-z][.!?]")
-"""Sentences a voice reads as written (the embedded corpus's rule: plain letters, light punctuation, no digits)."""
 SYNTACTIC_COLUMNS = ("filename", "voice", "type", "subtype", "id", "correct", "transcription")
 
 ARPABET_TO_ESPEAK = {
@@ -98,9 +95,9 @@ class SpokenLmMiniatureConfig:
     """Grammatical / ungrammatical sentence pairs (each spoken by every voice)."""
     num_story_pairs: int = 200
     """Story pairs in each of sStoryCloze and tStoryCloze (spoken by the first voice)."""
-    voices: list[OfflineVoice] = field(default_factory=lambda: [OfflineVoice("flite", "rms")])
+    voices: list[Voice] = field(default_factory=lambda: [Voice("flite", "rms")])
     """Voices of sentences and stories (default flite rms, a voice of the embedded corpus's training speakers)."""
-    lexical_voices: list[OfflineVoice] = field(default_factory=lambda: [OfflineVoice("espeak-ng", "en-us")])
+    lexical_voices: list[Voice] = field(default_factory=lambda: [Voice("espeak-ng", "en-us")])
     """Voices of the lexical set: espeak-ng only (they speak phonemes)."""
     stories_jsonl: str | None = None
     """Held-out fortunes the stories are made from; None = data/text/text_held_out.jsonl.gz, written if missing
@@ -114,8 +111,8 @@ class SpokenLmMiniatureConfig:
     """Synthesizer processes run at once."""
 
     def __post_init__(self) -> None:
-        self.voices = [OfflineVoice(**v) if isinstance(v, dict) else v for v in self.voices]
-        self.lexical_voices = [OfflineVoice(**v) if isinstance(v, dict) else v for v in self.lexical_voices]
+        self.voices = [Voice(**v) if isinstance(v, dict) else v for v in self.voices]
+        self.lexical_voices = [Voice(**v) if isinstance(v, dict) else v for v in self.lexical_voices]
         if not self.voices or not self.lexical_voices:
             raise ValueError("SpokenLmMiniatureConfig.voices and lexical_voices must each name at least one voice")
         if any(v.engine != "espeak-ng" for v in self.lexical_voices):
@@ -303,10 +300,10 @@ def fortune_stories(stories_jsonl: str | Path, excluded: set[str]) -> list[tuple
     with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            sentences = [x.strip() for x in _SENTENCE_END.split(record["text"].replace('"', "")) if x.strip()]
+            sentences = split_sentences(record["text"])
             if not 2 <= len(sentences) <= 5 or sum(len(x.split()) for x in sentences) > 30:
                 continue
-            if all(_SPEAKABLE.fullmatch(x) and len(x.split()) >= 2 for x in sentences) and not any(
+            if all(is_speakable(x, 2, 30) for x in sentences) and not any(
                 " ".join(x.lower().split()) in excluded for x in sentences
             ):
                 stories.append((record.get("category", ""), sentences))
@@ -341,9 +338,10 @@ def _write_gold(path: Path, columns: Sequence[str], rows: list[dict[str, str]]) 
         writer.writerows(rows)
 
 
-def _speak_all(jobs: list[tuple[str, Path, OfflineVoice]], num_jobs: int) -> None:
+def _speak_all(jobs: list[tuple[str, Path, Voice]], num_jobs: int) -> None:
+    # The pair sets keep the synthesizer's level (no peak normalisation), as they were first built.
     with ThreadPoolExecutor(max_workers=num_jobs) as pool:
-        list(pool.map(lambda job: speak(*job), jobs))
+        list(pool.map(lambda job: speak(job[2], [(job[0], job[1])], peak_db=None), jobs))
 
 
 def build_lexical(out_dir: Path, config: SpokenLmMiniatureConfig, rng: random.Random) -> Path:

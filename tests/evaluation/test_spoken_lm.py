@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from torch import Tensor
 
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.spoken_lm import (
     PairScoringConfig,
     PairSet,

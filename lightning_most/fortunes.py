@@ -4,7 +4,8 @@ A fortune file holds quotations separated by lines holding a single `%`. We drop
 (`-- Mark Twain`), join the rest, split it into sentences and keep the ones a synthesizer reads
 exactly as written: plain ASCII letters and light punctuation, no digits (a TTS voice says "1984" in
 words the transcript does not have), no acronyms, no abbreviations cut in half by the splitter.
-The offensive categories (`off/`, Debian's `fortunes-off`) are never read.
+The offensive categories (`off/`, Debian's `fortunes-off`) are never read. The embedded corpus
+(`datamodules.embedded`) and the spoken-LM story pairs (`evaluation.spoken_lm_miniature`) read them here.
 """
 
 from __future__ import annotations
