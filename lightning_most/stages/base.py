@@ -41,6 +41,8 @@ from lightning_most.safe_loading import load_checkpoint
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 from lightning_most.word_lm import LexiconTrie, WordLMConfig, WordLMFusion, WordNgramLM
 
+FRESH_AUDIO_MODULES = ("audio_encoder.", "ctc_head.")
+"""Backbone parts that `init_from` leaves freshly initialised when the file has none of them (a text LM)."""
 ASR_POSITIONS = ("sequential", "audio_scaled")
 EVAL_LOSSES = ("all", *TASKS, "ctc")  # the losses logged per evaluation epoch: overall, per task, CTC
 
@@ -205,6 +207,9 @@ class StageModule(pl.LightningModule):
         weights = state.get("state_dict", state)
         weights = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")} or weights
         missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
+        # A text LM (converted / upcycled) has no audio encoder or CTC head: those start fresh, as its audio rows do.
+        if not any(k.startswith(FRESH_AUDIO_MODULES) for k in weights):
+            missing = [k for k in missing if not k.startswith(FRESH_AUDIO_MODULES)]
         if missing or unexpected:
             raise ValueError(
                 f"init_from={path} does not fit backbone '{self.hparams.backbone}': "
