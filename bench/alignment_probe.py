@@ -28,10 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import EmbeddedDataModule
-from datamodules.dataset import FeatureConfig
+from lightning_most.audio.features import FeatureConfig
 from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.batch import IGNORE_INDEX
 from lightning_most.config import build_config
-from lightning_most.layouts import IGNORE_INDEX, asr_example, collate
+from lightning_most.layouts import asr_example, collate
 from lightning_most.positions import audio_scaled_positions
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 

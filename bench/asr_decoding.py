@@ -1,6 +1,6 @@
 """Dev ASR WER and decoding time of one checkpoint by beam size, joint CTC weight and word-LM fusion.
 
-    .venv/bin/python bench/asr_decoding.py --ckpt runs/quickstart/tensorboard/version_0/checkpoints/last.ckpt \\
+    .venv/bin/python bench/asr_decoding.py --ckpt runs/quickstart/checkpoints/last.ckpt \\
         --beams 1,4,8 --weights 0.5 --lm_weights 0,0.3 --word_bonuses 1.0
 
 Reads the dev split of the config's data module (the quickstart's by default), decodes every ASR
@@ -24,10 +24,11 @@ from torchmetrics.text import WordErrorRate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_most.batch import TASKS
 from lightning_most.decoding import WordLMConfig
 from lightning_most.evaluation.normalize import normalize_text
-from lightning_most.layouts import TASKS
 from lightning_most.main import MostCLI
+from lightning_most.safe_loading import load_checkpoint
 from lightning_most.stages import StageModule
 from lightning_most.stages.evaluation import select_rows
 
@@ -55,7 +56,7 @@ def main() -> None:
     data.prepare_data()
     data.setup("validate")
     model.configure_model()
-    model.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    model.load_state_dict(load_checkpoint(args.ckpt)["state_dict"])
     model.eval()
     batches = []
     for batch in data.val_dataloader():

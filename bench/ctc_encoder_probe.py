@@ -26,7 +26,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import EmbeddedDataModule
-from datamodules.dataset import FeatureConfig
+from lightning_most.audio.features import FeatureConfig
 from lightning_most.audio_encoder import AudioEncoder
 from lightning_most.config import AudioEncoderConfig
 from lightning_most.evaluation.normalize import normalize_text

@@ -23,11 +23,11 @@ import torch
 from lhotse import CutSet
 
 from datamodules.datamodule import MostDataModule
-from datamodules.dataset import FeatureConfig
 from datamodules.embedded import corpus_paths
 from datamodules.embedded_datamodule import EmbeddedDataModule
 from datamodules.mixing import SourceConfig
 from datamodules.shards import export_shar
+from lightning_most.audio.features import FeatureConfig
 
 UNIT_SECONDS = 0.02  # 50 Hz units
 

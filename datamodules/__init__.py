@@ -1,17 +1,19 @@
 """Lhotse-based data pipelines for lightning_most."""
 
 from datamodules.datamodule import MostDataModule
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
 from datamodules.embedded_datamodule import EmbeddedDataModule
-from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig
+from datamodules.instruction_datamodule import EmbeddedInstructionDataModule
+from datamodules.mixing import STAGE1_TASK_WEIGHTS, STAGE2_TASK_WEIGHTS, SourceConfig
 from datamodules.units import UnitsConfig
 
 __all__ = [
     "STAGE1_TASK_WEIGHTS",
+    "STAGE2_TASK_WEIGHTS",
     "EmbeddedCorpusConfig",
     "EmbeddedDataModule",
-    "FeatureConfig",
+    "EmbeddedInstructionDataModule",
     "MostDataModule",
     "MostDataset",
     "SourceConfig",

@@ -11,13 +11,7 @@ manifest order; `SimpleCutSampler`, no shuffling), so that a limited number of e
 (`trainer.limit_val_batches`) holds every source; each cut is laid out for the task of its source
 (list a corpus twice, once with task asr and once with tts, to evaluate both).
 
-Every batch is the `lightning_most.layouts.collate` dict (B batch, T positions, N audio-frame
-positions, F = `feature_dim`):
-
-    input_ids (B, T) long, modality_ids (B, T) long, feature_mask (B, T) bool,
-    attention_mask (B, T) bool, labels (B, T) long (-100 = no loss), task_ids (B,) long,
-    prompt_lengths (B,) long, audio_features (N, F) float (when the batch has ASR examples),
-    texts list[str], cut_ids list[str]
+Every batch is a `lightning_most.batch.Batch` (F = `feature_dim`).
 
 Resuming: Lightning saves `state_dict()` in the checkpoint and calls `load_state_dict` before it
 asks for the train loader; the loader then continues at the first batch the interrupted run did not
@@ -37,11 +31,14 @@ import torch.distributed as dist
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.loader import ResumableLoader
-from datamodules.mixing import STAGE1_TASK_WEIGHTS, TEXT_TASKS, SourceConfig, mix_sources, open_source, validate_mix
+from datamodules.mixing import STAGE1_TASK_WEIGHTS, SourceConfig, mix_sources, open_source, validate_mix
 from datamodules.quality import CutChecker, SkipLog
 from datamodules.text import resolve_text_shards
+from datamodules.webdataset_shards import is_webdataset_path
+from lightning_most.audio.features import FeatureConfig
+from lightning_most.batch import TEXT_ONLY_TASKS
 
 
 class MostDataModule(pl.LightningDataModule):
@@ -58,6 +55,7 @@ class MostDataModule(pl.LightningDataModule):
         max_duration: float = 120.0,
         num_buckets: int = 10,
         buffer_size: int = 500,
+        num_cuts_for_bins_estimate: int = 10000,
         shuffle: bool = True,
         infinite: bool = True,
         max_cut_duration: float = 30.0,
@@ -80,6 +78,8 @@ class MostDataModule(pl.LightningDataModule):
                 precomputed; frame stacking).
             max_duration: seconds of audio (text: duration-equivalent) per batch.
             num_buckets: duration buckets of the train sampler.
+            num_cuts_for_bins_estimate: cuts read from the mix to place the bucket boundaries, at every (re)start: from
+                shards (Shar, webdataset) that means reading their audio too, a few ms per cut.
             buffer_size: cuts held by the bucketing sampler: more shuffles better but lets the task mix of
                 the first thousands of samples drift from `task_weights` (buckets drain unevenly at the
                 start); keep it about num_buckets x cuts per batch (500: within 3 points over 2,000 samples).
@@ -112,6 +112,7 @@ class MostDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.max_duration = max_duration
         self.num_buckets = num_buckets
+        self.num_cuts_for_bins_estimate = num_cuts_for_bins_estimate
         self.buffer_size = buffer_size
         self.shuffle = shuffle
         self.infinite = infinite
@@ -159,7 +160,7 @@ class MostDataModule(pl.LightningDataModule):
         """How audio became inputs (features) and targets (units): saved in checkpoints for inference."""
         return {
             "features": asdict(self.features),
-            "unit_quantizer": str(self.unit_quantizer) if self.unit_quantizer else None,
+            "unit_quantizer": str(Path(self.unit_quantizer).resolve()) if self.unit_quantizer else None,
             "unit_encoder": self._unit_description(),
             "num_units": self.num_units,
         }
@@ -169,12 +170,12 @@ class MostDataModule(pl.LightningDataModule):
         text-LM shards, each once. A word LM (`lightning_most.decoding.word_lm`) with no `text_files` is counted on them."""
         files: list[str] = []
         for source in self.train_sources:
-            paths = resolve_text_shards(source.path) if source.task in TEXT_TASKS else [source.path]
+            paths = resolve_text_shards(source.path) if source.task in TEXT_ONLY_TASKS else [source.path]
             for path in paths:
-                if not Path(path).is_file():
+                if not Path(path).is_file() or is_webdataset_path(path):
                     raise ValueError(
                         f"train source {source.name!r} ({source.task}) is {path!r}, not a local file the word LM can "
-                        "read (a URL or Shar folder): list the LM's text in asr_decoding.word_lm.text_files"
+                        "read (a URL, Shar folder or webdataset shards): list the LM's text in asr_decoding.word_lm.text_files"
                     )
                 if path not in files:
                     files.append(path)
@@ -207,6 +208,7 @@ class MostDataModule(pl.LightningDataModule):
             cuts,
             max_duration=self.max_duration,
             num_buckets=self.num_buckets,
+            num_cuts_for_bins_estimate=self.num_cuts_for_bins_estimate,
             buffer_size=self.buffer_size,
             shuffle=self.shuffle,
             seed=self.seed,

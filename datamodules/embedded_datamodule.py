@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.datamodule import MostDataModule
-from datamodules.dataset import FeatureConfig
 from datamodules.embedded import SPLITS, EmbeddedCorpusConfig, corpus_paths, prepare_embedded_corpus
 from datamodules.encoder_features import prepare_whisper_features
 from datamodules.mixing import SourceConfig
+from lightning_most.audio.features import FeatureConfig
 
 WHISPER_FEATURES_DIR = "whisper_features"
 

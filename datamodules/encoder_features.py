@@ -24,14 +24,9 @@ from lhotse import CutSet, load_manifest_lazy
 from lhotse.features.base import Features
 from lhotse.features.io import NumpyFilesWriter
 
-from datamodules.dataset import (
-    SAMPLE_RATE,
-    WHISPER_FEATURE_TYPE,
-    CutLoadError,
-    FeatureConfig,
-    InputFeatures,
-    MostDataset,
-)
+from datamodules.dataset import WHISPER_FEATURE_TYPE, CutLoadError, MostDataset
+from lightning_most.audio import SAMPLE_RATE
+from lightning_most.audio.features import FeatureConfig, InputFeatures
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,13 @@
 
 A source is one corpus feeding one task. Its path is
 
-    speech tasks (asr, tts)  a lhotse cut manifest (`.jsonl.gz`, local path or URL) or a local Lhotse
-                             Shar folder (`shards.py`)
-    text tasks (text_lm)     jsonl shards: a file, a folder of shards or a glob (`text.py`)
+    speech tasks (asr, tts,  a lhotse cut manifest (`.jsonl.gz`, local path or URL), a local Lhotse
+    speech_instruct)         Shar folder (`shards.py`), or webdataset tar shards of audio + transcript
+                             per key: a .tar file, a folder of them, a glob, a brace pattern
+                             `shard-{000000..000009}.tar` or a URL (`webdataset_shards.py`); a spoken
+                             instruction's supervision text is the response (`spoken_instructions.py`)
+    text tasks (text_lm,     jsonl shards: a file, a folder of shards or a glob (`text.py`); text-instruct
+    text_instruct)           lines add the prompt (`instructions.py`)
 
 The probability of drawing from a source is `task_weights[task] * weight / (sum of the weights of
 the task's sources)`: e.g. asr 0.4 split over LibriHeavy 3 : VoxPopuli 1 gives 0.3 and 0.1. The
@@ -25,10 +29,15 @@ from lhotse.cut import Cut
 
 from datamodules.shards import read_shar
 from datamodules.text import text_cuts
+from datamodules.webdataset_shards import is_webdataset_path, read_webdataset
+from lightning_most.batch import TASKS, TEXT_ONLY_TASKS, Task
 
-SPEECH_TASKS: tuple[str, ...] = ("asr", "tts")
-TEXT_TASKS: tuple[str, ...] = ("text_lm",)
-STAGE1_TASK_WEIGHTS: dict[str, float] = {"asr": 0.4, "tts": 0.4, "text_lm": 0.2}
+STAGE1_TASK_WEIGHTS: dict[str, float] = {Task.ASR.value: 0.4, Task.TTS.value: 0.4, Task.TEXT_LM.value: 0.2}
+"""MoST's stage-1 mix (plain-string keys, as a YAML `task_weights` holds them)."""
+STAGE2_TASK_WEIGHTS: dict[str, float] = {
+    Task.SPEECH_INSTRUCT.value: 0.4, Task.TEXT_INSTRUCT.value: 0.4, Task.ASR.value: 0.1, Task.TTS.value: 0.1
+}
+"""MoST's stage-2 mix."""
 
 
 @dataclass
@@ -38,22 +47,22 @@ class SourceConfig:
     name: str
     """Corpus name (logs, skip counts); unique within a task."""
     task: str
-    """`asr`, `tts` (speech corpora) or `text_lm` (text shards)."""
+    """`asr`, `tts`, `speech_instruct` (speech corpora) or `text_lm`, `text_instruct` (text shards)."""
     path: str
-    """Cut manifest (.jsonl.gz, path or URL) or Lhotse Shar folder for speech; jsonl file/folder/glob for text."""
+    """Speech: cut manifest (.jsonl.gz, path or URL), Lhotse Shar folder or webdataset shards (.tar file, folder, glob,
+    brace pattern); text: jsonl file/folder/glob."""
     weight: float = 1.0
     """Relative weight of this corpus among the sources of its task."""
 
 
 def validate_mix(sources: list[SourceConfig], task_weights: dict[str, float], field: str = "train_sources") -> None:
     """Raise a ValueError naming the bad field if the sources and weights do not make a mix."""
-    known = SPEECH_TASKS + TEXT_TASKS
     if not sources:
         raise ValueError(f"`{field}` is empty: list at least one source (name, task, path).")
     seen = set()
     for s in sources:
-        if s.task not in known:
-            raise ValueError(f"{field}: source {s.name!r} has unknown task {s.task!r}; tasks are {known}.")
+        if s.task not in TASKS:
+            raise ValueError(f"{field}: source {s.name!r} has unknown task {s.task!r}; tasks are {', '.join(TASKS)}.")
         if (s.name, s.task) in seen:
             raise ValueError(f"{field}: source {s.name!r} appears twice for task {s.task!r}.")
         seen.add((s.name, s.task))
@@ -96,16 +105,18 @@ def tag_cut(cut: Cut, task: str, source: str) -> Cut:
 def open_source(
     source: SourceConfig, tokenizer: str, tokens_per_second: float, seed: int, shuffle_shards: bool = True
 ) -> CutSet:
-    """The lazy CutSet of one source, each cut tagged with its task and source (Shar shards shuffled per pass)."""
-    if source.task in TEXT_TASKS:
+    """The lazy CutSet of one source, each cut tagged with its task and source (Shar/webdataset shards shuffled per pass)."""
+    if source.task in TEXT_ONLY_TASKS:
         cuts = text_cuts(source.path, tokenizer, tokens_per_second)
+    elif is_webdataset_path(source.path):
+        cuts = read_webdataset(source.path, seed=seed, shuffle_shards=shuffle_shards)
     elif Path(source.path).is_dir():
         cuts = read_shar(source.path, seed=seed, shuffle_shards=shuffle_shards)
     elif "://" in source.path or Path(source.path).is_file():
         cuts = load_manifest_lazy(source.path)
     else:
         raise FileNotFoundError(
-            f"source {source.name!r} ({source.task}): {source.path} is neither a cut manifest file nor a Shar folder; "
+            f"source {source.name!r} ({source.task}): {source.path} is neither a cut manifest file, a Shar folder nor webdataset .tar shards; "
             "build it first (`python -m lightning_most prepare`, or datamodules.recipes) or fix its `path`."
         )
     return cuts.map(functools.partial(tag_cut, task=source.task, source=source.name))

@@ -11,7 +11,9 @@ Reasons (keys of every `skipped` Counter):
     missing_units     a TTS cut without the `units` custom field, or whose units cannot be read
 
 The first four are read from the manifest, before batching (`CutChecker`, a sampler filter in the
-main process); the rest show up when a worker loads the cut (`dataset.py`). Each skip is counted
+main process); the rest show up when a worker loads the cut (`dataset.py`), or, for a source that
+decodes its examples while streaming them (webdataset shards), as a placeholder cut whose
+`custom["skip_reason"]` and `custom["skip_detail"]` the sampler filter counts. Each skip is counted
 every time it happens (an infinite loader meets the same bad cut every pass) and logged as a warning
 naming the cut id and the reason: once per cut id and reason by the sampler filter, once per batch
 by a worker. Under DDP every rank's sampler reads the whole stream (and keeps every world_size-th
@@ -80,8 +82,11 @@ class CutChecker:
         self.skips = skips
 
     def __call__(self, cut: Cut) -> bool:
-        error = (cut.custom or {}).get("text_error")
-        reason = "non_text" if error else text_problem(cut_text(cut))
+        custom = cut.custom or {}
+        reason, error = custom.get("skip_reason"), custom.get("skip_detail")  # a source's unreadable example
+        if reason is None:
+            error = custom.get("text_error")
+            reason = "non_text" if error else text_problem(cut_text(cut))
         if reason is None and cut.duration <= 0:
             reason = "zero_length"
         if reason is None and cut.duration > self.max_cut_duration:

@@ -8,7 +8,9 @@ is a `MonoCut` without a recording: one supervision holding the text, and a *dur
 (default 50 tokens/s: one text token takes the batch room of one 50 Hz audio position), which is
 what `max_duration` and the duration buckets see.
 
-Shards are `.jsonl` or `.jsonl.gz` files of `{"text": ..., "id": ...}` lines ("id" optional); a
+Shards are `.jsonl` or `.jsonl.gz` files of `{"text": ..., "id": ...}` lines ("id" optional); the
+shards of the text-instruct task add `"prompt"` (the instruction; `text` is then the response,
+`instructions.py`), kept as `custom["prompt"]` and counted in the duration-equivalent. A
 source names one file, a folder (every `*.jsonl*` in it, sorted) or a glob. Files are opened with
 lhotse's `open_best`, so URLs and `pipe:` commands work as they do for lhotse manifests. A line that
 is not JSON or has no string "text" is passed on with `custom["text_error"]` set, and the filter
@@ -65,10 +67,14 @@ class LazyTextCuts:
             self._tokenizer = build_tokenizer(self.tokenizer_name)
         return len(self._tokenizer.encode(text))
 
-    def _cut(self, cut_id: str, text: object, error: str | None) -> MonoCut:
-        duration = self._count_tokens(text) / self.tokens_per_second if isinstance(text, str) else 0.0
+    def _cut(self, cut_id: str, text: object, error: str | None, prompt: str | None = None) -> MonoCut:
+        tokens = self._count_tokens(text) if isinstance(text, str) else 0
+        tokens += self._count_tokens(prompt) if prompt else 0
+        duration = tokens / self.tokens_per_second
         supervision = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=duration, text=text)
         custom = {"text_error": error} if error else {}
+        if prompt is not None:
+            custom["prompt"] = prompt
         return MonoCut(id=cut_id, start=0.0, duration=duration, channel=0, supervisions=[supervision], custom=custom)
 
     def __iter__(self) -> Iterator[MonoCut]:
@@ -89,8 +95,11 @@ class LazyTextCuts:
                         continue
                     cut_id = str(record.get("id", f"{stem}-{line_no}"))
                     text = record.get("text")
+                    prompt = record.get("prompt")
                     error = None if isinstance(text, str) or text is None else f"{where} has a non-string text"
-                    yield self._cut(cut_id, text, error)
+                    if prompt is not None and not isinstance(prompt, str):
+                        error, prompt = f"{where} has a non-string prompt", None
+                    yield self._cut(cut_id, text, error, prompt)
 
 
 def text_cuts(path: str, tokenizer: str = "byte", tokens_per_second: float = 50.0) -> CutSet:

@@ -36,7 +36,13 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 
 
 def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = None) -> tuple[Tensor, float]:
-    """Inverse frequencies (D/2,) and the cos/sin multiplier of plain, YaRN or Llama-3 RoPE (as transformers does)."""
+    """Inverse frequencies (D/2,) and the cos/sin multiplier of plain, YaRN or Llama-3 RoPE.
+
+    The frequencies are transformers'; YaRN's multiplier is DeepSeek-V2's (modeling_deepseek.py,
+    `DeepseekV2YarnRotaryEmbedding`): yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim), with
+    mscale = 1 and mscale_all_dim = 0 when absent, unless the config gives `attention_factor` itself.
+    transformers agrees when both or neither of mscale / mscale_all_dim are given, not when one is.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (D/2,)
     if scaling is None:
         return inv_freq, 1.0
@@ -59,11 +65,10 @@ def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None = No
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / ((high - low) or 1e-3)).clamp(0, 1)  # (D/2,)
     inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
     attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
+    if attention_factor is None:  # DeepSeek-V2's rule; absent keys take its defaults mscale=1, mscale_all_dim=0
         mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        attention_factor = yarn_mscale(factor)
-        if mscale and mscale_all_dim:
-            attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+        mscale, mscale_all_dim = 1.0 if mscale is None else mscale, 0.0 if mscale_all_dim is None else mscale_all_dim
+        attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
     return inv_freq, attention_factor
 
 
@@ -89,37 +94,53 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+class LayerCache:
+    """One layer's cached tensors, grown along the time axis (dim 1 of (B, S, ...) tensors).
+
+    Each attention module gets its own object (not a layer index into a shared one), so a compiled decoder
+    block reads no per-layer constant and every layer reuses one compiled graph.
+    """
+
+    def __init__(self) -> None:
+        self.tensors: tuple[Tensor, ...] | None = None
+
+    def update(self, *new: Tensor) -> tuple[Tensor, ...]:
+        """Append this step's tensors (B, T, ...) and return the full ones (B, S, ...)."""
+        full = new if self.tensors is None else tuple(torch.cat([o, n], dim=1) for o, n in zip(self.tensors, new))
+        self.tensors = full
+        return full
+
+
 class KVCache:
-    """Per-layer cached tensors, grown along the time axis (dim 1 of (B, S, ...) tensors)."""
+    """The per-layer caches of a decoder stack."""
 
     def __init__(self, num_layers: int) -> None:
-        self.layers: list[tuple[Tensor, ...] | None] = [None] * num_layers
+        self.layers = [LayerCache() for _ in range(num_layers)]
 
     @property
     def length(self) -> int:
         """Number of cached positions."""
-        first = self.layers[0]
+        first = self.layers[0].tensors
         return 0 if first is None else first[0].shape[1]
-
-    def update(self, layer: int, *new: Tensor) -> tuple[Tensor, ...]:
-        """Append this step's tensors (B, T, ...) for `layer` and return the full ones (B, S, ...)."""
-        old = self.layers[layer]
-        full = new if old is None else tuple(torch.cat([o, n], dim=1) for o, n in zip(old, new))
-        self.layers[layer] = full
-        return full
 
     def reorder(self, index: Tensor) -> None:
         """Keep the cached rows `index` (new row i = old row index[i]) in every layer (beam search)."""
-        self.layers = [None if layer is None else tuple(t.index_select(0, index) for t in layer) for layer in self.layers]
+        for layer in self.layers:
+            if layer.tensors is not None:
+                layer.tensors = tuple(t.index_select(0, index) for t in layer.tensors)
+
+
+LATENT_NORM_EPS = 1e-6
+"""eps of MLA's q_a / kv_a latent norms: DeepSeek-V2 builds them with its RMSNorm's default, whatever the model's
+`rms_norm_eps` (modeling_deepseek.py and transformers' DeepseekV2Attention alike)."""
 
 
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2 MLA: keys/values from a shared low-rank latent; the cache holds the latent and rope key."""
 
-    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, config: AttentionConfig) -> None:
         super().__init__()
         c = config
-        self.layer_index = layer_index
         self.num_heads, self.nope, self.rope, self.v_dim = c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
         self.kv_lora_rank = c.kv_lora_rank
         q_width = c.num_heads * (self.nope + self.rope)
@@ -127,10 +148,10 @@ class MultiHeadLatentAttention(nn.Module):
             self.q_proj = nn.Linear(hidden_size, q_width, bias=False)
         else:
             self.q_a_proj = nn.Linear(hidden_size, c.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(c.q_lora_rank, eps)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
             self.q_b_proj = nn.Linear(c.q_lora_rank, q_width, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(hidden_size, c.kv_lora_rank + self.rope, bias=False)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, eps)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, c.num_heads * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(c.num_heads * self.v_dim, hidden_size, bias=False)
         self.rotary = RotaryEmbedding(self.rope, c.rope_theta, c.rope_scaling)
@@ -138,7 +159,7 @@ class MultiHeadLatentAttention(nn.Module):
         if c.rope_scaling and c.rope_scaling.get("mscale_all_dim"):  # YaRN temperature (DeepSeek-V2)
             self.scale *= yarn_mscale(c.rope_scaling["factor"], c.rope_scaling["mscale_all_dim"]) ** 2
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
         B, T, _ = x.shape
         H = self.num_heads
@@ -150,7 +171,7 @@ class MultiHeadLatentAttention(nn.Module):
         q_pe = apply_rotary(q_pe, cos, sin)  # (B, T, H, rope)
         k_pe = apply_rotary(k_pe[:, :, None, :], cos, sin)  # (B, T, 1, rope): one rope key for all heads
         if cache is not None:
-            latent, k_pe = cache.update(self.layer_index, latent, k_pe)  # (B, S, r), (B, S, 1, rope)
+            latent, k_pe = cache.update(latent, k_pe)  # (B, S, r), (B, S, 1, rope)
         S = latent.shape[1]
         k_nope, v = self.kv_b_proj(latent).view(B, S, H, self.nope + self.v_dim).split([self.nope, self.v_dim], dim=-1)
         k = torch.cat([k_nope, k_pe.expand(B, S, H, self.rope)], dim=-1)  # (B, S, H, nope + rope)
@@ -168,10 +189,9 @@ class MultiHeadLatentAttention(nn.Module):
 class GroupedQueryAttention(nn.Module):
     """Llama-style attention: H query heads share H_kv key/value heads; the cache holds k and v."""
 
-    def __init__(self, hidden_size: int, config: AttentionConfig, layer_index: int) -> None:
+    def __init__(self, hidden_size: int, config: AttentionConfig) -> None:
         super().__init__()
         c = config
-        self.layer_index = layer_index
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         self.q_proj = nn.Linear(hidden_size, c.num_heads * c.head_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, c.num_kv_heads * c.head_dim, bias=False)
@@ -179,7 +199,7 @@ class GroupedQueryAttention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, hidden_size, bias=False)
         self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling)
 
-    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
         """x (B, T, d), position_ids (B, T), mask (B, 1, T, S) -> (B, T, d)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
@@ -188,7 +208,7 @@ class GroupedQueryAttention(nn.Module):
         cos, sin = self.rotary(position_ids)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)  # (B, S, H_kv, D)
+            k, v = cache.update(k, v)  # (B, S, H_kv, D)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
             enable_gqa=self.num_heads != self.num_kv_heads,
@@ -196,11 +216,11 @@ class GroupedQueryAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
-def build_attention(hidden_size: int, config: AttentionConfig, layer_index: int, eps: float) -> nn.Module:
+def build_attention(hidden_size: int, config: AttentionConfig) -> nn.Module:
     """The attention module named by `config.kind`."""
     if config.kind == "mla":
-        return MultiHeadLatentAttention(hidden_size, config, layer_index, eps)
-    return GroupedQueryAttention(hidden_size, config, layer_index)
+        return MultiHeadLatentAttention(hidden_size, config)
+    return GroupedQueryAttention(hidden_size, config)
 
 
 def attention_mask(padding_mask: Tensor, num_new: int) -> Tensor:

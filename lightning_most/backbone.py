@@ -1,12 +1,7 @@
 """The MoST backbone: a DeepSeek-V2-style decoder over text tokens, audio units and audio frames.
 
-Plain PyTorch (no Lightning). Inputs follow the batch contract of `layouts.py`:
-
-    input_ids       (B, T) long   unified ids (text tokens, specials, audio units)
-    modality_ids    (B, T) long   0 text, 1 audio: selects each token's expert group in MoE layers
-    attention_mask  (B, S) bool   True on real positions (S = cached + T)
-    audio_features  (N, F) float  continuous frames for the N positions where feature_mask is True
-    feature_mask    (B, T) bool
+Plain PyTorch (no Lightning). Inputs are the tensors of the batch contract `lightning_most.batch.Batch`;
+with a KV cache, `attention_mask` covers the S = cached + T positions, (B, S).
 
 Embedding: ids -> `embed_tokens`, frames -> `audio_projector` (LayerNorm + 2-layer MLP), then the optional
 `audio_encoder` (bidirectional context within each utterance, `audio_encoder.py`), placed at feature_mask.
@@ -24,10 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_most.attention import KVCache, RMSNorm, build_attention, causal_mask_or_none
+from lightning_most.attention import KVCache, LayerCache, RMSNorm, build_attention, causal_mask_or_none
 from lightning_most.audio_encoder import AudioEncoder
+from lightning_most.batch import IGNORE_INDEX
 from lightning_most.config import ModelConfig
-from lightning_most.layouts import IGNORE_INDEX
 from lightning_most.mamoe import ModalityAwareRouter, MoEBlock, RoutedExperts, RoutingStats, SwiGLU
 
 
@@ -50,10 +45,10 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.input_layernorm = RMSNorm(d, config.rms_norm_eps)
-        self.self_attn = build_attention(d, config.attention, index, config.rms_norm_eps)
+        self.self_attn = build_attention(d, config.attention)
         self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
         if config.is_moe_layer(index):
-            self.mlp: nn.Module = MoEBlock(d, config.moe)
+            self.mlp: nn.Module = MoEBlock(d, config.moe_for_layer(index))
         elif index >= config.first_k_dense:  # dense ablation: same active width as top_k + shared experts
             moe = config.moe
             self.mlp = SwiGLU(d, (moe.top_k + moe.num_shared_experts) * moe.expert_intermediate_size)
@@ -61,7 +56,7 @@ class DecoderBlock(nn.Module):
             self.mlp = SwiGLU(d, config.intermediate_size)
 
     def forward(
-        self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None
+        self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None
     ) -> tuple[Tensor, Tensor, RoutingStats | None]:
         """x (B, T, d) -> x (B, T, d), aux loss (), routing stats or None for dense layers."""
         x = x + self.self_attn(self.input_layernorm(x), position_ids, mask, cache)
@@ -179,11 +174,11 @@ class MoSTBackbone(nn.Module):
 
         aux = x.new_zeros((), dtype=torch.float32)
         routing: list[RoutingStats] = []
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
             if self.activation_checkpointing and self.training and cache is None:
                 x, layer_aux, stats = checkpoint(block, x, modality_ids, valid, position_ids, mask, None, use_reentrant=False)
             else:
-                x, layer_aux, stats = block(x, modality_ids, valid, position_ids, mask, cache)
+                x, layer_aux, stats = block(x, modality_ids, valid, position_ids, mask, None if cache is None else cache.layers[i])
             aux = aux + layer_aux
             if stats is not None:
                 routing.append(stats)

@@ -7,7 +7,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class RunSummary(pl.Callback):
-    """At the end of fit/validate, print the dev ASR WER (and the CTC head's, if any) and where the TensorBoard logs are."""
+    """At the end of fit/validate, print the dev ASR WER (and the CTC head's, if any), stage 2's dev QA accuracies and
+    where the TensorBoard logs are."""
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -19,6 +20,10 @@ class RunSummary(pl.Callback):
         ctc_wer = trainer.callback_metrics.get("val/asr_ctc_wer")
         if ctc_wer is not None:
             lines.append(f"dev ASR WER of the audio encoder's CTC head (greedy): {float(ctc_wer):.2%}")
+        for name, what in (("spoken_qa_accuracy", "spoken QA accuracy (S->T)"), ("text_qa_accuracy", "text QA accuracy")):
+            accuracy = trainer.callback_metrics.get(f"val/{name}")
+            if accuracy is not None:  # stage 2: the ASR WER above is then the forgetting check
+                lines.append(f"dev {what}, exact match on the held-out questions: {float(accuracy):.2%}")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 lines.append(f"TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {logger.root_dir})")

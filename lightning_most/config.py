@@ -20,10 +20,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lightning_most.partitions import check_groups, index_partition
+
 MoEVariant = Literal["mamoe", "vanilla", "noshared", "dense"]
 GateKind = Literal["masked_softmax", "group_renormalized"]
-Partition = Literal["halves", "interleaved"]
+Partition = Literal["halves", "ratio", "interleaved"]
 AttentionKind = Literal["mla", "gqa"]
+PLAIN_ROPE: dict[str, Any] = {"rope_type": "default"}
+"""`attention.rope_scaling` of plain RoPE given explicitly (transformers' name for it); see `AttentionConfig`."""
 
 
 @dataclass
@@ -38,7 +42,9 @@ class MoEConfig:
     num_shared_experts: int = 1
     """Always-on shared experts (0 = none, as in NoShared)."""
     top_k: int = 2
-    """Experts each token is routed to, inside its modality's group."""
+    """Experts each token is routed to, inside its modality's group. It may exceed a group's size, as the official
+    MoST release allows: the slots past the group go to off-group experts at weight 0 (they add compute and count in
+    the aux loss's expert frequencies, nothing else)."""
     expert_intermediate_size: int = 64
     """Hidden width of one expert's SwiGLU MLP."""
     num_modalities: int = 2
@@ -46,14 +52,24 @@ class MoEConfig:
     expert_groups: list[list[int]] | None = None
     """Routed-expert indices allowed for each modality id; None derives them from `partition`."""
     partition: Partition = "halves"
-    """How groups are derived when `expert_groups` is None: contiguous blocks, or expert e -> e % M."""
+    """How groups are derived when `expert_groups` is None (`partitions.py`): halves (M equal contiguous blocks),
+    ratio (contiguous blocks sized by `partition_ratio`), interleaved (expert e -> modality e % M)."""
+    partition_ratio: list[float] | None = None
+    """Relative group sizes for partition=ratio, one per modality, e.g. [3, 1] = 3/4 of the experts for text."""
+    layer_expert_groups: list[list[list[int]]] | None = None
+    """Groups per MoE layer (in layer order), e.g. from `python -m lightning_most partition` (clustering of
+    pretrained routing); overrides expert_groups / partition layer by layer."""
     gate: GateKind = "masked_softmax"
     """masked_softmax: softmax over all experts, then masked to the group, not renormalised (the official
     MoST release); group_renormalized: softmax over the group's experts only (weights sum to 1)."""
+    norm_topk_prob: bool = False
+    """DeepSeek-V2's `norm_topk_prob`: with top_k > 1 the chosen top-k weights are divided by their sum (inside the
+    modality group, so a token's routed weights sum to 1), and `routed_scaling_factor` is then not applied
+    (DeepSeek-V2's MoEGate; the official MoST release's MAMoEGate does the same on its masked scores)."""
     aux_loss_alpha: float = 0.001
     """Weight of the sequence-level load-balancing loss (DeepSeek-V2); 0 disables it."""
     routed_scaling_factor: float = 1.0
-    """Multiplier on the routed output (DeepSeek-V2 uses 1.0 for Lite)."""
+    """Multiplier on the routed output (DeepSeek-V2 uses 1.0 for Lite); not applied with `norm_topk_prob`."""
 
     def __post_init__(self) -> None:
         if self.num_routed_experts < 1:
@@ -62,25 +78,21 @@ class MoEConfig:
             raise ValueError(f"moe.num_shared_experts must be >= 0, got {self.num_shared_experts}")
         if self.num_modalities < 1:
             raise ValueError(f"moe.num_modalities must be >= 1, got {self.num_modalities}")
+        E, M = self.num_routed_experts, self.num_modalities
         if self.expert_groups is not None:
-            if len(self.expert_groups) != self.num_modalities:
-                raise ValueError(
-                    f"moe.expert_groups has {len(self.expert_groups)} groups but moe.num_modalities is "
-                    f"{self.num_modalities}: give one list of expert indices per modality"
-                )
-            for m, group in enumerate(self.expert_groups):
-                bad = [e for e in group if not 0 <= e < self.num_routed_experts]
-                if bad:
-                    raise ValueError(
-                        f"moe.expert_groups[{m}] names experts {bad} outside 0..{self.num_routed_experts - 1}"
-                    )
-                if len(set(group)) != len(group):
-                    raise ValueError(f"moe.expert_groups[{m}] lists an expert twice: {group}")
-        routable = self.num_routed_experts if self.variant == "vanilla" else min(map(len, self.groups()))
-        if not 1 <= self.top_k <= routable:
+            check_groups(self.expert_groups, E, M, "moe.expert_groups")
+        for i, groups in enumerate(self.layer_expert_groups or []):
+            check_groups(groups, E, M, f"moe.layer_expert_groups[{i}]")
+        if not 1 <= self.top_k <= E:
             raise ValueError(
-                f"moe.top_k={self.top_k} must be between 1 and the smallest expert group ({routable} experts)"
+                f"moe.top_k={self.top_k} must be between 1 and moe.num_routed_experts={self.num_routed_experts}"
             )
+        if self.variant != "vanilla":  # groups() refuses more modalities than experts when it derives them
+            named = {"moe.expert_groups": self.groups(), **{
+                f"moe.layer_expert_groups[{i}]": groups for i, groups in enumerate(self.layer_expert_groups or [])}}
+            for where, groups in named.items():
+                if empty := [m for m, group in enumerate(groups) if not group]:
+                    raise ValueError(f"{where} leaves modalities {empty} without experts: give each at least one")
 
     @property
     def shared_experts(self) -> int:
@@ -91,13 +103,7 @@ class MoEConfig:
         """Routed-expert indices allowed for each modality id."""
         if self.expert_groups is not None:
             return [list(g) for g in self.expert_groups]
-        E, M = self.num_routed_experts, self.num_modalities
-        if E < M:
-            raise ValueError(f"moe.num_routed_experts={E} cannot be split into {M} modality groups")
-        if self.partition == "interleaved":
-            return [list(range(m, E, M)) for m in range(M)]
-        bounds = [round(m * E / M) for m in range(M + 1)]
-        return [list(range(bounds[m], bounds[m + 1])) for m in range(M)]
+        return index_partition(self.num_routed_experts, self.num_modalities, self.partition, self.partition_ratio)
 
 
 @dataclass
@@ -126,15 +132,23 @@ class AttentionConfig:
     """Long-context RoPE scaling as in a Hugging Face config.json; None = plain RoPE. {"rope_type": "yarn",
     "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"}
     (DeepSeek-V2; also scales the MLA softmax by yarn_mscale(factor, mscale_all_dim)**2) or {"rope_type":
-    "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} (Llama-3.x)."""
+    "llama3", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} (Llama-3.x).
+    {"rope_type": "default"} is plain RoPE said explicitly (stored as None): in `backbone_overrides` a null
+    means "keep the preset's", so this is how an override turns a preset's scaling off."""
 
     def __post_init__(self) -> None:
+        if self.rope_scaling is not None and self.rope_scaling.get("rope_type") == PLAIN_ROPE["rope_type"]:
+            if extra := sorted(set(self.rope_scaling) - set(PLAIN_ROPE)):
+                raise ValueError(f"attention.rope_scaling of rope_type 'default' (plain RoPE) takes no {extra}")
+            self.rope_scaling = None
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type")
             required = {"yarn": {"factor", "original_max_position_embeddings"},
                         "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
             if kind not in required:
-                raise ValueError(f"attention.rope_scaling.rope_type must be 'yarn' or 'llama3', got {kind!r}")
+                raise ValueError(
+                    f"attention.rope_scaling.rope_type must be 'yarn', 'llama3' or 'default' (plain), got {kind!r}"
+                )
             if missing := sorted(required[kind] - set(self.rope_scaling)):
                 raise ValueError(f"attention.rope_scaling ({kind}) lacks {missing}")
         if self.kind == "gqa" and self.num_heads % self.num_kv_heads:
@@ -164,7 +178,7 @@ class AudioEncoderConfig:
     """Dropout on the projected frames entering the encoder (training only): regularises a small encoder that
     sees few sentences."""
     ctc_head: bool = False
-    """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc_weight` trains it on ASR
+    """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc.weight` trains it on ASR
     transcripts. It teaches a from-scratch encoder phonetic frames long before the decoder learns to align."""
 
     def __post_init__(self) -> None:
@@ -215,6 +229,12 @@ class ModelConfig:
         for name in ("hidden_size", "num_layers", "intermediate_size", "text_vocab_size", "num_audio_units"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        moe_layers = sum(self.is_moe_layer(i) for i in range(self.num_layers))
+        if self.moe.layer_expert_groups is not None and len(self.moe.layer_expert_groups) != moe_layers:
+            raise ValueError(
+                f"moe.layer_expert_groups has {len(self.moe.layer_expert_groups)} layers but the backbone has "
+                f"{moe_layers} MoE layers: write the groups for this backbone (python -m lightning_most partition)"
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -224,6 +244,13 @@ class ModelConfig:
     def is_moe_layer(self, index: int) -> bool:
         """Whether decoder layer `index` has an MoE block (dense variant: never)."""
         return index >= self.first_k_dense and self.moe.variant != "dense"
+
+    def moe_for_layer(self, index: int) -> MoEConfig:
+        """The MoE settings of decoder layer `index`: its own `layer_expert_groups` entry when given."""
+        if self.moe.layer_expert_groups is None:
+            return self.moe
+        groups = self.moe.layer_expert_groups[index - self.first_k_dense]
+        return dataclasses.replace(self.moe, expert_groups=groups, layer_expert_groups=None)
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -5,7 +5,7 @@ the audio front and back ends the checkpoint was trained with (its `audio_io`, w
 module's `audio_io()`):
 
     transcribe       waveform -> input features (lhotse Fbank or the frozen Whisper encoder, `InputFeatures`)
-                     + stack_frames, as in `datamodules.dataset` -> asr prompt
+                     + stack_frames, as in training (`lightning_most.audio.features`) -> asr prompt
                      |bos| |audio_start| F.. |audio_end| |asr|  -> greedy text
     synthesize       text -> tts prompt |bos| |tts| t.. |audio_start| -> greedy units -> vocoder
     log_likelihood   waveform -> unit encoder (FbankEncoder) + k-means quantizer -> units U, scored as
@@ -13,6 +13,7 @@ module's `audio_io()`):
                      over the quantizer's K units
     answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
                      -> greedy text
+    answer_written   text -> text_instruct prompt |bos| |text_instruct| q.. |answer| -> greedy text
     answer_speech    synthesize(answer_text(waveform))
 
 Every method takes a list and runs it as one padded batch (generation is batched over the list).
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,19 +31,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from datamodules.dataset import FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio import (
     FbankEncoder,
     FbankEncoderConfig,
+    FeatureConfig,
     GriffinLimVocoder,
     GriffinLimVocoderConfig,
+    InputFeatures,
     UnitHifiganVocoder,
     UnitHifiganVocoderConfig,
     UnitQuantizer,
     Vocoder,
+    stack_frames,
 )
+from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
 from lightning_most.evaluation.protocols import SAMPLING_RATE
-from lightning_most.layouts import AUDIO, TEXT, Example, asr_example, collate, speech_instruct_example, tts_example
+from lightning_most.layouts import (
+    Example,
+    asr_example,
+    collate,
+    speech_instruct_example,
+    text_instruct_example,
+    tts_example,
+)
+from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 from lightning_most.stages.base import LEGACY_HPARAMS, StageModule, upgrade_hparams
 from lightning_most.stages.stage1 import Stage1Module
 
@@ -116,7 +127,7 @@ def _upgraded(path: str | Path, header: dict[str, Any]) -> str | io.BytesIO:
     hyperparameters), an in-memory copy with them moved into their groups (`stages.base.upgrade_hparams`)."""
     if not LEGACY_HPARAMS.keys() & header["hyper_parameters"].keys():
         return str(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = load_checkpoint(path, mmap=True)
     checkpoint["hyper_parameters"] = upgrade_hparams(checkpoint["hyper_parameters"])
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
@@ -138,9 +149,9 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} does not exist: pass the .ckpt a fit run wrote (e.g. .../checkpoints/last.ckpt)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise InferenceError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+        checkpoint = load_checkpoint(path, mmap=True)
+    except (UnsafeCheckpointError, UnreadableCheckpointError) as error:
+        raise InferenceError(str(error)) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise InferenceError(f"{path} is not a Lightning checkpoint of a stage module (no state_dict/hyper_parameters)")
     return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
@@ -233,7 +244,7 @@ class MostInference:
             raw_audio_io["unit_quantizer"] = str(unit_quantizer)
         parsed = AudioIO.from_dict(raw_audio_io, str(path))
         try:
-            module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=False)
+            module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=True)
         except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
             first = str(error).strip().splitlines()
             raise InferenceError(
@@ -294,7 +305,7 @@ class MostInference:
         units = self.quantizer.quantize(features[valid])  # (sum of frames,)
         return list(units.cpu().split(frames.tolist()))
 
-    def _batch(self, examples: list[Example]) -> dict:
+    def _batch(self, examples: list[Example]) -> Batch:
         batch = collate(examples, pad_id=self.module.specials.pad)
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
@@ -342,14 +353,14 @@ class MostInference:
         examples = []
         for u in units:  # |bos| |audio_start| U..  (the speech prefix of the asr / speech_instruct layouts)
             ids = torch.cat([torch.tensor([s.bos, s.audio_start]), u + V])
-            modality = torch.cat([torch.full((2,), TEXT), torch.full((u.numel(),), AUDIO)])
+            modality = torch.cat([torch.full((2,), Modality.TEXT), torch.full((u.numel(),), Modality.AUDIO)])
             examples.append(
                 Example(
-                    "asr",
+                    Task.ASR,
                     ids,
                     modality,
                     torch.zeros_like(ids, dtype=torch.bool),
-                    torch.full_like(ids, -100),
+                    torch.full_like(ids, IGNORE_INDEX),
                     None,
                     prompt_length=ids.numel(),
                 )
@@ -361,7 +372,7 @@ class MostInference:
         m.backbone.train(was_training)
         log_probs = logits.log_softmax(dim=-1)
         targets = batch["input_ids"][:, 1:] - V  # (B, T-1)
-        is_unit = (batch["modality_ids"][:, 1:] == AUDIO) & batch["attention_mask"][:, 1:]  # (B, T-1)
+        is_unit = (batch["modality_ids"][:, 1:] == Modality.AUDIO) & batch["attention_mask"][:, 1:]  # (B, T-1)
         picked = log_probs.gather(-1, targets.clamp(0, K - 1)[..., None])[..., 0]  # (B, T-1)
         totals = (picked * is_unit).sum(dim=1)  # (B,)
         return [(float(total), int(u.numel())) for total, u in zip(totals.cpu(), units)]
@@ -376,6 +387,14 @@ class MostInference:
             for w in waveforms
         ]
         return m.decoder.transcribe(self._batch(examples))  # greedy text after the prompt, up to <eos>
+
+    def answer_written(self, questions: list[str]) -> list[str]:
+        """Greedy text answer to each written question (the text_instruct layout, prompt up to <answer>)."""
+        if not questions:
+            return []
+        m = self.module
+        examples = [text_instruct_example(m.tokenizer.encode(q), [], m.specials) for q in questions]
+        return m.decoder.transcribe(self._batch(examples))
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
         """Spoken answer (S,) to each spoken question: the text answer, synthesized."""

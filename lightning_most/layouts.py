@@ -10,20 +10,8 @@ backbone projects to d_model. Layouts (`|...|` are special tokens, `F` frames, `
     speech_instruct |bos| |speech_instruct| |audio_start| F F |audio_end| |answer| r r |eos|  targets: r.. eos
     text_instruct   |bos| |text_instruct| q q |answer| r r |eos|                     targets: r.. eos
 
-Audio positions (frames and units) carry modality 1, everything else modality 0.
-
-Batch produced by `collate` (B batch, T padded length, N audio-frame positions in the batch, F feature dim):
-
-    input_ids       (B, T) long   unified ids; frame positions hold <pad>
-    modality_ids    (B, T) long   0 text, 1 audio
-    feature_mask    (B, T) bool   True where the input comes from `audio_features`
-    audio_features  (N, F) float  frames of all feature positions, in row-major (B, T) order
-    attention_mask  (B, T) bool   True on real positions, False on right padding
-    labels          (B, T) long   target id predicted at position t (already shifted), -100 = no loss
-    task_ids        (B,)   long   index into TASKS
-    prompt_lengths  (B,)   long   positions before the first target (what generation is given)
-    texts           list[str]     the reference text of each example (transcript, or response)
-    cut_ids         list[str]
+Audio positions (frames and units) carry `Modality.AUDIO`, everything else `Modality.TEXT`. `collate`
+right-pads examples into a `lightning_most.batch.Batch` (the batch contract: keys, shapes, dtypes).
 """
 
 from __future__ import annotations
@@ -33,18 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_most.batch import IGNORE_INDEX, TASKS, Batch, Modality, Task
 from lightning_most.tokenizer import SpecialTokens
-
-TASKS: tuple[str, ...] = ("asr", "tts", "text_lm", "speech_instruct", "text_instruct")
-TEXT, AUDIO = 0, 1
-IGNORE_INDEX = -100
 
 
 @dataclass
 class Example:
     """One laid-out sequence (see the module docstring)."""
 
-    task: str
+    task: Task
     input_ids: Tensor  # (T,) long
     modality_ids: Tensor  # (T,) long
     feature_mask: Tensor  # (T,) bool
@@ -64,11 +49,11 @@ class _Builder:
     def __init__(self, specials: SpecialTokens) -> None:
         self.specials = specials
         self.ids: list[int] = []
-        self.modality: list[int] = []
+        self.modality: list[Modality] = []
         self.is_frame: list[bool] = []
         self.is_target: list[bool] = []
 
-    def tokens(self, ids: list[int] | Tensor, modality: int = TEXT, target: bool = False) -> None:
+    def tokens(self, ids: list[int] | Tensor, modality: Modality = Modality.TEXT, target: bool = False) -> None:
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
         self.ids += ids
         self.modality += [modality] * len(ids)
@@ -77,11 +62,11 @@ class _Builder:
 
     def frames(self, n: int) -> None:
         self.ids += [self.specials.pad] * n
-        self.modality += [AUDIO] * n
+        self.modality += [Modality.AUDIO] * n
         self.is_frame += [True] * n
         self.is_target += [False] * n
 
-    def build(self, task: str, features: Tensor | None, text: str, cut_id: str) -> Example:
+    def build(self, task: Task, features: Tensor | None, text: str, cut_id: str) -> Example:
         ids = torch.tensor(self.ids, dtype=torch.long)
         is_target = torch.tensor(self.is_target, dtype=torch.bool)
         labels = torch.full_like(ids, IGNORE_INDEX)
@@ -109,7 +94,7 @@ def _audio_input(b: _Builder, features: Tensor | None, units: Tensor | None, tex
     if features is not None:
         b.frames(features.shape[0])
     else:
-        b.tokens(units + text_vocab_size, modality=AUDIO)
+        b.tokens(units + text_vocab_size, modality=Modality.AUDIO)
     b.tokens([s.audio_end])
 
 
@@ -129,7 +114,7 @@ def asr_example(
     b.tokens([specials.asr])
     b.tokens(text_ids, target=True)
     b.tokens([specials.eos], target=True)
-    return b.build("asr", features, text, cut_id)
+    return b.build(Task.ASR, features, text, cut_id)
 
 
 def tts_example(
@@ -140,9 +125,9 @@ def tts_example(
     b.tokens([specials.bos, specials.tts])
     b.tokens(text_ids)
     b.tokens([specials.audio_start])
-    b.tokens(units + text_vocab_size, modality=AUDIO, target=True)
+    b.tokens(units + text_vocab_size, modality=Modality.AUDIO, target=True)
     b.tokens([specials.audio_end], target=True)
-    return b.build("tts", None, text, cut_id)
+    return b.build(Task.TTS, None, text, cut_id)
 
 
 def text_lm_example(text_ids: list[int], specials: SpecialTokens, text: str = "", cut_id: str = "") -> Example:
@@ -151,7 +136,7 @@ def text_lm_example(text_ids: list[int], specials: SpecialTokens, text: str = ""
     b.tokens([specials.bos])
     b.tokens(text_ids, target=True)
     b.tokens([specials.eos], target=True)
-    return b.build("text_lm", None, text, cut_id)
+    return b.build(Task.TEXT_LM, None, text, cut_id)
 
 
 def speech_instruct_example(
@@ -170,7 +155,7 @@ def speech_instruct_example(
     b.tokens([specials.answer])
     b.tokens(response_ids, target=True)
     b.tokens([specials.eos], target=True)
-    return b.build("speech_instruct", features, text, cut_id)
+    return b.build(Task.SPEECH_INSTRUCT, features, text, cut_id)
 
 
 def text_instruct_example(
@@ -183,11 +168,11 @@ def text_instruct_example(
     b.tokens([specials.answer])
     b.tokens(response_ids, target=True)
     b.tokens([specials.eos], target=True)
-    return b.build("text_instruct", None, text, cut_id)
+    return b.build(Task.TEXT_INSTRUCT, None, text, cut_id)
 
 
-def collate(examples: list[Example], pad_id: int) -> dict:
-    """Right-pad examples into the batch described in the module docstring."""
+def collate(examples: list[Example], pad_id: int) -> Batch:
+    """Right-pad examples into a `Batch` (`lightning_most.batch`)."""
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     B, T = len(examples), max(len(e) for e in examples)
@@ -204,7 +189,7 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         attention_mask[i, :n] = True
         labels[i, :n] = e.labels
     frames = [e.audio_features for e in examples if e.audio_features is not None]
-    batch = {
+    batch: Batch = {
         "input_ids": input_ids,
         "modality_ids": modality_ids,
         "feature_mask": feature_mask,

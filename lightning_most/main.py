@@ -1,34 +1,52 @@
-"""Command-line entry point: `python -m lightning_most {fit,validate,test,predict,prepare} ...`.
+"""Command-line entry point: `python -m lightning_most {fit,validate,test,predict,prepare,...} ...`.
 
 fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
-interpolate). The other commands are thin wrappers: `prepare` builds the embedded corpus,
-`synthesize` / `transcribe` / `evaluate` use a trained checkpoint, `convert` turns a local Hugging
-Face checkpoint into backbone weights for `init_from`, `grid` runs ablation grids.
+interpolate). The other commands are thin wrappers: `synthesize` / `transcribe` / `evaluate` use a
+trained checkpoint, `convert` turns a local Hugging Face checkpoint into backbone weights for
+`init_from`, `grid` runs ablation grids, `partition` / `upcycle` / `spoken_lm_sets` (see their --help).
+Packages add commands through the entry-point group `lightning_most.commands` (`pyproject.toml`):
+that is how the data commands are found (`prepare` builds the embedded corpus, `prepare_instructions`
+the (spoken) instruction data of stage 2, `export_webdataset` writes cuts as webdataset tar shards),
+because `lightning_most` never imports `datamodules`.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib import import_module
+from importlib.metadata import entry_points
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_most.stages.base import StageModule
 
+COMMAND_GROUP = "lightning_most.commands"
+"""Entry-point group of the commands other packages add (name = "module:function taking argv")."""
+
 EXTRA_COMMANDS = {
-    "prepare": "datamodules.embedded:main",
     "synthesize": "lightning_most.commands.synthesize:main",
     "transcribe": "lightning_most.commands.transcribe:main",
+    "chat": "lightning_most.commands.chat:main",
     "evaluate": "lightning_most.commands.evaluate:main",
-    "convert": "lightning_most.checkpoints:main",
+    "convert": "lightning_most.convert:main",
     "grid": "lightning_most.grid:main",
+    "partition": "lightning_most.partitions:main",
+    "upcycle": "lightning_most.upcycling:main",
+    "spoken_lm_sets": "lightning_most.evaluation.spoken_lm_miniature:main",
 }
+"""The commands of this package besides LightningCLI's: name -> "module:function taking argv"."""
 
 
-def _run_extra(command: str, argv: list[str]) -> None:
-    module_name, func = EXTRA_COMMANDS[command].split(":")
-    module = __import__(module_name, fromlist=[func])
-    getattr(module, func)(argv)
+def extra_commands() -> dict[str, str]:
+    """Every non-LightningCLI command: this package's and those installed packages declare in COMMAND_GROUP."""
+    declared = {point.name: point.value for point in entry_points(group=COMMAND_GROUP)}
+    return {**declared, **EXTRA_COMMANDS}
+
+
+def _run_extra(target: str, argv: list[str]) -> None:
+    module_name, func = target.split(":")
+    getattr(import_module(module_name), func)(argv)
 
 
 def data_feature_dim(data: pl.LightningDataModule) -> int | None:
@@ -56,8 +74,9 @@ class MostCLI(LightningCLI):
 def main(args: list[str] | None = None) -> LightningCLI | None:
     """Run the CLI on `args` (default: sys.argv[1:])."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in EXTRA_COMMANDS:
-        _run_extra(argv[0], argv[1:])
+    commands = extra_commands()
+    if argv and argv[0] in commands:
+        _run_extra(commands[argv[0]], argv[1:])
         return None
     return MostCLI(
         model_class=StageModule,

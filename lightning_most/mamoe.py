@@ -8,7 +8,9 @@ Forward pass of `MoEBlock` on N = B*T tokens of width d, E routed experts, top-k
    in-group scores are NOT renormalised, so a token's routed weights sum to its probability mass on
    its own group (< 1); the aux loss sees these masked scores. `group_renormalized`: softmax over the
    group's logits only, weights of the group sum to 1. `vanilla` uses no mask.
-3. Top-k inside the group; the chosen scores are the combination weights.
+3. Top-k inside the group; the chosen scores are the combination weights, times `routed_scaling_factor`, or
+   with `norm_topk_prob` divided by their sum instead (DeepSeek-V2). A top_k larger than the group fills
+   the extra slots with off-group experts at weight 0, as the official release does.
 4. Dropless dispatch: the N*k (token, expert) pairs are sorted by expert, every expert runs once on
    its contiguous slice (one grouped GEMM where torch has `_grouped_mm`), outputs are weighted and
    scattered back with `index_add_`. No Python loop over tokens.
@@ -42,26 +44,85 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def _grouped_mm_ok(x: Tensor, w: Tensor) -> bool:
+def _native_grouped_mm_ok(x: Tensor, w: Tensor) -> bool:
     # torch._grouped_mm needs 16-byte aligned strides on both operands; its CUDA kernels are bf16 ones
-    # (fp32 on a GPU takes the per-expert fallback rather than risk an unsupported-dtype error).
+    # (fp32 on a GPU takes the per-expert loop rather than risk an unsupported-dtype error).
     align = 16 // x.element_size()
     if x.is_cuda and x.dtype != torch.bfloat16:
         return False
     return hasattr(torch, "_grouped_mm") and x.shape[-1] % align == 0 and w.shape[-1] % align == 0
 
 
-def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Tensor:
-    """Row slice i of x (rows sorted by expert, `counts` per expert) times w[i]: (N, a) x (E, a, b) -> (N, b)."""
-    if _grouped_mm_ok(x, w):
-        y = torch._grouped_mm(x, w, offs=offsets)
-        if y.requires_grad:
-            # Its backward rejects non-contiguous (e.g. expanded) incoming gradients.
-            y.register_hook(lambda g: g.contiguous())
-        return y
-    # Fallback: one matmul per expert on a contiguous slice; unbind keeps one weight-gradient buffer.
-    chunks = torch.split(x, counts.tolist())
-    return torch.cat([xc @ wc for xc, wc in zip(chunks, w.unbind(0))], dim=0)
+def _grouped_mm_loop(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    out = x.new_empty(x.shape[0], w.shape[-1])
+    start = 0
+    for e, end in enumerate(offsets.tolist()):  # one host copy of the (E,) offsets
+        torch.mm(x[start:end], w[e], out=out[start:end])
+        start = end
+    return out
+
+
+@torch.library.custom_op("lightning_most::grouped_mm", mutates_args=())
+def _grouped_mm(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    """(N, a) rows sorted by group, (G, a, b), offsets (G,) end row of each group -> (N, b)."""
+    if _native_grouped_mm_ok(x, w):
+        return torch._grouped_mm(x, w, offs=offsets)
+    return _grouped_mm_loop(x, w, offsets)
+
+
+@_grouped_mm.register_fake
+def _(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
+@torch.library.custom_op("lightning_most::grouped_mm_backward", mutates_args=())
+def _grouped_mm_backward(x: Tensor, w: Tensor, offsets: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of `_grouped_mm` for x (N, a) and w (G, a, b) from grad (N, b)."""
+    grad = grad.contiguous()  # the kernels reject expanded (stride-0) incoming gradients
+    if _native_grouped_mm_ok(x, w):
+        grad_x = torch._grouped_mm(grad, w.transpose(1, 2), offs=offsets)  # (N, a)
+        grad_w = torch._grouped_mm(x.t(), grad, offs=offsets)  # (G, a, b); empty groups get zeros
+        return grad_x, grad_w
+    grad_x = _grouped_mm_loop(grad, w.transpose(1, 2), offsets)
+    grad_w = torch.zeros_like(w)
+    start = 0
+    for e, end in enumerate(offsets.tolist()):
+        torch.mm(x[start:end].t(), grad[start:end], out=grad_w[e])
+        start = end
+    return grad_x, grad_w
+
+
+@_grouped_mm_backward.register_fake
+def _(x: Tensor, w: Tensor, offsets: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(w)
+
+
+def _grouped_mm_setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+    x, w, offsets = inputs
+    ctx.save_for_backward(x, w, offsets)
+
+
+def _grouped_mm_autograd(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    x, w, offsets = ctx.saved_tensors
+    grad_x, grad_w = _grouped_mm_backward(x, w, offsets, grad)
+    return grad_x, grad_w, None
+
+
+_grouped_mm.register_autograd(_grouped_mm_autograd, setup_context=_grouped_mm_setup_context)
+
+
+def grouped_matmul(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    """Row slice i of x (rows sorted by expert, `offsets` (E,) end row of each slice) times w[i]: (N, a) x (E, a, b) -> (N, b).
+
+    One opaque custom op (forward and backward), so `torch.compile` sees no data-dependent shapes or host
+    syncs and never traces `torch._grouped_mm`'s bf16-only meta kernel; inside, `torch._grouped_mm` runs
+    where it can (bf16 on CUDA, any aligned dtype on CPU), else one matmul per expert on its contiguous slice.
+    Under autocast both operands are cast to the autocast dtype, as `F.linear` would be.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, w = x.to(dtype), w.to(dtype)
+    return _grouped_mm(x, w, offsets)
 
 
 class RoutedExperts(nn.Module):
@@ -81,12 +142,12 @@ class RoutedExperts(nn.Module):
         on the h-wide activation rather than the d-wide output.
         """
         offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's slice
-        gate_up = grouped_matmul(x_sorted, self.gate_up_proj, counts, offsets)  # (N*k, 2h)
+        gate_up = grouped_matmul(x_sorted, self.gate_up_proj, offsets)  # (N*k, 2h)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         hidden = F.silu(gate) * up  # (N*k, h)
         if row_weights is not None:
             hidden = hidden * row_weights[:, None].to(hidden.dtype)
-        return grouped_matmul(hidden, self.down_proj, counts, offsets)  # (N*k, d)
+        return grouped_matmul(hidden, self.down_proj, offsets)  # (N*k, d)
 
     def expert_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` alone on x (.., d): the reference semantics of one expert."""
@@ -98,7 +159,7 @@ class RoutedExperts(nn.Module):
 class RoutingStats:
     """Routing of one MoE layer in one forward pass (detached, for logging)."""
 
-    expert_load: Tensor  # (M, E) number of (token, expert) assignments per modality
+    expert_load: Tensor  # (M, E) number of (token, in-group expert) assignments per modality
     entropy: Tensor  # (M,) mean entropy (nats) of the in-group routing distribution per modality
     tokens: Tensor  # (M,) number of (non-padding) tokens per modality
 
@@ -120,16 +181,20 @@ class ModalityAwareRouter(nn.Module):
         self.register_buffer("group_mask", group_mask, persistent=False)
 
     def forward(self, h: Tensor, modality_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h (N, d), modality_ids (N,) -> expert indices (N, k), weights (N, k), gate scores (N, E)."""
+        """h (N, d), modality_ids (N,) -> expert indices (N, k), combination weights (N, k), gate scores (N, E)."""
         logits = F.linear(h.float(), self.weight.float())  # (N, E), fp32 for a stable softmax
         allowed = self.group_mask[modality_ids]  # (N, E)
         if self.config.gate == "group_renormalized":
             scores = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (N, E), 0 off-group
         else:
             scores = logits.softmax(dim=-1).masked_fill(~allowed, 0.0)  # (N, E), not renormalised
-        # Off-group experts get -1 so top-k never picks them, even when an in-group score underflows to 0.
+        # Off-group experts get -1 so top-k never picks them, even when an in-group score underflows to 0; with
+        # top_k larger than the group they fill the extra slots, at weight 0 (the official release's zeros).
         weights, indices = torch.topk(scores.masked_fill(~allowed, -1.0), self.config.top_k, dim=-1)  # (N, k)
-        return indices, weights, scores
+        weights = weights.clamp(min=0.0)  # (N, k)
+        if self.config.norm_topk_prob and self.config.top_k > 1:  # DeepSeek-V2: renormalise, no routed scaling
+            return indices, weights / (weights.sum(dim=-1, keepdim=True) + 1e-20), scores
+        return indices, weights * self.config.routed_scaling_factor, scores
 
 
 def load_balancing_loss(scores: Tensor, indices: Tensor, valid: Tensor, alpha: float) -> Tensor:
@@ -179,10 +244,10 @@ class MoEBlock(nn.Module):
         expert_of_pair = indices.reshape(-1)  # (N*k,)
         order = torch.argsort(expert_of_pair, stable=True)  # (N*k,)
         token_of_pair = order // k  # (N*k,) source token of each sorted pair
-        counts = torch.bincount(expert_of_pair, minlength=E)  # (E,)
-        pair_weight = weights.reshape(-1)[order]  # (N*k,) gate weight of each sorted pair
-        if self.config.routed_scaling_factor != 1.0:
-            pair_weight = pair_weight * self.config.routed_scaling_factor
+        counts = torch.zeros(E, dtype=torch.long, device=h.device).index_add_(
+            0, expert_of_pair, torch.ones_like(expert_of_pair)
+        )  # (E,) pairs per expert (bincount's output size is data-dependent, which breaks compiled graphs)
+        pair_weight = weights.reshape(-1)[order]  # (N*k,) combination weight of each sorted pair
         expert_out = self.experts(flat[token_of_pair], counts, pair_weight)  # (N*k, d), already weighted
         routed = expert_out.new_zeros(flat.shape).index_add_(0, token_of_pair, expert_out)  # (N, d)
 
@@ -201,10 +266,10 @@ class MoEBlock(nn.Module):
         k = indices.shape[-1]
         m_valid = torch.where(valid, modality_ids, M)  # padding goes to an extra row that is dropped
         load = torch.zeros(M + 1, E, device=scores.device)
-        ones = torch.ones(indices.numel(), device=scores.device)
-        load.index_put_((m_valid.repeat_interleave(k), indices.reshape(-1)), ones, accumulate=True)
+        in_group = self.router.group_mask[modality_ids].gather(1, indices)  # (N, k) False on weight-0 extra slots
+        load.index_put_((m_valid.repeat_interleave(k), indices.reshape(-1)), in_group.reshape(-1).float(), accumulate=True)
         p = scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-20)  # (N, E) in-group distribution
         entropy = -(p * p.clamp(min=1e-20).log()).sum(dim=-1)  # (N,)
-        tokens = torch.bincount(m_valid, minlength=M + 1).float()
+        tokens = torch.zeros(M + 1, device=scores.device).index_add_(0, m_valid, torch.ones_like(entropy))
         ent_sum = torch.zeros(M + 1, device=scores.device).index_add_(0, m_valid, entropy)
         return RoutingStats(expert_load=load[:M], entropy=ent_sum[:M] / tokens[:M].clamp(min=1), tokens=tokens[:M])

@@ -29,8 +29,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
+from lightning_most.batch import IGNORE_INDEX, TASKS
 from lightning_most.decoding import ASRDecodingConfig
-from lightning_most.layouts import IGNORE_INDEX, TASKS, asr_example, collate, text_lm_example, tts_example
+from lightning_most.layouts import asr_example, collate, text_lm_example, tts_example
 from lightning_most.stages import OptimizerConfig, StageModule
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 

@@ -55,10 +55,10 @@ def train_tiny_checkpoint(root: Path) -> TrainedRun:
         "--data.init_args.corpus.units.num_units", str(NUM_UNITS),
         "--data.init_args.corpus.units.max_frames", "4000", "--data.init_args.corpus.units.iterations", "5",
     ])  # fmt: skip
-    checkpoints = sorted(root.glob("tensorboard/version_*/checkpoints/last.ckpt"))
-    if not checkpoints:
-        raise FileNotFoundError(f"the tiny fit run wrote no last.ckpt under {root}")
-    return TrainedRun(checkpoints[-1], corpus_dir)
+    checkpoint = root / "checkpoints" / "last.ckpt"  # RunCheckpoint's folder
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"the tiny fit run wrote no {checkpoint}")
+    return TrainedRun(checkpoint, corpus_dir)
 
 
 @pytest.fixture(scope="session")

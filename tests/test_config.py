@@ -33,3 +33,13 @@ def test_noshared_and_dense_variants() -> None:
     assert build_config("tiny", {"moe": {"variant": "noshared"}}).moe.shared_experts == 0
     dense = build_config("tiny", {"moe": {"variant": "dense"}})
     assert not any(dense.is_moe_layer(i) for i in range(dense.num_layers))
+
+
+def test_rope_scaling_override_turns_a_presets_scaling_off_only_when_said() -> None:
+    assert PRESETS["llama-3.2-3b"].attention.rope_scaling["rope_type"] == "llama3"
+    plain = build_config("llama-3.2-3b", {"attention": {"rope_scaling": {"rope_type": "default"}}})
+    assert plain.attention.rope_scaling is None  # plain RoPE, stored as the presets without scaling store it
+    kept = build_config("llama-3.2-3b", {"attention": {"rope_scaling": None}})
+    assert kept.attention.rope_scaling == PRESETS["llama-3.2-3b"].attention.rope_scaling  # null = not set
+    with pytest.raises(ValueError, match=r"rope_type 'default' \(plain RoPE\) takes no \['factor'\]"):
+        build_config("tiny", {"attention": {"rope_scaling": {"rope_type": "default", "factor": 2.0}}})

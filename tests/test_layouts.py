@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_most.layouts import AUDIO, IGNORE_INDEX, TASKS, asr_example, collate, text_lm_example, tts_example
+from lightning_most.batch import IGNORE_INDEX, TASKS, Modality
+from lightning_most.layouts import asr_example, collate, text_lm_example, tts_example
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 
 TOK = ByteTokenizer()
@@ -27,7 +28,7 @@ def test_tts_layout_targets_units_in_audio_modality() -> None:
     e = tts_example(TOK.encode("a"), torch.tensor([4, 5]), S, V)
     # |bos| |tts| a |audio_start| U4 U5 |audio_end|
     assert e.input_ids.tolist() == [S.bos, S.tts, ord("a"), S.audio_start, V + 4, V + 5, S.audio_end]
-    assert e.modality_ids.tolist() == [0, 0, 0, 0, AUDIO, AUDIO, 0]
+    assert e.modality_ids.tolist() == [0, 0, 0, 0, Modality.AUDIO, Modality.AUDIO, 0]
     assert e.labels.tolist() == [IGNORE_INDEX] * 3 + [V + 4, V + 5, S.audio_end, IGNORE_INDEX]
 
 

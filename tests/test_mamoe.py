@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -125,16 +126,29 @@ def test_sorted_dispatch_equals_per_token_loop(variant: str, gate: str) -> None:
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_mm_and_per_expert_fallback_agree() -> None:
-    x, w = torch.randn(20, 16), torch.randn(4, 16, 32)
-    counts = torch.tensor([3, 0, 9, 8])
-    offsets = torch.cumsum(counts, 0).to(torch.int32)
-    fast = grouped_matmul(x, w, counts, offsets)
-    ref = torch.cat([x[:3] @ w[0], x[3:12] @ w[2], x[12:] @ w[3]])
-    torch.testing.assert_close(fast, ref)
-    odd_x, odd_w = torch.randn(20, 15), torch.randn(4, 15, 30)  # unaligned strides take the fallback
-    ref = torch.cat([odd_x[:3] @ odd_w[0], odd_x[3:12] @ odd_w[2], odd_x[12:] @ odd_w[3]])
-    torch.testing.assert_close(grouped_matmul(odd_x, odd_w, counts, offsets), ref)
+@pytest.mark.parametrize("width", [16, 15], ids=["grouped_mm", "unaligned_loop"])
+def test_grouped_matmul_and_its_gradients_equal_per_expert_matmuls(width: int) -> None:
+    """Both paths (torch._grouped_mm; the per-expert loop that unaligned strides take), an empty expert, and an
+    expanded (stride-0) incoming gradient, which torch._grouped_mm's own backward would reject."""
+    x, w = torch.randn(20, width, requires_grad=True), torch.randn(4, width, 2 * width, requires_grad=True)
+    offsets = torch.cumsum(torch.tensor([3, 0, 9, 8]), 0).to(torch.int32)
+    y = grouped_matmul(x, w, offsets)
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = torch.cat([x_ref[:3] @ w_ref[0], x_ref[3:12] @ w_ref[2], x_ref[12:] @ w_ref[3]])
+    torch.testing.assert_close(y, ref)
+    grad = torch.ones(1, 1).expand_as(y)
+    y.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(w.grad, w_ref.grad)  # expert 1 got no rows: a zero gradient
+    assert not w.grad[1].any()
+
+
+def test_grouped_matmul_custom_op_passes_opcheck() -> None:
+    """The fake (meta) kernel and the autograd registration that torch.compile relies on agree with the op."""
+    x, w = torch.randn(20, 16, requires_grad=True), torch.randn(4, 16, 32, requires_grad=True)
+    offsets = torch.tensor([3, 3, 12, 20], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.lightning_most.grouped_mm.default, (x, w, offsets))
 
 
 def test_aux_loss_matches_hand_computation() -> None:
@@ -174,9 +188,105 @@ def test_group_layouts_from_config() -> None:
     assert MoEConfig(num_routed_experts=64, top_k=6).groups() == [list(range(32)), list(range(32, 64))]
     assert MoEConfig(num_routed_experts=6, top_k=1, partition="interleaved").groups() == [[0, 2, 4], [1, 3, 5]]
     assert MoEConfig(num_routed_experts=9, num_modalities=3, top_k=1).groups()[2] == [6, 7, 8]
-    with pytest.raises(ValueError, match="top_k=5 must be between 1 and the smallest expert group"):
-        MoEConfig(num_routed_experts=8, top_k=5)
+    assert MoEConfig(num_routed_experts=8, top_k=5).top_k == 5  # past a group of 4: extra slots at weight 0
+    with pytest.raises(ValueError, match="top_k=9 must be between 1 and moe.num_routed_experts=8"):
+        MoEConfig(num_routed_experts=8, top_k=9)
+    with pytest.raises(ValueError, match=r"moe.expert_groups leaves modalities \[1\] without experts"):
+        MoEConfig(num_routed_experts=8, top_k=1, expert_groups=[[0, 1], []])
     with pytest.raises(ValueError, match=r"expert_groups\[1\] names experts \[9\]"):
         MoEConfig(num_routed_experts=8, top_k=1, expert_groups=[[0, 1], [2, 9]])
     cfg = MoEConfig(num_routed_experts=8, top_k=2, variant="vanilla")
     assert dataclasses.replace(cfg, top_k=8).top_k == 8  # vanilla may use every expert
+
+
+def _reference_moe(block: MoEBlock, h: torch.Tensor, modality: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    """DeepSeek-V2's MoEGate / the official MoST MAMoEGate, from their formulas: softmax over all experts, scores
+    off the token's group set to 0 (vanilla: none), greedy top-k of those, then weights / (sum + 1e-20) if
+    norm_topk_prob and top_k > 1, else weights * routed_scaling_factor. Returns y (N, d) and, per token, the
+    nonzero weights by expert."""
+    cfg = block.config
+    scores = F.linear(h, block.router.weight).softmax(dim=-1)  # (N, E)
+    masked = scores * block.router.group_mask[modality]  # (N, E), zeros off-group
+    weights, indices = torch.topk(masked, cfg.top_k, dim=-1, sorted=False)  # (N, k)
+    if cfg.top_k > 1 and cfg.norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    else:
+        weights = weights * cfg.routed_scaling_factor
+    rows, chosen = [], []
+    for t in range(h.shape[0]):
+        acc = block.shared_experts(h[t])
+        for w, e in zip(weights[t], indices[t].tolist()):
+            acc = acc + w * block.experts.expert_forward(h[t], e)
+        rows.append(acc)
+        chosen.append({e: w.item() for w, e in zip(weights[t], indices[t].tolist()) if w > 0})
+    return torch.stack(rows), chosen
+
+
+def _routed(block: MoEBlock, h: torch.Tensor, modality: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    """Our block's y (N, d) and, per token, its nonzero combination weights by expert."""
+    indices, weights, _ = block.router(h, modality)
+    y, _, _ = block(h[None], modality[None], torch.ones(1, h.shape[0], dtype=torch.bool))
+    chosen = [{e: w.item() for w, e in zip(weights[t], indices[t].tolist()) if w > 0} for t in range(h.shape[0])]
+    return y[0], chosen
+
+
+def _assert_same_routing(ours: list[dict], reference: list[dict]) -> None:
+    for mine, ref in zip(ours, reference):
+        assert mine.keys() == ref.keys()
+        for e in ref:
+            assert mine[e] == pytest.approx(ref[e], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "mamoe"])
+def test_norm_topk_prob_equals_deepseeks_gate(variant: str) -> None:
+    """norm_topk_prob: the chosen top-k weights (inside the group for mamoe) sum to 1; routed_scaling_factor is not
+    applied, as in DeepSeek-V2's MoEGate (transformers' DeepseekV2TopkRouter ignores norm_topk_prob)."""
+    torch.manual_seed(0)
+    block = _block(variant=variant, top_k=3, norm_topk_prob=True, routed_scaling_factor=2.5)
+    h, modality = torch.randn(12, 16), torch.randint(0, 2, (12,))
+    with torch.no_grad():
+        y, chosen = _routed(block, h, modality)
+        y_ref, chosen_ref = _reference_moe(block, h, modality)
+    _assert_same_routing(chosen, chosen_ref)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for weights in chosen:
+        assert sum(weights.values()) == pytest.approx(1.0, abs=1e-6)
+        if variant == "mamoe":  # renormalised over the chosen experts of the token's own group
+            assert len({e // 4 for e in weights}) == 1
+
+
+def test_norm_topk_prob_with_one_expert_keeps_the_scaling() -> None:
+    """DeepSeek renormalises only when top_k > 1; a single expert keeps its score times routed_scaling_factor."""
+    torch.manual_seed(1)
+    block = _block(top_k=1, norm_topk_prob=True, routed_scaling_factor=2.5)
+    h, modality = torch.randn(6, 16), torch.randint(0, 2, (6,))
+    with torch.no_grad():
+        y, chosen = _routed(block, h, modality)
+        y_ref, chosen_ref = _reference_moe(block, h, modality)
+    _assert_same_routing(chosen, chosen_ref)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    scores = [w / 2.5 for weights in chosen for w in weights.values()]  # a masked softmax score, not renormalised
+    assert all(0 < s < 1 for s in scores)
+
+
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+def test_top_k_past_the_group_fills_weight_zero_slots_as_the_official_release(norm_topk_prob: bool) -> None:
+    """top_k=6 with groups of 4: every in-group expert is chosen, the 2 extra slots go off-group at weight 0, and
+    the output equals the official MAMoEGate's (topk over masked scores whose off-group entries are 0)."""
+    torch.manual_seed(2)
+    block = _block(top_k=6, norm_topk_prob=norm_topk_prob)
+    h, modality = torch.randn(10, 16), torch.randint(0, 2, (10,))
+    indices, weights, _ = block.router(h, modality)
+    for t in range(10):
+        group = set(range(4)) if modality[t] == 0 else set(range(4, 8))
+        in_group = [e in group for e in indices[t].tolist()]
+        assert sum(in_group) == 4 and len(set(indices[t].tolist())) == 6
+        assert torch.all(weights[t][~torch.tensor(in_group)] == 0)
+    with torch.no_grad():
+        y, chosen = _routed(block, h, modality)
+        y_ref, chosen_ref = _reference_moe(block, h, modality)
+    _assert_same_routing(chosen, chosen_ref)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    _, _, stats = block(h[None], modality[None], torch.ones(1, 10, dtype=torch.bool))
+    assert stats.expert_load[0, 4:].sum() == 0 and stats.expert_load[1, :4].sum() == 0  # weight-0 slots not counted
+    assert stats.expert_load.sum() == 10 * 4

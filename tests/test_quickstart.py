@@ -45,11 +45,12 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.search(r"dev ASR WER: \d+\.\d+%", run.stdout), run.stdout[-2000:]
     log_dir = Path(re.search(r"TensorBoard logs: (\S+)", run.stdout).group(1))
-    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+    last = tmp_path / "checkpoints" / "last.ckpt"  # RunCheckpoint: the same folder in every run, so a rerun resumes
+    assert last.is_file() and f"last checkpoint: {last}" in run.stdout
     # The corpus was built because it was missing.
     assert (tmp_path / "corpus" / "corpus.json").is_file()
     # The word LM was counted on this corpus's training text, and the checkpoint says so.
-    hparams = torch.load(log_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+    hparams = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]
     lm_files = hparams["asr_decoding"]["word_lm"]["text_files"]
     assert lm_files and all(Path(f).is_file() and str(tmp_path / "corpus") in f and "_train" in f for f in lm_files)
     assert re.search(r"dev ASR WER: \d+\.\d+% \(beam \d+, joint CTC weight [\d.]+, word LM weight [\d.]+\)", run.stdout)

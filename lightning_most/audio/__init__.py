@@ -1,9 +1,13 @@
-"""Audio tokens in and out: encoders (waveform -> frames), quantizers (frames -> units), vocoders (units -> audio)."""
+"""Audio tokens in and out: encoders (waveform -> frames), input features, quantizers (frames -> units), vocoders.
+
+Every waveform is mono at `SAMPLE_RATE` (16 kHz).
+"""
 
 from __future__ import annotations
 
 from dataclasses import fields
 
+from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.encoders import (
     AudioEncoder,
     FbankEncoder,
@@ -13,6 +17,7 @@ from lightning_most.audio.encoders import (
     WhisperEncoder,
     WhisperEncoderConfig,
 )
+from lightning_most.audio.features import FEATURE_KINDS, FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
 from lightning_most.audio.textless import convert_sklearn_kmeans, load_textless_quantizer
 from lightning_most.audio.units import attach_units, fit_unit_quantizer, load_waveform
@@ -66,13 +71,17 @@ def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg
 
 
 __all__ = [
+    "FEATURE_KINDS",
+    "SAMPLE_RATE",
     "AudioEncoder",
     "FbankEncoder",
     "FbankEncoderConfig",
+    "FeatureConfig",
     "GriffinLimVocoder",
     "GriffinLimVocoderConfig",
     "HubertEncoder",
     "HubertEncoderConfig",
+    "InputFeatures",
     "UnitHifiganConfig",
     "UnitHifiganVocoder",
     "UnitHifiganVocoderConfig",
@@ -89,5 +98,6 @@ __all__ = [
     "load_textless_quantizer",
     "load_waveform",
     "save_unit_hifigan",
+    "stack_frames",
     "train_kmeans",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lightning_most.audio.quantizer import UnitQuantizer
+from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 
 
 def _numpy_core_multiarray():
@@ -58,10 +59,10 @@ def load_textless_quantizer(path: str | Path) -> UnitQuantizer:
     allowed += [(fn, f"{module}.{name}") for (module, name), fn in _NUMPY_GLOBALS.items()]
     try:
         with torch.serialization.safe_globals(allowed):
-            states = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+            states = load_checkpoint(path)
+    except (UnsafeCheckpointError, UnreadableCheckpointError) as e:
         raise ValueError(
-            f"{path} is not a plain torch file of tensors/arrays ({str(e).splitlines()[-1]}). If it is a "
+            f"{path} is not a plain torch file of tensors/arrays ({e}). If it is a "
             "textless-lib / fairseq scikit-learn pickle (km.bin), convert it once with convert_sklearn_kmeans."
         ) from e
     if isinstance(states, dict) and "model_weight" in states:

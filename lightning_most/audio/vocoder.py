@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from lightning_most.audio.encoders import SAMPLE_RATE, FbankEncoderConfig
 from lightning_most.audio.quantizer import UnitQuantizer
+from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "generator.ckpt"
 MIN_HIFIGAN_UNITS = 4  # the generator's first convolution reflect-pads 3 frames on each side
@@ -196,8 +196,8 @@ class UnitHifiganVocoder:
                 )
         self.generator_config = _read_config(config_file)
         try:
-            state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            state = load_checkpoint(weights_file)
+        except (UnsafeCheckpointError, UnreadableCheckpointError) as e:
             raise ValueError(f"{weights_file} is not a readable state dict ({type(e).__name__}: {e}).") from e
         if not isinstance(state, dict):
             raise TypeError(f"{weights_file} holds a {type(state).__name__}, not a generator state dict.")

@@ -57,8 +57,9 @@ from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfi
 from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
 
 SUITES = ("asr", "tts", "spoken_lm", "spoken_qa")
+EMBEDDED_TEST_CUTS = "embedded_cuts_test.jsonl.gz"
+"""The test split's manifest in a corpus folder written by `prepare` (checked against `datamodules.embedded`)."""
 STORY_SETS = ("sStoryCloze", "tStoryCloze")
-MAX_STORY_PAIRS = 24  # story frames x people of the miniature builder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--spoken_lm_split", default="dev", help="ZeroSpeech split (default: dev)")
     data.add_argument("--spoken_qa_jsonl", help="spoken QA JSON Lines file (id, audio, question, answers)")
     data.add_argument("--cache_dir", help="where miniature sets are built and reused (default: OUT_DIR/cache)")
-    data.add_argument("--miniature_pairs", type=int, help="pairs per miniature spoken-LM set (default: 8, stories 4)")
+    data.add_argument("--miniature_pairs", type=int, help="pairs per miniature spoken-LM set (default: 300, stories 200)")
     data.add_argument("--miniature_questions", type=int, default=6, help="questions of the miniature QA set")
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
@@ -110,9 +111,7 @@ def parse_suites(value: str) -> list[str]:
 def load_cuts(manifest: str | None, corpus_dir: str, option: str, limit: int | None) -> tuple[str, CutSet]:
     """(name, cuts) of a manifest, or of the embedded test split when `manifest` is None."""
     if manifest is None:
-        from datamodules.embedded import corpus_paths
-
-        path = corpus_paths(corpus_dir).cuts["test"]
+        path = Path(corpus_dir) / EMBEDDED_TEST_CUTS
         if not path.is_file():
             raise CommandError(
                 f"the embedded test split {path} does not exist: build the corpus with "
@@ -174,7 +173,7 @@ def spoken_lm_sets(args: argparse.Namespace, cache_dir: Path) -> list[PairSet]:
     if args.miniature_pairs is not None:
         n = args.miniature_pairs
         config = SpokenLmMiniatureConfig(
-            num_lexical_pairs=n, num_syntactic_pairs=n, num_story_pairs=min(n, MAX_STORY_PAIRS)
+            num_lexical_pairs=n, num_syntactic_pairs=n, num_story_pairs=n
         )
     name = f"spoken_lm_miniature_{config.num_lexical_pairs}_{config.num_syntactic_pairs}_{config.num_story_pairs}"
     root = _build_once(cache_dir / name, lambda out: build_spoken_lm_miniature(out, config))

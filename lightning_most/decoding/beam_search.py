@@ -23,9 +23,9 @@ from torch import Tensor
 
 from lightning_most.attention import KVCache
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.batch import Modality
 from lightning_most.decoding.ctc_prefix import JointCTCRescorer
 from lightning_most.decoding.word_lm import WordLMFusion
-from lightning_most.layouts import AUDIO, TEXT
 
 NEG_INF = float("-inf")
 
@@ -154,7 +154,7 @@ def beam_search(
         # only the cache, the prefixes and the CTC state need reordering.
         new = {
             "input_ids": next_id[:, None],
-            "modality_ids": torch.where(next_id >= text_vocab, AUDIO, TEXT)[:, None],
+            "modality_ids": torch.where(next_id >= text_vocab, Modality.AUDIO, Modality.TEXT)[:, None],
             "feature_mask": torch.zeros(B * K, 1, dtype=torch.bool, device=device),
             "attention_mask": torch.ones(B * K, 1, dtype=torch.bool, device=device),
         }

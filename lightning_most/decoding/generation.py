@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_most.attention import KVCache
 from lightning_most.backbone import MoSTBackbone
-from lightning_most.layouts import AUDIO, TEXT
+from lightning_most.batch import Modality
 
 
 def prompts_from_batch(batch: dict, pad_id: int) -> dict:
@@ -99,7 +99,7 @@ def generate(
             break
         new = {
             "input_ids": next_id[:, None],
-            "modality_ids": torch.where(next_id >= text_vocab, AUDIO, TEXT)[:, None],
+            "modality_ids": torch.where(next_id >= text_vocab, Modality.AUDIO, Modality.TEXT)[:, None],
             "feature_mask": torch.zeros(B, 1, dtype=torch.bool, device=device),
             "attention_mask": torch.ones(B, 1, dtype=torch.bool, device=device),
         }

@@ -12,6 +12,8 @@ An answer is correct when one alias, normalised, occurs in the normalised output
 words. Normalisation is ``normalize_text`` followed by dropping the articles ``a an the``, so
 "Paris" is found in "It's Paris." and "the Beatles" in "beatles", but "par" is not found in
 "paris". Speech-to-speech answers are transcribed by a judge first, then matched the same way.
+``exact_match`` is the stricter score of the generated short-answer questions: the whole normalised
+output must equal an alias (numbers are spelt out by ``normalize_text``, so "19" equals "nineteen").
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ def answer_matches(output: str, aliases: Sequence[str]) -> bool:
         if target and any(words[i : i + len(target)] == target for i in range(len(words) - len(target) + 1)):
             return True
     return False
+
+
+def exact_match(output: str, aliases: Sequence[str]) -> bool:
+    """True when the normalised output equals a normalised alias (short answers: "19" = "Nineteen." = "the 19")."""
+    words = normalize_answer(output)
+    return bool(words) and any(words == normalize_answer(alias) for alias in aliases)
 
 
 @dataclass

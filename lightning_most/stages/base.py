@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.config import (
     AttentionOverrides,
     AudioEncoderOverrides,
@@ -37,6 +38,7 @@ from lightning_most.decoding.word_lm import counted_word_lm
 from lightning_most.parallel import apply_fsdp2
 from lightning_most.positions import TranscriptPositionsConfig, teacher_forced_positions
 from lightning_most.routing_logging import log_routing
+from lightning_most.safe_loading import load_checkpoint
 from lightning_most.stages.evaluation import StageEvaluation
 from lightning_most.stages.losses import CTCConfig, ctc_loss, task_losses
 from lightning_most.stages.optimizer import OptimizerConfig, configure_adamw, fill_missing_adamw_state
@@ -46,7 +48,7 @@ from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 # (the default of torch.load, used by sharded FSDP2 resumes) rebuild them without unpickling code.
 torch.serialization.add_safe_globals([
     OptimizerConfig, CTCConfig, TranscriptPositionsConfig, ASRDecodingConfig, WordLMConfig,
-    ModelOverrides, MoEOverrides, AttentionOverrides, AudioEncoderOverrides,
+    ModelOverrides, MoEOverrides, AttentionOverrides, AudioEncoderOverrides, CompileConfig,
 ])
 
 
@@ -69,6 +71,7 @@ class StageModule(StageEvaluation):
         tts_max_new_tokens: int = 600,
         log_routing_every_n_steps: int = 100,
         num_audio_samples: int = 2,
+        compile: CompileConfig | None = None,
     ) -> None:
         """Build the stage.
 
@@ -90,6 +93,7 @@ class StageModule(StageEvaluation):
             tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize, TTS samples).
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
             num_audio_samples: dev texts spoken (Griffin-Lim) and logged to TensorBoard at each validation.
+            compile: `torch.compile` of each decoder block (`lightning_most.compile`); None = eager.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -116,6 +120,7 @@ class StageModule(StageEvaluation):
             )
         self._check_needs_of_the_ctc_head()
         self.backbone: MoSTBackbone | None = None
+        self._weights_from_checkpoint = False  # set when loading a checkpoint: init_from is then not read
         self.audio_io: dict[str, Any] = {}  # how audio became features/units in training (saved in checkpoints)
         self._last_step_time: float | None = None
         self.configure_metrics()
@@ -141,8 +146,9 @@ class StageModule(StageEvaluation):
             return
         self.backbone = MoSTBackbone(self.config)
         self.backbone.activation_checkpointing = self.hparams.activation_checkpointing
-        if self.hparams.init_from:
+        if self.hparams.init_from and not self._weights_from_checkpoint:
             self._load_backbone_weights(self.hparams.init_from)
+        compile_backbone(self.backbone, _as_config(self.hparams.compile, CompileConfig))
         mesh = self.device_mesh  # set by ModelParallelStrategy, None otherwise
         if mesh is not None:
             apply_fsdp2(self.backbone, mesh, precision=self.trainer.precision)
@@ -152,7 +158,7 @@ class StageModule(StageEvaluation):
         if not file.is_file():
             raise FileNotFoundError(f"init_from={path}: no such checkpoint file")
         # Converted checkpoints (`python -m lightning_most convert`) hold tensors only; Lightning's also hold config.
-        state = torch.load(file, map_location="cpu", weights_only=file.suffix != ".ckpt")
+        state = load_checkpoint(file)
         weights = state.get("state_dict", state)
         weights = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")} or weights
         missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
@@ -267,6 +273,8 @@ class StageModule(StageEvaluation):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.audio_io = checkpoint.get("audio_io", {})
+        # The checkpoint's weights replace init_from's, whose file need not exist where the checkpoint is loaded.
+        self._weights_from_checkpoint = True
         self.configure_model()
 
 

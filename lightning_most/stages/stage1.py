@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lightning_most.batch import STAGE1_TASKS
 from lightning_most.stages.base import StageModule
 
 
@@ -12,14 +13,12 @@ class Stage1Module(StageModule):
     loss, routing, and the dev ASR WER. `init_from` starts from converted pretrained weights.
     """
 
-    TASKS = ("asr", "tts", "text_lm")
-
     def on_fit_start(self) -> None:
         super().on_fit_start()
         weights = getattr(self.trainer.datamodule, "task_weights", None) or {}
-        extra = sorted(t for t, w in weights.items() if w > 0 and t not in self.TASKS)
+        extra = sorted(t for t, w in weights.items() if w > 0 and t not in STAGE1_TASKS)
         if extra:
             raise ValueError(
-                f"stage 1 trains on {self.TASKS}; data.init_args.task_weights also names {extra}: "
+                f"stage 1 trains on {', '.join(STAGE1_TASKS)}; data.init_args.task_weights also names {extra}: "
                 "use Stage2Module for instruction tasks"
             )

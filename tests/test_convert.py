@@ -11,6 +11,7 @@ top-k, routed_scaling_factor), the experts' layout, the norms and the heads.
 from __future__ import annotations
 
 import json
+import re
 import types
 from pathlib import Path
 
@@ -19,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_most.backbone import MoSTBackbone
-from lightning_most.checkpoints import (
+from lightning_most.config import PRESETS, build_config
+from lightning_most.convert import (
     CheckpointError,
     config_from_hf,
     convert_hf_checkpoint,
     main,
     preset_overrides,
 )
-from lightning_most.config import PRESETS
 from lightning_most.stages.base import StageModule
 
 transformers = pytest.importorskip("transformers")
@@ -97,6 +98,8 @@ def _max_logit_difference(hf_model: torch.nn.Module, backbone: MoSTBackbone, T: 
         pytest.param({}, id="lite-like"),  # q_proj, plain RoPE
         pytest.param({"q_lora_rank": 12, "routed_scaling_factor": 2.0, "rope_parameters": YARN}, id="q-lora-yarn"),
         pytest.param({"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 2}, id="all-groups"),
+        # The q_a / kv_a latent norms keep eps 1e-6 whatever rms_norm_eps is (a large eps makes a wrong one show).
+        pytest.param({"q_lora_rank": 12, "rms_norm_eps": 0.5}, id="latent-norm-eps"),
     ],
 )
 def test_deepseek_v2_logits_match_transformers(tmp_path: Path, overrides: dict) -> None:
@@ -105,12 +108,51 @@ def test_deepseek_v2_logits_match_transformers(tmp_path: Path, overrides: dict) 
     assert _max_logit_difference(hf_model, backbone) < TOLERANCE
 
 
+def test_norm_topk_prob_converts_to_deepseeks_renormalised_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """norm_topk_prob=True maps to `moe.norm_topk_prob`. transformers 5.24's DeepseekV2TopkRouter ignores the flag,
+    so the reference is that router with DeepSeek-V2's renormalisation added (weights / (sum + 1e-20); the routed
+    scaling factor cancels out of the ratio)."""
+    router = transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2TopkRouter
+    plain_forward = router.forward
+
+    def renormalised_forward(self, hidden_states):
+        logits, weights, indices = plain_forward(self, hidden_states)
+        return logits, weights / (weights.sum(dim=-1, keepdim=True) + 1e-20), indices
+
+    monkeypatch.setattr(router, "forward", renormalised_forward)
+    hf_model = _save_deepseek(tmp_path / "hf", norm_topk_prob=True, routed_scaling_factor=2.0, num_experts_per_tok=3)
+    backbone = _converted(tmp_path / "hf", tmp_path / "backbone.pt")
+    assert backbone.config.moe.norm_topk_prob
+    assert _max_logit_difference(hf_model, backbone) < TOLERANCE
+    monkeypatch.setattr(router, "forward", plain_forward)  # the unnormalised gate gives other logits
+    assert _max_logit_difference(hf_model, backbone) > 100 * TOLERANCE
+
+
 @pytest.mark.parametrize("rope", [None, LLAMA3], ids=["plain-rope", "llama3-rope"])
 def test_llama_logits_match_transformers(tmp_path: Path, rope: dict | None) -> None:
     hf_model = _save_llama(tmp_path / "hf", **({"rope_parameters": rope} if rope else {}))
     backbone = _converted(tmp_path / "hf", tmp_path / "backbone.pt")
     assert backbone.text_head is None  # tied: the text head reads the embedding's text rows
     assert _max_logit_difference(hf_model, backbone) < TOLERANCE
+
+
+def test_printed_preset_and_overrides_rebuild_a_plain_rope_llama(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """What `convert` prints rebuilds the model: the nearest preset (llama-3.2-3b) scales RoPE (llama3), the
+    checkpoint does not, so the overrides must turn the scaling off (a null override keeps the preset's: logits
+    were then ~0.13 off)."""
+    hf_model = _save_llama(tmp_path / "hf")  # tied embeddings, plain RoPE
+    out = main(["--src", str(tmp_path / "hf"), "--out", str(tmp_path / "llama.pt"),
+                "--num-audio-units", str(UNITS), "--audio-feature-dim", str(FEATURES)])
+    printed = capsys.readouterr().out
+    preset = re.search(r"--model\.init_args\.backbone (\S+)", printed).group(1)
+    overrides = json.loads(re.search(r"backbone_overrides: (\{.*\})", printed).group(1))
+    assert preset == "llama-3.2-3b" and PRESETS[preset].attention.rope_scaling is not None
+    assert overrides["attention"]["rope_scaling"] == {"rope_type": "default"}
+    config = build_config(preset, overrides)
+    assert config.attention.rope_scaling is None
+    backbone = MoSTBackbone(config)
+    backbone.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    assert _max_logit_difference(hf_model, backbone.eval()) < TOLERANCE
 
 
 def test_expert_layouts_and_shards_convert_identically(tmp_path: Path) -> None:
@@ -219,13 +261,11 @@ def _edit_config(folder: Path, **changes) -> None:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"norm_topk_prob": True}, "norm_topk_prob=True is not supported"),
         ({"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1}, "topk_method='group_limited_greedy'"),
         ({"topk_method": "noaux_tc"}, "topk_method='noaux_tc'"),
         ({"scoring_func": "sigmoid"}, "scoring_func='sigmoid'"),
         ({"moe_layer_freq": 2}, "moe_layer_freq=2"),
         ({"attention_bias": True}, "attention_bias=True"),
-        ({"rms_norm_eps": 1e-5}, "rms_norm_eps=1e-05"),
         ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}, "rope type 'dynamic'"),
         ({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}, "MixtralForCausalLM"),
     ],

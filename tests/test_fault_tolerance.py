@@ -1,0 +1,112 @@
+"""Preemption and torn checkpoints: `lightning_most.fault_tolerance`.
+
+The preemption test runs the tiny fit of `tests/tiny_fit.py` as a real process, sends it SIGTERM
+mid-run, and runs the same command again.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from datamodules.embedded import prepare_embedded_corpus
+from lightning_most.fault_tolerance import RunCheckpoint, is_whole_checkpoint, publish
+from lightning_most.safe_loading import load_checkpoint
+from tests.test_resume import CORPUS
+from tests.tiny_fit import fit_command, read_steps, subprocess_env, write_config
+
+MAX_STEPS = 8
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_fit_corpus")
+    prepare_embedded_corpus(out, CORPUS)
+    return out
+
+
+def _save(path: Path, step: int) -> Path:
+    torch.save({"global_step": step, "weights": torch.full((256,), float(step))}, path)
+    return path
+
+
+def test_a_torn_or_bit_flipped_file_is_not_whole(tmp_path: Path) -> None:
+    whole = _save(tmp_path / "whole.ckpt", 1)
+    data = whole.read_bytes()
+    (tmp_path / "torn.ckpt").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[data.index(b"\x00\x00\x80?") + 1] ^= 0xFF  # inside the tensor's bytes (1.0 as float32)
+    (tmp_path / "flipped.ckpt").write_bytes(bytes(flipped))
+    assert is_whole_checkpoint(whole)
+    assert not is_whole_checkpoint(tmp_path / "torn.ckpt")
+    assert not is_whole_checkpoint(tmp_path / "flipped.ckpt")
+    folder = tmp_path / "sharded.ckpt"
+    folder.mkdir()
+    assert not is_whole_checkpoint(folder)
+    (folder / ".metadata").write_bytes(b"x")
+    _save(folder / "meta.pt", 1)
+    assert is_whole_checkpoint(folder)
+
+
+def test_publish_replaces_a_file_and_a_folder_in_one_step(tmp_path: Path) -> None:
+    final = _save(tmp_path / "last.ckpt", 1)
+    publish(_save(tmp_path / "last.ckpt.partial", 2), final)
+    assert load_checkpoint(final)["global_step"] == 2 and not (tmp_path / "last.ckpt.partial").exists()
+    for step in (1, 2):
+        staging = tmp_path / "sharded.ckpt.partial"
+        staging.mkdir()
+        _save(staging / "meta.pt", step)
+        publish(staging, tmp_path / "sharded.ckpt")
+    assert load_checkpoint(tmp_path / "sharded.ckpt" / "meta.pt")["global_step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "sharded.ckpt"]
+
+
+def test_last_resolves_to_the_newest_whole_checkpoint_with_a_warning(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    older = _save(folder / "step=3.ckpt", 3)
+    time.sleep(0.01)
+    last = _save(folder / "last.ckpt", 6)
+    (folder / "last.ckpt.partial").write_bytes(b"torn")  # a write that was killed: never a candidate
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path))
+    callback = RunCheckpoint()
+    assert callback._find_last_checkpoints(trainer) == {str(last)}
+    last.write_bytes(last.read_bytes()[:100])  # corrupted after the fact (disk, copy)
+    with pytest.warns(UserWarning, match=f"{last} is torn or corrupt.*resuming from {older}"):
+        assert callback._find_last_checkpoints(trainer) == {str(older)}
+    assert RunCheckpoint()._find_last_checkpoints(SimpleNamespace(default_root_dir=str(tmp_path / "new"))) == set()
+
+
+def _wait_for_step(root: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r["step"] >= step for r in read_steps(root)):
+        assert process.poll() is None, f"the run ended before step {step}: {process.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no step {step} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_sigterm_saves_at_the_step_exits_143_and_the_same_command_resumes(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    command = fit_command(write_config(tiny_corpus_dir, root, MAX_STEPS, checkpoint_every=100, step_seconds=0.5))
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(root, 3, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    first = read_steps(root)
+    stopped_at = first[-1]["step"]
+    assert 3 <= stopped_at < MAX_STEPS and [r["step"] for r in first] == list(range(1, stopped_at + 1))
+    assert f"SIGTERM: saved {root / 'checkpoints' / 'last.ckpt'} after step {stopped_at}" in err
+    assert load_checkpoint(root / "checkpoints" / "last.ckpt")["global_step"] == stopped_at
+
+    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = read_steps(root)[len(first):]
+    assert [r["step"] for r in resumed] == list(range(stopped_at + 1, MAX_STEPS + 1))
+    assert load_checkpoint(root / "checkpoints" / "last.ckpt")["global_step"] == MAX_STEPS
