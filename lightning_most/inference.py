@@ -44,8 +44,8 @@ from lightning_most.audio import (
     Vocoder,
     stack_frames,
 )
+from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
-from lightning_most.evaluation.protocols import SAMPLING_RATE
 from lightning_most.layouts import (
     Example,
     asr_example,
@@ -202,9 +202,9 @@ class MostInference:
                 f"vocoder {self.vocoder.config.path} knows {self.vocoder.generator_config.vocab_size} units but the "
                 f"model's data has {audio_io.num_units}: train a vocoder on these units"
             )
-        if self.vocoder.sample_rate != SAMPLING_RATE:
+        if self.vocoder.sample_rate != SAMPLE_RATE:
             raise InferenceError(
-                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLING_RATE} Hz"
+                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLE_RATE} Hz"
             )
 
     @classmethod
@@ -289,7 +289,7 @@ class MostInference:
         if waveform.numel() < self.min_input_samples:
             raise InferenceError(
                 f"a waveform of {waveform.numel()} samples is too short: the model's input needs at least "
-                f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLING_RATE * 1000:.0f} ms at 16 kHz)"
+                f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
             )
         frames = self.input_extractor(waveform.float().cpu().numpy())  # (T, F)
         return stack_frames(frames, self.audio_io.features.frame_stack)
@@ -377,6 +377,11 @@ class MostInference:
         totals = (picked * is_unit).sum(dim=1)  # (B,)
         return [(float(total), int(u.numel())) for total, u in zip(totals.cpu(), units)]
 
+    @property
+    def answer_max_new_tokens(self) -> int:
+        """Decoding budget of an answer: a stage-2 checkpoint's `answer_max_new_tokens`, else the transcripts'."""
+        return int(self.module.hparams.get("answer_max_new_tokens") or self.module.asr_decoding.max_new_tokens)
+
     def answer_text(self, waveforms: list[Tensor]) -> list[str]:
         """Greedy text answer to each spoken question (S,) (the `SpokenQuestionAnswerer` protocol)."""
         if not waveforms:
@@ -386,7 +391,7 @@ class MostInference:
             speech_instruct_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w))
             for w in waveforms
         ]
-        return m.decoder.transcribe(self._batch(examples))  # greedy text after the prompt, up to <eos>
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_written(self, questions: list[str]) -> list[str]:
         """Greedy text answer to each written question (the text_instruct layout, prompt up to <answer>)."""
@@ -394,7 +399,7 @@ class MostInference:
             return []
         m = self.module
         examples = [text_instruct_example(m.tokenizer.encode(q), [], m.specials) for q in questions]
-        return m.decoder.transcribe(self._batch(examples))
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
         """Spoken answer (S,) to each spoken question: the text answer, synthesized."""

@@ -12,7 +12,7 @@ from lightning_most.decoding.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.layouts import asr_example, collate
 from lightning_most.stages import CTCConfig, Stage1Module
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
-from tests.test_audio_encoder import _AlwaysA  # a decoder that only says "A"
+from tests.test_bidirectional_encoder import _AlwaysA  # a decoder that only says "A"
 
 BLANK, NUM_TOKENS = 5, 5
 

@@ -18,7 +18,7 @@ from lhotse import CutSet
 from datamodules.dataset import MostDataset
 from datamodules.embedded import corpus_paths
 from lightning_most.audio import load_waveform
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.protocols import AudioLikelihoodScorer, SpokenQuestionAnswerer, Synthesizer, Transcriber
 from lightning_most.inference import InferenceError, MostInference
 from lightning_most.stages.base import LEGACY_HPARAMS

@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from lightning_most.config import AudioEncoderOverrides, ModelOverrides
-from lightning_most.decoding import ASRDecodingConfig
 from lightning_most.decoding.word_lm import WordLMConfig
 from lightning_most.inference import InferenceError, MostInference
 from lightning_most.main import main
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
-from lightning_most.stages import OptimizerConfig
+from lightning_most.stages.base import OptimizerConfig
 from lightning_most.stages.stage1 import Stage1Module
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ def exit_code(argv: list[str]) -> int:
 def test_our_config_classes_load(trained_run: TrainedRun, tmp_path: Path) -> None:
     """A module built in Python (not from YAML) saves its config dataclasses in its hyperparameters."""
     hparams = {"optimizer": OptimizerConfig(lr=1e-3), "backbone_overrides": ModelOverrides(num_layers=2, audio_encoder=AudioEncoderOverrides(num_layers=1)),
-               "asr_decoding": ASRDecodingConfig(word_lm=WordLMConfig(weight=0.3))}
+               "asr_word_lm": WordLMConfig(weight=0.3)}
     checkpoint = {**load_checkpoint(trained_run.checkpoint), "hyper_parameters": hparams}
     torch.save(checkpoint, tmp_path / "dataclasses.ckpt")
     assert load_checkpoint(tmp_path / "dataclasses.ckpt")["hyper_parameters"] == hparams
@@ -92,7 +91,7 @@ def test_a_truncated_or_foreign_file_is_unreadable_not_unsafe(trained_run: Train
             load_checkpoint(path)
 
 
-@pytest.mark.parametrize("command", ["transcribe", "synthesize", "evaluate"])
+@pytest.mark.parametrize("command", ["transcribe", "synthesize", "evaluate", "chat"])
 def test_commands_refuse_it_with_one_line(
     command: str, hostile: tuple[Path, Path], trained_run: TrainedRun, tmp_path: Path, capsys
 ) -> None:
@@ -101,11 +100,19 @@ def test_commands_refuse_it_with_one_line(
         "transcribe": [str(trained_run.test_wavs[0])],
         "synthesize": ["--text", "hello", "--out", str(tmp_path / "out.wav")],
         "evaluate": ["--suites", "asr", "--corpus_dir", str(trained_run.corpus_dir), "--out_dir", str(tmp_path / "e")],
+        "chat": ["what is the weather"],
     }[command]
     assert exit_code([command, "--ckpt", str(path), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: refusing to load {path}") and len(err.splitlines()) == 1, err
     assert not marker.exists()
+
+
+def test_upcycle_refuses_it(hostile: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    path, marker = hostile
+    assert exit_code(["upcycle", "--src", str(path), "--out", str(tmp_path / "moe.pt")]) == 2
+    assert f"refusing to load {path}" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "moe.pt").exists()
 
 
 def test_inference_and_init_from_refuse_it(hostile: tuple[Path, Path]) -> None:
@@ -122,7 +129,6 @@ def test_init_from_a_lightning_checkpoint_still_loads_its_backbone(trained_run: 
     state = load_checkpoint(trained_run.checkpoint)
     hparams = state["hyper_parameters"]
     module = Stage1Module(backbone=hparams["backbone"], backbone_overrides=hparams["backbone_overrides"],
-                          audio_feature_dim=hparams["audio_feature_dim"], num_audio_units=hparams["num_audio_units"],
                           init_from=str(trained_run.checkpoint))
     module.configure_model()
     name, weight = next(iter(module.backbone.state_dict().items()))

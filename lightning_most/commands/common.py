@@ -11,7 +11,7 @@ from pathlib import Path
 import soundfile
 from torch import Tensor
 
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.inference import InferenceError, MostInference
 
 USAGE_ERROR = 2

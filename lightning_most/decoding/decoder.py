@@ -139,6 +139,18 @@ class Decoder:
             rows = self._asr_ids(prompts_from_batch(batch, self.specials.pad), asr)
         return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in rows]
 
+    @torch.no_grad()
+    def answer(self, batch: dict, max_new_tokens: int) -> list[str]:
+        """Greedy text answers to the instruction rows of a collated batch (prompts up to <answer>), each at most
+        `max_new_tokens` tokens; none of the ASR aids (CTC head, beam, word LM, per-frame length cap) apply."""
+        allowed = torch.zeros(self.backbone.config.vocab_size, dtype=torch.bool, device=self.device)
+        allowed[: self.specials.base_vocab_size] = True
+        allowed[self.specials.eos] = True
+        with eval_mode(self.backbone):
+            rows = generate(self.backbone, prompts_from_batch(batch, self.specials.pad), max_new_tokens, allowed,
+                            (self.specials.eos,)).tolist()
+        return [self.tokenizer.decode([i for i in row if 0 <= i < self.specials.base_vocab_size]) for row in rows]
+
     def _asr_ids(self, prompt: dict, asr: bool) -> list[list[int]]:
         config, device = self.asr, self.device
         allowed = torch.zeros(self.backbone.config.vocab_size, dtype=torch.bool, device=device)

@@ -15,14 +15,12 @@ position the label -100. What stage 2 adds:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
 from torch import Tensor
 
 from lightning_most.batch import TASKS
-from lightning_most.decoding import Decoder
 from lightning_most.evaluation.spoken_qa import exact_match
 from lightning_most.stages.base import StageModule
 from lightning_most.stages.evaluation import select_rows
@@ -55,18 +53,12 @@ class Stage2Module(StageModule):
             log.warning("Stage2Module starts from a fresh backbone: set model.init_args.init_from to a stage-1 .ckpt")
 
     # ---- question answering ------------------------------------------------------------------
-    def answer_batch(self, batch: dict) -> list[str]:
-        """Greedy text answers to the instruction rows of a collated batch (prompts up to <answer>), at most
-        `answer_max_new_tokens` tokens each."""
-        budget = dataclasses.replace(self.asr_decoding, max_new_tokens=self.hparams.answer_max_new_tokens)
-        return Decoder(self.backbone, self.specials, self.tokenizer, budget).transcribe(batch)
-
     def _score_answers(self, batch: dict, stage: str) -> None:
         for task in QA_METRICS:
             rows = (batch["task_ids"] == TASKS.index(task)).nonzero().flatten().tolist()
             if not rows:
                 continue
-            answers = self.answer_batch(select_rows(batch, rows))
+            answers = self.decoder.answer(select_rows(batch, rows), self.hparams.answer_max_new_tokens)
             correct = sum(exact_match(a, [batch["texts"][i]]) for a, i in zip(answers, rows))
             counts = self._qa_counts.setdefault(f"{stage}_{task}", torch.zeros(2, device=self.device))
             counts += torch.tensor([correct, len(rows)], dtype=counts.dtype, device=self.device)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_most.audio_encoder import AudioEncoder, pad_segments, unpad_segments
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.bidirectional_encoder import BidirectionalAudioEncoder, pad_segments, unpad_segments
 from lightning_most.config import AudioEncoderConfig, build_config
 from lightning_most.decoding import ASRDecodingConfig
 from lightning_most.decoding.generation import generate, prompts_from_batch
@@ -44,7 +44,7 @@ def test_pad_and_unpad_segments_round_trip() -> None:
 
 
 def test_encoder_context_is_bidirectional_within_a_segment_and_stops_at_its_edges() -> None:
-    encoder = AudioEncoder(16, AudioEncoderConfig(num_conv_layers=2, num_layers=1)).eval()
+    encoder = BidirectionalAudioEncoder(16, AudioEncoderConfig(num_conv_layers=2, num_layers=1)).eval()
     frames = torch.randn(10, 16)
     counts = torch.tensor([6, 4])
     base, _ = encoder(frames, counts)
@@ -57,7 +57,7 @@ def test_encoder_context_is_bidirectional_within_a_segment_and_stops_at_its_edge
 
 def test_input_dropout_acts_in_training_only_and_is_validated() -> None:
     torch.manual_seed(0)
-    encoder = AudioEncoder(16, AudioEncoderConfig(num_layers=1, input_dropout=0.5))
+    encoder = BidirectionalAudioEncoder(16, AudioEncoderConfig(num_layers=1, input_dropout=0.5))
     frames, counts = torch.randn(10, 16), torch.tensor([6, 4])
     encoder.eval()
     first, _ = encoder(frames, counts)
