@@ -2,11 +2,11 @@
 
 The golden file (`tests/golden/quickstart_50_steps.json`) says where its numbers come from. The
 comparison is exact, float32 bit for bit: the run is seeded, on CPU in one process with one data
-worker, and the same code on the same machine gives the same numbers (the new code on the recording's
-corpus, and a fresh corpus, both reproduced them). The environment is the recording's: no
-OMP_NUM_THREADS (it changes CTranslate2's threads in the Whisper features, and the losses at 1e-5).
-On another CPU, or with another thread count, the features and sums may round differently: regenerate
-there first (on the code before a change), then compare. After a change meant to alter training:
+worker, and its corpus is built fresh in tmp and repeatably (sox speaks with -R: without it the
+16-bit dither is random per call and two builds differ), so the same code on the same machine gives
+the same numbers. Thread counts are the recording's defaults (OMP_NUM_THREADS unset). On another CPU
+or thread count the features and sums may round differently: regenerate there first, on the code
+before a change. After a change meant to alter training, regenerate too:
 
     GOLDEN_REGENERATE=1 pytest tests/test_golden_losses.py
 """
