@@ -162,7 +162,7 @@ class AttentionConfig:
 @dataclass
 class AudioEncoderConfig:
     """Trainable bidirectional context over each utterance's audio frames, between the input projection and
-    the decoder (`audio_encoder.py`). With no layers (the default, and MoST's setting: frozen HuBERT input
+    the decoder (`bidirectional_encoder.py`). With no layers (the default, and MoST's setting: frozen HuBERT input
     already has context) it is not built. A model trained from scratch on log-mel frames needs it."""
 
     num_conv_layers: int = 0
