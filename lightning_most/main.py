@@ -17,8 +17,10 @@ from importlib import import_module
 from importlib.metadata import entry_points
 
 import lightning.pytorch as pl
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_most.commands.common import USAGE_ERROR
 from lightning_most.stages.base import StageModule
 
 COMMAND_GROUP = "lightning_most.commands"
@@ -56,13 +58,30 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     if argv and argv[0] in commands:
         _run_extra(commands[argv[0]], argv[1:])
         return None
-    return LightningCLI(
-        model_class=StageModule,
-        datamodule_class=pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        parser_kwargs={"parser_mode": "omegaconf"},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        return LightningCLI(
+            model_class=StageModule,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},  # errors: below, without the usage
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except ArgumentError as error:  # an unknown key, a wrong type: jsonargparse's message names the key first
+        command = " ".join(argv[:1]) if argv and argv[0] in ("fit", "validate", "test", "predict") else ""
+        print(f"error: {error}\n(`python -m lightning_most {command} --help` lists the options)".replace("  ", " "),
+              file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+    except ValueError as error:
+        if not _is_rejected_config(error):
+            raise
+        print(f"error: {error.__cause__}", file=sys.stderr)  # the class's own message: the key and the fix
+        sys.exit(USAGE_ERROR)
+
+
+def _is_rejected_config(error: ValueError) -> bool:
+    """Whether jsonargparse could not build a configured class because the class refused its arguments (its
+    ValueError is the cause; jsonargparse's message then lists a page of the parsed config after it)."""
+    return isinstance(error.__cause__, ValueError) and "Given value" in str(error)
