@@ -36,9 +36,10 @@ SHAPES = {
 
 
 class LoopMoE(nn.Module):
-    """Reference (a): Hugging Face's own eager expert loop (transformers DeepseekV2Experts), same router."""
+    """Reference (a): transformers' own DeepseekV2Experts with the same router; `implementation` names its experts
+    backend (`eager`: the loop over experts; `grouped_mm`: sorted tokens and one grouped GEMM)."""
 
-    def __init__(self, block: MoEBlock) -> None:
+    def __init__(self, block: MoEBlock, implementation: str = "eager") -> None:
         super().__init__()
         from transformers import DeepseekV2Config
         from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Experts
@@ -46,7 +47,8 @@ class LoopMoE(nn.Module):
         self.router, self.shared = block.router, block.shared_experts
         d = block.experts.down_proj.shape[-1]
         hf_cfg = DeepseekV2Config(hidden_size=d, n_routed_experts=block.config.num_routed_experts,
-                                  moe_intermediate_size=block.config.expert_intermediate_size, hidden_act="silu")
+                                  moe_intermediate_size=block.config.expert_intermediate_size, hidden_act="silu",
+                                  experts_implementation=implementation)
         self.experts = DeepseekV2Experts(hf_cfg)
         with torch.no_grad():  # HF stores (out, in) per expert: our (E, d, 2h) / (E, h, d) transposed
             self.experts.gate_up_proj.copy_(block.experts.gate_up_proj.transpose(1, 2))

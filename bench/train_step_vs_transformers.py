@@ -4,7 +4,7 @@
     python bench/train_step_vs_transformers.py --shapes tiny --no-compile --rounds 3
 
 A step is forward + next-token loss + backward on a text-only batch (no optimizer step). transformers'
-model is built from a DeepseekV2Config, saved, and converted by `lightning_most.checkpoints` into our
+model is built from a DeepseekV2Config, saved, and converted by `lightning_most.convert` into our
 backbone (MoE variant `vanilla`: no modality mask, so both route every token over all experts and
 compute the same function; the script reports the largest difference of their text logits). Ours also
 computes its aux loss and routing statistics (transformers' model has neither), and its loss is over the
@@ -35,11 +35,11 @@ import tempfile
 import time
 
 import torch
-from lightning_most.checkpoints import config_from_hf, hf_state_dict
 
 from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.batch import IGNORE_INDEX
 from lightning_most.compile import CompileConfig, compile_backbone
-from lightning_most.layouts import IGNORE_INDEX
+from lightning_most.convert import config_from_hf, hf_state_dict
 
 SHAPES = {
     # The `tiny` preset's decoder (d 128, 4 layers, 16 experts x 64, top-2, 1 shared) on 8 x 256 tokens.
@@ -63,12 +63,19 @@ COMMON_HF = {"hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_ep
              "experts_implementation": "grouped_mm"}
 
 
+def hf_config(shape: str):
+    """transformers' DeepseekV2Config at `shape`."""
+    from transformers import DeepseekV2Config
+
+    return DeepseekV2Config(**SHAPES[shape]["hf"], **COMMON_HF)
+
+
 def hf_model(shape: str):
     """transformers' DeepseekV2ForCausalLM at `shape` (seeded), in training mode."""
-    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
+    from transformers import DeepseekV2ForCausalLM
 
     torch.manual_seed(0)
-    model = DeepseekV2ForCausalLM(DeepseekV2Config(**SHAPES[shape]["hf"], **COMMON_HF))
+    model = DeepseekV2ForCausalLM(hf_config(shape))
     with torch.no_grad():  # a peaked router, so that top-k choices are not decided by rounding
         for name, p in model.named_parameters():
             if name.endswith(".mlp.gate.weight"):
@@ -76,13 +83,14 @@ def hf_model(shape: str):
     return model.train()
 
 
-def our_model(hf, folder: str | None = None) -> MoSTBackbone:
-    """Our backbone with `hf`'s weights (converted through a saved checkpoint), or fresh ones when `folder` is None."""
+def our_model(shape: str, weights_from=None) -> MoSTBackbone:
+    """Our backbone at `shape`: `weights_from`'s weights (a transformers model, converted through a saved
+    checkpoint), or fresh ones when None (without building transformers' model)."""
     with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
+        (weights_from or hf_config(shape)).save_pretrained(tmp)
         config = config_from_hf(tmp, num_audio_units=1, audio_feature_dim=16, moe_variant="vanilla")
         model = MoSTBackbone(config)
-        if folder is not None:
+        if weights_from is not None:
             model.load_state_dict(hf_state_dict(tmp, config))
     return model.train()
 
@@ -112,7 +120,7 @@ def steps(ours: MoSTBackbone, hf, batch: torch.Tensor) -> dict:
 def bench_shape(shape: str, rounds: int, compile_: bool) -> dict:
     """Median step ms per implementation at `shape`, their ratios, and the loss agreement."""
     hf = hf_model(shape)
-    ours = our_model(hf, folder="same weights")
+    ours = our_model(shape, weights_from=hf)
     B, T = SHAPES[shape]["batch"]
     batch = torch.randint(0, SHAPES[shape]["hf"]["vocab_size"], (B, T), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -124,7 +132,7 @@ def bench_shape(shape: str, rounds: int, compile_: bool) -> dict:
     losses = {name: float(fn()) for name, fn in runs.items()}  # eager warm-up
     compile_s = {}
     if compile_:
-        compiled_ours = our_model(hf, folder="same weights")
+        compiled_ours = our_model(shape, weights_from=hf)
         compile_backbone(compiled_ours, CompileConfig(enabled=True, dynamic=None))  # fixed shapes here
         compiled_hf = torch.compile(hf)
         compiled = steps(compiled_ours, compiled_hf, batch)
@@ -161,24 +169,22 @@ def bench_shape(shape: str, rounds: int, compile_: bool) -> dict:
 
 def peak_rss(shape: str, impl: str) -> int:
     """Peak RSS (KiB) of a child process that builds `impl` at `shape` and runs two training steps."""
+    command = [sys.executable, __file__, "--memory-child", impl, "--shapes", shape,
+               "--threads", str(torch.get_num_threads())]
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", impl, "--shapes", shape, "--threads", str(torch.get_num_threads())],
-        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     return int(out.stdout.strip().splitlines()[-1])
 
 
 def memory_child(shape: str, impl: str) -> None:
     """Build one implementation with fresh weights, run two steps, print the peak RSS in KiB."""
-    hf = hf_model(shape)
     B, T = SHAPES[shape]["batch"]
     batch = torch.randint(0, SHAPES[shape]["hf"]["vocab_size"], (B, T))
     if impl == "ours":
-        ours = our_model(hf)
-        del hf
-        step = steps(ours, None, batch)["ours"]
+        step = steps(our_model(shape), None, batch)["ours"]
     else:
-        step = steps(None, hf, batch)["hf_grouped_mm"]
+        step = steps(None, hf_model(shape), batch)["hf_grouped_mm"]
     step()
     step()
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

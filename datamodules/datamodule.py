@@ -167,7 +167,7 @@ class MostDataModule(pl.LightningDataModule):
 
     def word_lm_text_files(self) -> list[str]:
         """The local files of the training text: the speech sources' cut manifests (their transcripts) and the
-        text-LM shards, each once. A word LM (`lightning_most.word_lm`) with no `text_files` is counted on them."""
+        text-LM shards, each once. A word LM (`lightning_most.decoding.word_lm`) with no `text_files` is counted on them."""
         files: list[str] = []
         for source in self.train_sources:
             paths = resolve_text_shards(source.path) if source.task in TEXT_ONLY_TASKS else [source.path]
@@ -175,7 +175,7 @@ class MostDataModule(pl.LightningDataModule):
                 if not Path(path).is_file() or is_webdataset_path(path):
                     raise ValueError(
                         f"train source {source.name!r} ({source.task}) is {path!r}, not a local file the word LM can "
-                        "read (a URL, Shar folder or webdataset shards): list the LM's text in asr_word_lm.text_files"
+                        "read (a URL, Shar folder or webdataset shards): list the LM's text in asr_decoding.word_lm.text_files"
                     )
                 if path not in files:
                     files.append(path)

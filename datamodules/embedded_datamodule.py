@@ -81,6 +81,11 @@ class EmbeddedDataModule(MostDataModule):
             unit_quantizer=str(paths.unit_quantizer),
         )
 
+    @property
+    def num_units(self) -> int:
+        """K of the corpus's units: its config's, known before the corpus is built (the model is sized by it)."""
+        return self.corpus.units.num_units
+
     def _whisper_cuts(self, split: str) -> Path:
         return Path(self.corpus_dir) / WHISPER_FEATURES_DIR / f"embedded_cuts_{split}.jsonl.gz"
 

@@ -112,7 +112,7 @@ _grouped_mm.register_autograd(_grouped_mm_autograd, setup_context=_grouped_mm_se
 
 
 def grouped_matmul(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
-    """Row slice i of x (rows sorted by expert, `offsets` (E,) end row of each slice) times w[i]: (N, a) x (E, a, b) -> (N, b).
+    """x (N, a) with rows sorted by expert, times w (E, a, b) per expert slice (`offsets` (E,) end rows) -> (N, b).
 
     One opaque custom op (forward and backward), so `torch.compile` sees no data-dependent shapes or host
     syncs and never traces `torch._grouped_mm`'s bf16-only meta kernel; inside, `torch._grouped_mm` runs

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lightning_most.config import AttentionOverrides, AudioEncoderOverrides, ModelOverrides, MoEOverrides
-from lightning_most.word_lm import WordLMConfig
+from lightning_most.decoding.word_lm import WordLMConfig
 
 # The config dataclasses a module built in Python keeps in its hyperparameters (YAML configs give dicts).
 torch.serialization.add_safe_globals([ModelOverrides, MoEOverrides, AttentionOverrides, AudioEncoderOverrides, WordLMConfig])

@@ -170,7 +170,7 @@ def test_a_checkpoint_whose_word_lm_text_moved_exits_2_or_decodes_without_it(
     trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)
-    lm = checkpoint["hyper_parameters"]["asr_word_lm"]
+    lm = checkpoint["hyper_parameters"]["asr_decoding"]["word_lm"]
     assert lm["text_files"], "fit writes the data module's training text into the checkpoint"
     lm["text_files"] = [str(tmp_path / "moved" / "text_train.jsonl.gz")]
     moved = tmp_path / "moved.ckpt"

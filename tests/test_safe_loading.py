@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from lightning_most.config import AudioEncoderOverrides, ModelOverrides
+from lightning_most.decoding.word_lm import WordLMConfig
 from lightning_most.inference import InferenceError, MostInference
 from lightning_most.main import main
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 from lightning_most.stages.base import OptimizerConfig
 from lightning_most.stages.stage1 import Stage1Module
-from lightning_most.word_lm import WordLMConfig
 
 if TYPE_CHECKING:
     from tests.fixtures_checkpoint import TrainedRun

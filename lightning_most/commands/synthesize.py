@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.waveforms import write_wav
 from lightning_most.commands.common import (
     CommandError,
     add_checkpoint_arguments,
@@ -12,8 +14,6 @@ from lightning_most.commands.common import (
     load_inference,
     run,
 )
-from lightning_most.evaluation.audio_io import write_wav
-from lightning_most.evaluation.protocols import SAMPLING_RATE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def synthesize(args: argparse.Namespace) -> None:
     waveform = inference.vocode([units])[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_wav(out, waveform)
-    print(f"wrote {out}: {units.numel()} units, {waveform.numel()} samples ({waveform.numel() / SAMPLING_RATE:.2f} s)")
+    print(f"wrote {out}: {units.numel()} units, {waveform.numel()} samples ({waveform.numel() / SAMPLE_RATE:.2f} s)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -182,12 +182,12 @@ def test_embedded_data_module_reads_the_corpus_and_describes_its_audio(tiny_corp
 
 
 def test_word_lm_text_files_are_the_training_transcripts_and_text_once_each(sources, tmp_path) -> None:
-    from lightning_most.word_lm import read_sentences
+    from lightning_most.decoding.word_lm import read_sentences
 
     files = _module(sources).word_lm_text_files()
     assert files == [sources[0].path, sources[2].path]  # the asr and tts sources share one manifest
     cut_texts = [s.text for c in CutSet.from_file(sources[0].path) for s in c.supervisions]
     assert read_sentences(files[0]) == cut_texts
     shar = [SourceConfig("remote", "asr", "https://example.org/cuts.jsonl.gz"), *sources[1:]]
-    with pytest.raises(ValueError, match="train source 'remote' .*asr_word_lm.text_files"):
+    with pytest.raises(ValueError, match="train source 'remote' .*asr_decoding.word_lm.text_files"):
         _module(shar).word_lm_text_files()

@@ -15,8 +15,8 @@ from datamodules.instruction_datamodule import EmbeddedInstructionDataModule
 from datamodules.instructions import InstructionPair, write_instructions
 from datamodules.mixing import STAGE2_TASK_WEIGHTS, SourceConfig, open_source
 from datamodules.spoken_instructions import SpokenInstructionsConfig, prepare_spoken_instructions
+from lightning_most.batch import IGNORE_INDEX, TASKS
 from lightning_most.evaluation.spoken_qa import load_spoken_qa
-from lightning_most.layouts import IGNORE_INDEX, TASKS
 from tests.datamodules.conftest import TINY as TINY_CORPUS
 
 TINY = SpokenInstructionsConfig(

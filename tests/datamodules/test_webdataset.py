@@ -85,7 +85,7 @@ def test_common_layout_reads_back_as_cuts_with_audio_and_transcripts(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing shard files .*shard-000002\.tar"):
         resolve_webdataset_shards(str(tmp_path / "shard-{000000..000002}.tar"))
     module = MostDataModule(train_sources=[SourceConfig("wds", "asr", names[0])], task_weights={"asr": 1.0})
-    with pytest.raises(ValueError, match="webdataset shards.*asr_word_lm.text_files"):
+    with pytest.raises(ValueError, match="webdataset shards.*asr_decoding.word_lm.text_files"):
         module.word_lm_text_files()  # a tar is no text file for the word LM
 
 
