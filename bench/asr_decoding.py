@@ -6,7 +6,7 @@
 Reads the dev split of the config's data module (the quickstart's by default), decodes every ASR
 batch once per (CTC weight, LM weight, word bonus, beam) setting in the same process, and prints WER
 and seconds, each also as a ratio to the first setting. An LM weight of 0 decodes without the word
-LM; otherwise the config's `asr_word_lm` (or a default one) is used with that weight, bonus and OOV
+LM; otherwise the config's `asr_decoding.word_lm` (or a default one) is used with that weight, bonus and OOV
 log-prob, counted on `--lm_text` if given, else as in `fit`. Results: bench/RESULTS.md.
 """
 
@@ -20,16 +20,18 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningCLI
+import yaml
 from torchmetrics.text import WordErrorRate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_most.batch import TASKS
+from lightning_most.decoding import WordLMConfig
 from lightning_most.evaluation.normalize import normalize_text
+from lightning_most.main import MostCLI
 from lightning_most.safe_loading import load_checkpoint
-from lightning_most.stages.base import StageModule, _select
-from lightning_most.word_lm import WordLMConfig
+from lightning_most.stages import StageModule
+from lightning_most.stages.evaluation import select_rows
 
 
 def main() -> None:
@@ -37,19 +39,22 @@ def main() -> None:
     parser.add_argument("--config", default="conf/quickstart.yaml")
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--beams", default="1,4")
-    parser.add_argument("--weights", default="0.5", help="asr_ctc_decoding_weight values")
-    parser.add_argument("--lm_weights", default="0", help="asr_word_lm.weight values (0 = no word LM)")
-    parser.add_argument("--word_bonuses", default="1.0", help="asr_word_lm.word_bonus values")
-    parser.add_argument("--oov_log_probs", default="-12", help="asr_word_lm.oov_log_prob values")
-    parser.add_argument("--orders", default="", help="asr_word_lm.order values (default: the config's)")
+    parser.add_argument("--weights", default="0.5", help="asr_decoding.ctc_weight values")
+    parser.add_argument("--lm_weights", default="0", help="asr_decoding.word_lm.weight values (0 = no word LM)")
+    parser.add_argument("--word_bonuses", default="1.0", help="asr_decoding.word_lm.word_bonus values")
+    parser.add_argument("--oov_log_probs", default="-12", help="asr_decoding.word_lm.oov_log_prob values")
+    parser.add_argument("--orders", default="", help="asr_decoding.word_lm.order values (default: the config's)")
     parser.add_argument("--show", type=int, default=0, help="print this many reference / hypothesis pairs per setting")
     parser.add_argument("--lm_text", default="", help="word LM text files (default: the config's, else the data's training text)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cli = LightningCLI(
+    config = yaml.safe_load(Path(args.config).read_text())
+    for key in ("ckpt_path", "weights_only"):  # options of `fit`: this parser has no subcommands
+        config.pop(key, None)
+    config["trainer"] = {**config.get("trainer", {}), "logger": False, "callbacks": []}
+    cli = MostCLI(
         model_class=StageModule, datamodule_class=pl.LightningDataModule, subclass_mode_model=True,
-        subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"}, run=False,
-        args=["--config", args.config, "--trainer.logger", "false", "--trainer.callbacks", "[]"],
+        subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"}, run=False, args=config,
     )
     model, data = cli.model, cli.datamodule
     data.prepare_data()
@@ -61,9 +66,8 @@ def main() -> None:
     for batch in data.val_dataloader():
         rows = (batch["task_ids"] == TASKS.index("asr")).nonzero().flatten().tolist()
         if rows:
-            batches.append(_select(batch, rows))
-    lm_config = model.hparams.get("asr_word_lm") or WordLMConfig()
-    lm_config = WordLMConfig(**lm_config) if isinstance(lm_config, dict) else lm_config
+            batches.append(select_rows(batch, rows))
+    lm_config = model.asr_decoding.word_lm or WordLMConfig()
     if args.lm_text:
         lm_config.text_files = args.lm_text.split(",")
     elif not lm_config.text_files:  # as in fit: the data module's training text
@@ -79,13 +83,13 @@ def main() -> None:
     ]
     reference = None
     for weight, lm_weight, bonus, oov, order, beam in settings:
-        model.hparams.asr_beam_size, model.hparams.asr_ctc_decoding_weight = beam, weight
-        model.hparams.asr_word_lm = (
-            dataclasses.replace(lm_config, weight=lm_weight, word_bonus=bonus, oov_log_prob=oov, order=order) if lm_weight > 0 else None
-        )
+        lm = dataclasses.replace(lm_config, weight=lm_weight, word_bonus=bonus, oov_log_prob=oov, order=order)
+        model.asr_decoding = dataclasses.replace(model.asr_decoding, beam_size=beam, ctc_weight=weight,
+                                                 word_lm=lm if lm_weight > 0 else None)
+        decoder = model.decoder
         wer, start, pairs = WordErrorRate(), time.perf_counter(), []
         for batch in batches:
-            hyps = model.transcribe_batch(batch)
+            hyps = decoder.transcribe(batch)
             wer.update([normalize_text(h) for h in hyps], [normalize_text(t) for t in batch["texts"]])
             pairs += zip(batch["texts"], hyps)
         seconds, value = time.perf_counter() - start, float(wer.compute())

@@ -1,7 +1,7 @@
 """How fast does the audio encoder alone learn to transcribe the embedded corpus with CTC?
 
 The quickstart's decoder cannot transcribe before its encoder hears; this probe trains only the
-input projection, `AudioEncoder` and a CTC head (the path `ctc_warmup_steps` trains) on the ASR cuts
+input projection, `BidirectionalAudioEncoder` and a CTC head (the path `ctc_warmup_steps` trains) on the ASR cuts
 and reports greedy CTC WER / CER on the dev split after a fixed number of steps:
 
     .venv/bin/python bench/ctc_encoder_probe.py --steps 2000 --max_duration 24
@@ -26,8 +26,9 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import EmbeddedDataModule
+from datamodules.datamodule import LoaderConfig
 from lightning_most.audio.features import FeatureConfig
-from lightning_most.audio_encoder import AudioEncoder
+from lightning_most.bidirectional_encoder import BidirectionalAudioEncoder
 from lightning_most.config import AudioEncoderConfig
 from lightning_most.evaluation.normalize import normalize_text
 
@@ -73,14 +74,15 @@ def main() -> None:
 
     data = EmbeddedDataModule(
         corpus_dir=args.corpus, task_weights={"asr": 1.0, "tts": 0.0, "text_lm": 0.0},
-        features=FeatureConfig(kind=args.features, frame_stack=args.frame_stack), max_duration=args.max_duration,
-        max_cut_duration=min(30.0, args.max_duration), num_buckets=8, buffer_size=2000, num_workers=1,
+        features=FeatureConfig(kind=args.features, frame_stack=args.frame_stack),
+        loader=LoaderConfig(max_duration=args.max_duration, max_cut_duration=min(30.0, args.max_duration),
+                            num_buckets=8, buffer_size=2000, num_workers=1),
     )
     data.prepare_data()
     d, width = args.hidden_size, (80 if args.features == "fbank" else 384) * args.frame_stack
     projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d), nn.GELU(), nn.Linear(d, d),
                               nn.Dropout(args.dropout))
-    encoder = AudioEncoder(d, AudioEncoderConfig(num_conv_layers=args.num_conv_layers, num_layers=args.num_layers))
+    encoder = BidirectionalAudioEncoder(d, AudioEncoderConfig(num_conv_layers=args.num_conv_layers, num_layers=args.num_layers))
     head = nn.Linear(d, BLANK + 1)
     params = [*projector.parameters(), *encoder.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)

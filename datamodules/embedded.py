@@ -2,9 +2,9 @@
 
 `prepare_embedded_corpus(out_dir, config)` builds it from nothing but apt packages (no network):
 
-1. sentences: unique speakable sentences of Debian's fortunes (`sentences.py`), shuffled by seed and
+1. sentences: unique speakable sentences of Debian's fortunes (`lightning_most.fortunes`), shuffled by seed and
    cut into disjoint pools: train / dev / test speech sentences and train / dev text-LM sentences;
-2. speakers: every configured voice x (tempo, pitch) variant (`voices.py`); `num_test_speakers` of
+2. speakers: every configured voice x (tempo, pitch) variant (`lightning_most.audio.offline_voices`); `num_test_speakers` of
    them are held out for test. train and dev use the seen speakers, test the held-out ones, so
    dev = held-out sentences, seen speakers; test = held-out sentences and held-out speakers;
 3. audio: 16 kHz mono 16-bit wav, synthesized over `num_jobs` processes;
@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from tqdm import tqdm
 
-from datamodules.sentences import fortune_sentences
 from datamodules.units import QUANTIZER_FILE, UnitsConfig, fit_and_attach_units
-from datamodules.voices import DEFAULT_VOICES, Speaker, get_voice, speak
+from lightning_most.audio.offline_voices import DEFAULT_VOICES, Speaker, get_voice, speak
+from lightning_most.fortunes import fortune_sentences
 
 CORPUS = "embedded"
 SPLITS = ("train", "dev", "test")
@@ -66,7 +67,7 @@ class EmbeddedCorpusConfig:
     """Text-only sentences for the text-LM task (disjoint from every speech sentence)."""
     num_text_dev: int = 200
     voices: tuple[str, ...] = DEFAULT_VOICES
-    """Voices from `datamodules.voices.VOICES` (espeak-ng ones, e.g. `espeakng_enus`, add variety)."""
+    """Voices from `lightning_most.audio.offline_voices.VOICES` (espeak-ng ones, e.g. `espeakng_enus`, add variety)."""
     variants: tuple[tuple[float, int], ...] = ((1.0, 0), (1.1, 150), (0.9, -150))
     """(sox tempo factor, pitch shift in cents) per speaker derived from each voice."""
     num_test_speakers: int = 3
@@ -187,11 +188,11 @@ def synthesize(root: Path, utterances: list[Utterance], num_jobs: int, chunk_siz
     jobs = [
         (root, group[i : i + chunk_size]) for group in by_speaker.values() for i in range(0, len(group), chunk_size)
     ]
-    done = 0
-    with ProcessPoolExecutor(max_workers=num_jobs) as pool:
+    with ProcessPoolExecutor(max_workers=num_jobs) as pool, tqdm(
+        total=len(utterances), desc="embedded corpus: speaking", unit="utt"
+    ) as bar:
         for n in pool.map(_speak_chunk, jobs):
-            done += n
-            log.info("synthesized %d/%d utterances", done, len(utterances))
+            bar.update(n)
 
 
 def write_manifests(root: Path, utterances: list[Utterance]) -> dict[str, CutSet]:
@@ -278,7 +279,10 @@ def prepare_embedded_corpus(
 
 
 def main(argv: list[str] | None = None) -> EmbeddedCorpus:
-    """Command line: `python -m lightning_most prepare [--out_dir DIR] [--num_train N] ...`."""
+    """Build the embedded speech corpus (fortunes spoken by offline voices).
+
+    Command line: `python -m lightning_most prepare [--out_dir DIR] [--num_train N] ...`.
+    """
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="lightning_most prepare", description=prepare_embedded_corpus.__doc__)

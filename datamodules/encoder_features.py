@@ -23,6 +23,7 @@ import numpy as np
 from lhotse import CutSet, load_manifest_lazy
 from lhotse.features.base import Features
 from lhotse.features.io import NumpyFilesWriter
+from tqdm import tqdm
 
 from datamodules.dataset import WHISPER_FEATURE_TYPE, CutLoadError, MostDataset
 from lightning_most.audio import SAMPLE_RATE
@@ -43,8 +44,9 @@ def store_whisper_features(
     out = []
     storage_dir = Path(storage_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
+    total = None if cuts.is_lazy else len(cuts)
     with NumpyFilesWriter(storage_dir) as writer:
-        for cut in cuts:
+        for cut in tqdm(cuts, total=total, desc=f"Whisper features -> {storage_dir}", unit="cut"):
             try:
                 audio = MostDataset._load_audio(cut if cut.sampling_rate == SAMPLE_RATE else cut.resample(SAMPLE_RATE))
             except CutLoadError as error:

@@ -5,7 +5,7 @@
 the data of the stage-2 tasks:
 
 1. text: every pair of each split as an instruction shard (the text-instruct task reads train);
-2. speakers: every voice x (tempo, pitch) variant, as in the embedded corpus (`voices.py`);
+2. speakers: every voice x (tempo, pitch) variant, as in the embedded corpus (`lightning_most.audio.offline_voices`);
    `num_test_speakers` of them (chosen by `seed`) speak only test, so test = held-out questions
    spoken by held-out voices; train and dev use the others;
 3. audio: each spoken pair's prompt as a 16 kHz wav (`num_jobs` processes, a progress bar); each
@@ -60,8 +60,8 @@ from datamodules.encoder_features import prepare_whisper_features
 from datamodules.generated_instructions import GeneratedInstructionsConfig, generate_instructions
 from datamodules.instructions import InstructionPair, read_instructions, write_instructions
 from datamodules.quality import SkipLog, text_problem
-from datamodules.voices import DEFAULT_VOICES, Speaker, get_voice, speak
 from lightning_most.audio.features import FeatureConfig
+from lightning_most.audio.offline_voices import DEFAULT_VOICES, Speaker, get_voice, speak
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 EVAL_SPLITS: tuple[str, ...] = ("dev", "test")
@@ -293,10 +293,10 @@ def spoken_cuts(root: Path, items: list[SpokenItem]) -> CutSet:
 
 def attach_answer_units(cuts: CutSet, root: Path, unit_quantizer: Path, split: str) -> CutSet:
     """Quantise each cut's spoken answer with the corpus's quantizer and its encoder; attach `answer_units` (U,)."""
-    from lightning_most.audio import UnitQuantizer, build_audio_encoder
+    from lightning_most.audio import UnitQuantizer, build_waveform_encoder
 
     description = json.loads(unit_quantizer.with_suffix(".json").read_text())
-    encoder = build_audio_encoder(description["encoder"], **description["encoder_config"])
+    encoder = build_waveform_encoder(description["encoder"], **description["encoder_config"])
     quantizer = UnitQuantizer.load(unit_quantizer, num_units=description["num_units"])
     units_by_answer: dict[str, Array] = {}
     out = []
@@ -305,7 +305,7 @@ def attach_answer_units(cuts: CutSet, root: Path, unit_quantizer: Path, split: s
         for cut in cuts:
             response = cut.supervisions[0].text
             if response not in units_by_answer:
-                audio, _ = soundfile.read(str(_answer_path(root, response)), dtype="float32")  # 16 kHz mono (voices.py)
+                audio, _ = soundfile.read(str(_answer_path(root, response)), dtype="float32")  # 16 kHz mono (offline_voices.py)
                 frames = encoder(torch.from_numpy(np.asarray(audio).reshape(-1)))  # (T, F)
                 units = quantizer.quantize(frames).numpy().astype(np.int32)  # (U,)
                 units_by_answer[response] = writer.store_array(_answer_key(response), units)
@@ -403,7 +403,10 @@ def prepare_spoken_instructions(
 
 
 def main(argv: list[str] | None = None) -> SpokenInstructions:
-    """Command line: `python -m lightning_most prepare_instructions [--out_dir DIR] [--unit_quantizer Q] ...`."""
+    """Build the (spoken) instruction data of stage 2.
+
+    Command line: `python -m lightning_most prepare_instructions [--out_dir DIR] [--unit_quantizer Q] ...`.
+    """
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="lightning_most prepare_instructions", description=prepare_spoken_instructions.__doc__)

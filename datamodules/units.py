@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,11 @@ class UnitsConfig:
             self.encoder = FbankEncoderConfig(**self.encoder)
 
 
+def _progress(line: str) -> None:
+    """A progress line on stderr (shown whether or not logging is configured, as during `fit`)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def fit_and_attach_units(
     cuts: dict[str, CutSet], outputs: dict[str, Path], out_dir: Path, config: UnitsConfig, seed: int
 ) -> dict:
@@ -55,6 +61,8 @@ def fit_and_attach_units(
         raise ValueError(f"fit_and_attach_units needs a 'train' split to fit the units on, got {sorted(cuts)}.")
     start = time.perf_counter()
     encoder = FbankEncoder(config.encoder)
+    _progress(f"units: fitting {config.num_units} k-means centroids on at most {config.max_frames} train frames "
+              f"({config.iterations} iterations)")
     quantizer = fit_unit_quantizer(
         cuts["train"].shuffle(rng=random.Random(seed), buffer_size=10_000),
         encoder,
@@ -73,8 +81,11 @@ def fit_and_attach_units(
         "frame_rate": encoder.frame_rate,
     }
     quantizer_path.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
+    _progress(f"units: fitted in {fit_seconds:.0f} s")
     for split, split_cuts in cuts.items():
+        _progress(f"units: quantizing the {split} split")
         attach_units(split_cuts, encoder, quantizer, out_dir / "units" / split).to_file(outputs[split])
+    _progress(f"units: done in {time.perf_counter() - start:.0f} s")
     return {
         "num_units": config.num_units,
         "frame_rate": encoder.frame_rate,

@@ -4,7 +4,7 @@ Plain PyTorch (no Lightning). Inputs are the tensors of the batch contract `ligh
 with a KV cache, `attention_mask` covers the S = cached + T positions, (B, S).
 
 Embedding: ids -> `embed_tokens`, frames -> `audio_projector` (LayerNorm + 2-layer MLP), then the optional
-`audio_encoder` (bidirectional context within each utterance, `audio_encoder.py`), placed at feature_mask.
+`audio_encoder` (bidirectional context within each utterance, `bidirectional_encoder.py`), placed at feature_mask.
 Decoder: `num_layers` pre-norm blocks, the first `first_k_dense` with a dense SwiGLU, the rest MAMoE.
 Heads: a text LM head (text ids) and an audio-unit head (units), concatenated into (B, T, V) logits
 over the unified id space; with `audio_encoder.ctc_head`, a CTC head (text ids + blank) on the encoder output.
@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_most.attention import KVCache, LayerCache, RMSNorm, build_attention, causal_mask_or_none
-from lightning_most.audio_encoder import AudioEncoder
 from lightning_most.batch import IGNORE_INDEX
+from lightning_most.bidirectional_encoder import BidirectionalAudioEncoder
 from lightning_most.config import ModelConfig
 from lightning_most.mamoe import ModalityAwareRouter, MoEBlock, RoutedExperts, RoutingStats, SwiGLU
 
@@ -49,11 +49,8 @@ class DecoderBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(d, config.rms_norm_eps)
         if config.is_moe_layer(index):
             self.mlp: nn.Module = MoEBlock(d, config.moe_for_layer(index))
-        elif index >= config.first_k_dense:  # dense ablation: same active width as top_k + shared experts
-            moe = config.moe
-            self.mlp = SwiGLU(d, (moe.top_k + moe.num_shared_experts) * moe.expert_intermediate_size)
-        else:
-            self.mlp = SwiGLU(d, config.intermediate_size)
+        else:  # the first_k_dense layers, and the dense ablation's (active width of top_k + shared experts)
+            self.mlp = SwiGLU(d, config.dense_mlp_width(index))
 
     def forward(
         self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None
@@ -80,7 +77,7 @@ class MoSTBackbone(nn.Module):
             nn.LayerNorm(config.audio_feature_dim), nn.Linear(config.audio_feature_dim, d), nn.GELU(), nn.Linear(d, d)
         )
         encoder = config.audio_encoder
-        self.audio_encoder = AudioEncoder(d, encoder) if encoder.enabled else None
+        self.audio_encoder = BidirectionalAudioEncoder(d, encoder) if encoder.enabled else None
         self.ctc_head = nn.Linear(d, config.text_vocab_size + 1) if encoder.ctc_head else None
         self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(d, config.rms_norm_eps)

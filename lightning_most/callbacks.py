@@ -14,8 +14,8 @@ class RunSummary(pl.Callback):
         if not trainer.is_global_zero:
             return
         wer = trainer.callback_metrics.get("val/asr_wer")
-        how = getattr(pl_module, "asr_decoding", None)
-        how = f" ({how()})" if how is not None else ""
+        decoding = getattr(pl_module, "asr_decoding", None)  # a StageModule's ASRDecodingConfig
+        how = f" ({decoding.describe()})" if decoding is not None else ""
         lines = [f"dev ASR WER: {float(wer):.2%}{how}" if wer is not None else "dev ASR WER: not measured (no ASR dev data)"]
         ctc_wer = trainer.callback_metrics.get("val/asr_ctc_wer")
         if ctc_wer is not None:

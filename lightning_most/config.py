@@ -162,7 +162,7 @@ class AttentionConfig:
 @dataclass
 class AudioEncoderConfig:
     """Trainable bidirectional context over each utterance's audio frames, between the input projection and
-    the decoder (`audio_encoder.py`). With no layers (the default, and MoST's setting: frozen HuBERT input
+    the decoder (`bidirectional_encoder.py`). With no layers (the default, and MoST's setting: frozen HuBERT input
     already has context) it is not built. A model trained from scratch on log-mel frames needs it."""
 
     num_conv_layers: int = 0
@@ -178,7 +178,7 @@ class AudioEncoderConfig:
     """Dropout on the projected frames entering the encoder (training only): regularises a small encoder that
     sees few sentences."""
     ctc_head: bool = False
-    """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc_weight` trains it on ASR
+    """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc.weight` trains it on ASR
     transcripts. It teaches a from-scratch encoder phonetic frames long before the decoder learns to align."""
 
     def __post_init__(self) -> None:
@@ -244,6 +244,13 @@ class ModelConfig:
     def is_moe_layer(self, index: int) -> bool:
         """Whether decoder layer `index` has an MoE block (dense variant: never)."""
         return index >= self.first_k_dense and self.moe.variant != "dense"
+
+    def dense_mlp_width(self, index: int) -> int:
+        """Hidden width of the SwiGLU of a decoder layer without MoE: intermediate_size in the first `first_k_dense`
+        layers, past them (dense variant) the active width of top_k + shared experts."""
+        if index < self.first_k_dense:
+            return self.intermediate_size
+        return (self.moe.top_k + self.moe.num_shared_experts) * self.moe.expert_intermediate_size
 
     def moe_for_layer(self, index: int) -> MoEConfig:
         """The MoE settings of decoder layer `index`: its own `layer_expert_groups` entry when given."""
@@ -379,3 +386,15 @@ def _overrides_from_dict(twin: type, values: dict, where: str) -> Any:
 
 
 _TWINS_BY_NAME = {"attention": AttentionOverrides, "moe": MoEOverrides, "audio_encoder": AudioEncoderOverrides}
+
+
+def config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """The `ModelConfig` whose `dataclasses.asdict` is `values` (absent fields take their defaults)."""
+    nested = {"attention": AttentionConfig, "moe": MoEConfig, "audio_encoder": AudioEncoderConfig}
+
+    def build(cls: type, fields: dict[str, Any], where: str) -> Any:
+        if unknown := sorted(set(fields) - {f.name for f in dataclasses.fields(cls)}):
+            raise ValueError(f"{where} has no fields {unknown}")
+        return cls(**{k: build(nested[k], v, k) if cls is ModelConfig and k in nested else v for k, v in fields.items()})
+
+    return build(ModelConfig, values, "the backbone config")

@@ -8,6 +8,9 @@ maps a checkpoint format onto it. Supported folders (config.json + `model.safete
   holds them in memory (`mlp.experts.gate_up_proj` (E, 2h, d), `mlp.experts.down_proj` (E, d, h)) or
   per expert as the released files store them (`mlp.experts.{j}.gate_proj|up_proj|down_proj.weight`).
 - Llama-3.x (`LlamaForCausalLM`): grouped-query attention, tied embeddings, a dense MLP in every layer.
+- Either of those written by `export` (`export.py`, the way back): config.json then also holds the backbone's
+  own config (`most_config`) and model.safetensors its audio parts (`most.*`), so the backbone comes back
+  exactly, audio parts included.
 
 What the conversion does:
 
@@ -40,7 +43,15 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from lightning_most.config import PLAIN_ROPE, PRESETS, AttentionConfig, ModelConfig, MoEConfig, MoEVariant
+from lightning_most.config import (
+    PLAIN_ROPE,
+    PRESETS,
+    AttentionConfig,
+    ModelConfig,
+    MoEConfig,
+    MoEVariant,
+    config_from_dict,
+)
 from lightning_most.tokenizer import SPECIAL_TOKENS
 
 DEEPSEEK_V2 = "DeepseekV2ForCausalLM"
@@ -49,6 +60,16 @@ ARCHITECTURES = {DEEPSEEK_V2: "deepseek_v2", LLAMA: "llama"}
 """Supported `architectures` of config.json and their `model_type`."""
 
 _IGNORED_TENSORS = re.compile(r".*rotary_emb\.inv_freq$")  # recomputed buffers some old checkpoints saved
+
+# What `export` adds to a Hugging Face folder, and this module reads back:
+MOST_CONFIG_KEY = "most_config"
+"""config.json key holding the backbone's whole `ModelConfig` (dataclasses.asdict)."""
+AUDIO_PREFIX = "most."
+"""Prefix of the audio parts' tensors in model.safetensors (transformers leaves them unused)."""
+AUDIO_MODULES = ("audio_projector", "audio_encoder", "ctc_head", "audio_head")
+"""Backbone modules stored under AUDIO_PREFIX + their state-dict key."""
+AUDIO_UNIT_EMBEDDINGS = AUDIO_PREFIX + "embed_audio_units.weight"
+"""The audio-unit rows of `embed_tokens` (num_audio_units, d); the text rows are model.embed_tokens.weight."""
 
 
 class CheckpointError(ValueError):
@@ -198,11 +219,19 @@ def config_from_hf(
         text_vocab_size: text ids of the backbone. Default: DeepSeek-V2's `vocab_size` (its 102400 rows
             leave room after its ~100k tokens for our special tokens); Llama's `vocab_size` plus our
             special tokens (its 128256 rows are exactly its tokenizer). New rows start freshly initialised.
+
+    A folder written by `export` carries the backbone's own config (`most_config`): it is returned as is, and the
+    other arguments are not read.
     """
     file = Path(path)
     hf = read_hf_config(file.parent if file.name == "config.json" else file)
     where = str(file if file.name == "config.json" else file / "config.json")
     arch = architecture(hf, where)
+    if MOST_CONFIG_KEY in hf:
+        try:
+            return config_from_dict(hf[MOST_CONFIG_KEY])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: {MOST_CONFIG_KEY} is not a backbone config: {err}") from err
     attention, moe, first_k_dense = (_deepseek_v2_config if arch == DEEPSEEK_V2 else _llama_config)(hf, where)
     if moe.variant != "dense":
         moe = dataclasses.replace(moe, variant=moe_variant)
@@ -341,8 +370,23 @@ def _routed_experts(ckpt: SafetensorsCheckpoint, hf: str, config: ModelConfig) -
     return {"gate_up_proj": gate_up.contiguous(), "down_proj": down.contiguous()}
 
 
-def _layer(ckpt: SafetensorsCheckpoint, arch: str, config: ModelConfig, i: int) -> dict[str, Tensor]:
-    """Backbone tensors of decoder layer i (keys relative to `layers.{i}.`)."""
+def _dense_mlp(ckpt: SafetensorsCheckpoint, hf: str, d: int, width: int, stored_width: int) -> dict[str, Tensor]:
+    """A dense SwiGLU of `width` units stored `stored_width` wide (`export` zero-pads narrower layers)."""
+    mlp = _swiglu(ckpt, hf, d, stored_width)
+    if stored_width == width:
+        return mlp
+    padding = [mlp["gate_proj.weight"][width:], mlp["up_proj.weight"][width:], mlp["down_proj.weight"][:, width:]]
+    if any(bool(p.any()) for p in padding):
+        raise CheckpointError(
+            f"{hf}: units past the layer's width {width} (zero padding up to intermediate_size={stored_width}, "
+            "written by export) are not zero: the folder's model is no longer the exported one"
+        )
+    return {"gate_proj.weight": mlp["gate_proj.weight"][:width], "up_proj.weight": mlp["up_proj.weight"][:width],
+            "down_proj.weight": mlp["down_proj.weight"][:, :width]}
+
+
+def _layer(ckpt: SafetensorsCheckpoint, arch: str, config: ModelConfig, i: int, hf_config: dict[str, Any]) -> dict[str, Tensor]:
+    """Backbone tensors of decoder layer i (keys relative to `layers.{i}.`); `hf_config` is the folder's config.json."""
     hf, d = f"model.layers.{i}", config.hidden_size
     out = {
         "input_layernorm.weight": ckpt.get(f"{hf}.input_layernorm.weight", (d,)),
@@ -351,23 +395,36 @@ def _layer(ckpt: SafetensorsCheckpoint, arch: str, config: ModelConfig, i: int) 
     attention = _deepseek_attention if arch == DEEPSEEK_V2 else _llama_attention
     out.update({f"self_attn.{k}": v for k, v in attention(ckpt, f"{hf}.self_attn", config).items()})
     if not config.is_moe_layer(i):
-        out.update({f"mlp.{k}": v for k, v in _swiglu(ckpt, f"{hf}.mlp", d, config.intermediate_size).items()})
+        mlp = _dense_mlp(ckpt, f"{hf}.mlp", d, config.dense_mlp_width(i), hf_config["intermediate_size"])
+        out.update({f"mlp.{k}": v for k, v in mlp.items()})
         return out
     moe = config.moe
     out["mlp.router.weight"] = ckpt.get(f"{hf}.mlp.gate.weight", (moe.num_routed_experts, d))
     out.update({f"mlp.experts.{k}": v for k, v in _routed_experts(ckpt, f"{hf}.mlp.experts", config).items()})
-    if moe.num_shared_experts:
-        shared = _swiglu(ckpt, f"{hf}.mlp.shared_experts", d, moe.num_shared_experts * moe.expert_intermediate_size)
+    if stored_shared := hf_config.get("n_shared_experts") or 0:  # none in a noshared export
+        shared = _swiglu(ckpt, f"{hf}.mlp.shared_experts", d, stored_shared * moe.expert_intermediate_size)
         if moe.shared_experts:  # the noshared variant drops them
             out.update({f"mlp.shared_experts.{k}": v for k, v in shared.items()})
     return out
+
+
+def _audio_parts(ckpt: SafetensorsCheckpoint, fresh: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """The audio parts an exported folder stores under `most.` names, in place of the fresh ones."""
+    embed = fresh["embed_tokens.weight"].clone()
+    embed[config.text_vocab_size:] = ckpt.get(AUDIO_UNIT_EMBEDDINGS, (config.num_audio_units, config.hidden_size))
+    parts = {"embed_tokens.weight": embed}
+    for key, tensor in fresh.items():
+        if key.split(".")[0] in AUDIO_MODULES:
+            parts[key] = ckpt.get(AUDIO_PREFIX + key, tuple(tensor.shape))
+    return parts
 
 
 def _fresh_outer_weights(config: ModelConfig, seed: int) -> dict[str, Tensor]:
     """Embedding, heads, projector and final norm of a freshly initialised backbone (seeded)."""
     from lightning_most.backbone import MoSTBackbone
 
-    shell = dataclasses.replace(config, num_layers=1, first_k_dense=1, intermediate_size=1)
+    shell = dataclasses.replace(config, num_layers=1, first_k_dense=1, intermediate_size=1,
+                                moe=dataclasses.replace(config.moe, layer_expert_groups=None))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MoSTBackbone(shell)
@@ -386,7 +443,8 @@ def hf_state_dict(
         seed: seed of the freshly initialised parts (audio rows, audio head and projector).
     """
     src = Path(src_dir)
-    arch = architecture(read_hf_config(src), str(src / "config.json"))
+    hf_config = read_hf_config(src)
+    arch = architecture(hf_config, str(src / "config.json"))
     ckpt = SafetensorsCheckpoint(src)
     d, V = config.hidden_size, config.text_vocab_size
     embed = ckpt.get("model.embed_tokens.weight")
@@ -406,8 +464,10 @@ def hf_state_dict(
         ckpt.used.add("lm_head.weight")  # tied: a stored copy equals the embedding
     else:
         state["text_head.weight"][:vocab] = ckpt.get("lm_head.weight", (vocab, d))
+    if MOST_CONFIG_KEY in hf_config:  # a folder written by export: its audio parts too
+        state.update(_audio_parts(ckpt, state, config))
     for i in range(config.num_layers):
-        state.update({f"layers.{i}.{k}": v for k, v in _layer(ckpt, arch, config, i).items()})
+        state.update({f"layers.{i}.{k}": v for k, v in _layer(ckpt, arch, config, i, hf_config).items()})
     if (unused := ckpt.unused()):
         raise CheckpointError(
             f"{src}: {len(unused)} tensors have no place in the backbone (config.json and the weights disagree?): "
@@ -491,6 +551,9 @@ def main(argv: list[str] | None = None) -> Path:
     )
     preset, overrides = preset_overrides(config)
     print(f"wrote {out}")
+    if MOST_CONFIG_KEY in read_hf_config(args.src):
+        print(f"{args.src} was written by export: its own config and audio parts were used (the audio, MoE-variant "
+              "and vocabulary options were not read)")
     print(f"train with: --model.init_args.backbone {preset} --model.init_args.init_from {out}")
     if overrides:
         print(f"and model.init_args.backbone_overrides: {json.dumps(overrides)}")

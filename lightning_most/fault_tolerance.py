@@ -1,4 +1,4 @@
-"""Checkpoints that survive kills, and a clean stop on preemption.
+"""Checkpoints that survive kills, a clean stop on preemption, and a guard against non-finite steps.
 
 `RunCheckpoint` is Lightning's `ModelCheckpoint` with three changes:
 
@@ -11,6 +11,9 @@
 - `ckpt_path: last` resolves to the newest checkpoint of the folder that reads back whole (a zip whose
   members match their CRCs; a folder with its `.metadata` and a whole `meta.pt`), with a warning
   naming the one it skipped.
+
+`DivergenceGuard` catches a non-finite loss or gradient norm on its step (skip and count it, or stop with
+a checkpoint and a message naming the step, tasks and cut ids).
 
 `Preemption` turns SIGTERM (torchrun, Kubernetes, SLURM at a job's end) and SLURM's requeue signal
 (SIGUSR1 by default, `#SBATCH --signal=SIGUSR1@90`) into: finish the current step, save `last.ckpt`,
@@ -34,11 +37,14 @@ from typing import Any
 from weakref import proxy
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from lightning_most.batch import TASKS
 
 STAGING_SUFFIX = ".partial"  # a checkpoint being written
 RETIRED_SUFFIX = ".old"  # a sharded checkpoint folder being replaced
@@ -68,6 +74,13 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def publish(staging: Path, final: Path) -> None:
@@ -100,6 +113,9 @@ class RunCheckpoint(ModelCheckpoint):
         if not _is_local_file_protocol(filepath):
             return super()._save_checkpoint(trainer, filepath)
         staging = filepath + STAGING_SUFFIX
+        if trainer.is_global_zero:  # what a killed write left (a sharded one could hold other ranks' files)
+            _remove(Path(staging))
+        trainer.strategy.barrier("RunCheckpoint.clean")
         trainer.save_checkpoint(staging, self.save_weights_only)  # every rank writes its part, then a barrier
         if trainer.is_global_zero:
             publish(Path(staging), Path(filepath))
@@ -214,3 +230,110 @@ def requeue_slurm_job() -> None:
     result = subprocess.run(["scontrol", "requeue", job], check=False)
     if result.returncode != 0:
         rank_zero_warn(f"`scontrol requeue {job}` failed with status {result.returncode}: resubmit the job by hand")
+
+
+class DivergenceError(RuntimeError):
+    """Training met a non-finite loss or gradient norm and `DivergenceGuard` was told to stop."""
+
+
+class DivergenceGuard(pl.Callback):
+    """Catches a non-finite loss or gradient norm on the step it happens, before the optimizer applies it.
+
+    Checked after backward (before gradient clipping): the loss of every micro-batch and the norm of the
+    gradients (each rank's own shard under FSDP2; the ranks agree with one all-reduce of a flag). On a
+    non-finite value the gradients are dropped (`p.grad = None`), so AdamW leaves the weights and its
+    moments as they were; the step still counts (`global_step` and the LR schedule advance, as with
+    torch.amp's skipped steps) and the batch is not retried. Then, by `policy`:
+
+    - "skip": warn, count it (`train/nonfinite_steps` in TensorBoard), continue; after
+      `max_consecutive` skipped steps in a row, stop as below;
+    - "stop": save `last.ckpt` (through `RunCheckpoint`; else `<default_root_dir>/nonfinite.ckpt`) and raise
+      `DivergenceError` naming the step, the batch's tasks with a non-finite loss, and its cut ids.
+      Rerunning the same command resumes after the bad batch.
+    """
+
+    def __init__(self, policy: str = "skip", max_consecutive: int = 10) -> None:
+        """Args:
+            policy: "skip" (drop the step's update and continue) or "stop" (checkpoint and raise).
+            max_consecutive: "skip" stops after this many non-finite steps in a row.
+        """
+        if policy not in ("skip", "stop"):
+            raise ValueError(f"DivergenceGuard policy={policy!r}: use 'skip' or 'stop'")
+        if max_consecutive < 1:
+            raise ValueError(f"DivergenceGuard max_consecutive must be >= 1, got {max_consecutive}")
+        self.policy, self.max_consecutive = policy, max_consecutive
+        self.skipped = 0
+        self._consecutive = 0
+        self._loss_ok: torch.Tensor | None = None  # () bool: every micro-batch loss of the step was finite
+        self._cut_ids: list[str] = []
+        self._tasks: list[str] = []
+        self._stop: str | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, dict):
+            self._cut_ids += list(batch.get("cut_ids", []))
+            if "task_ids" in batch:
+                self._tasks += [TASKS[t] for t in batch["task_ids"].unique().tolist() if TASKS[t] not in self._tasks]
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach()).all()
+        self._loss_ok = finite if self._loss_ok is None else self._loss_ok & finite
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms = [torch.linalg.vector_norm(_local(p.grad).float()) for p in params]
+        grad_ok = torch.isfinite(torch.stack(norms).sum()) if norms else torch.tensor(True)
+        loss_ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
+        loss_ok = trainer.strategy.reduce_boolean_decision(bool(loss_ok), all=True)
+        grad_ok = trainer.strategy.reduce_boolean_decision(bool(grad_ok), all=True)
+        if loss_ok and grad_ok:
+            self._consecutive = 0
+        else:
+            for p in params:
+                p.grad = None
+            self.skipped += 1
+            self._consecutive += 1
+            message = self._describe(trainer, "loss" if not loss_ok else "gradient norm")
+            if self.policy == "stop" or self._consecutive >= self.max_consecutive:
+                self._stop = message + (
+                    "" if self.policy == "stop" else f" ({self._consecutive} non-finite steps in a row)"
+                )
+            else:
+                rank_zero_warn(f"{message}: its update was skipped ({self.skipped} skipped so far)")
+        pl_module.log("train/nonfinite_steps", float(self.skipped), batch_size=1)
+        self._loss_ok, self._cut_ids, self._tasks = None, [], []
+
+    def _describe(self, trainer: pl.Trainer, what: str) -> str:
+        step = trainer.global_step + 1  # the optimizer step being taken
+        metrics = trainer.callback_metrics  # this step's logged losses
+        bad = [t for t in self._tasks if not torch.isfinite(torch.as_tensor(metrics.get(f"train/loss_{t}", 0.0))).all()]
+        ids = ", ".join(self._cut_ids[:8]) + (f", ... ({len(self._cut_ids)} cuts)" if len(self._cut_ids) > 8 else "")
+        return (f"non-finite {what} at step {step}: tasks in the batch {self._tasks}, non-finite loss in "
+                f"{bad or 'none of them (a gradient)'}; cut ids: {ids}")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._stop is None:
+            return
+        checkpoint = Preemption._checkpoint(trainer)
+        if checkpoint is not None:
+            path = checkpoint.save_last_now(trainer)
+        else:
+            path = os.path.join(trainer.default_root_dir, "nonfinite.ckpt")
+            trainer.save_checkpoint(path)
+        message, self._stop = self._stop, None
+        raise DivergenceError(
+            f"{message}. Stopped with the weights before that step in {path} (rerunning the same command resumes "
+            "after this batch); lower the learning rate or inspect those cuts"
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The rank's own part of a (possibly FSDP2-sharded, DTensor) tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -23,6 +23,7 @@ Waveforms are mono float (S,) at 16 kHz, as in the protocols.
 from __future__ import annotations
 
 import importlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,8 @@ from lightning_most.audio import (
     Vocoder,
     stack_frames,
 )
+from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
-from lightning_most.evaluation.protocols import SAMPLING_RATE
 from lightning_most.layouts import (
     Example,
     asr_example,
@@ -54,7 +55,7 @@ from lightning_most.layouts import (
     tts_example,
 )
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
-from lightning_most.stages.base import StageModule
+from lightning_most.stages.base import LEGACY_HPARAMS, StageModule, upgrade_hparams
 from lightning_most.stages.stage1 import Stage1Module
 
 
@@ -119,6 +120,19 @@ def _stage_class(hparams: dict[str, Any], source: str) -> type[StageModule]:
     if not (isinstance(cls, type) and issubclass(cls, StageModule)):
         raise InferenceError(f"{source}: {class_path!r} is not a StageModule subclass")
     return cls
+
+
+def _upgraded(path: str | Path, header: dict[str, Any]) -> str | io.BytesIO:
+    """The checkpoint to load: `path`, or, if it was saved before the config groups (flat `asr_*` / `ctc_*`
+    hyperparameters), an in-memory copy with them moved into their groups (`stages.base.upgrade_hparams`)."""
+    if not LEGACY_HPARAMS.keys() & header["hyper_parameters"].keys():
+        return str(path)
+    checkpoint = load_checkpoint(path, mmap=True)
+    checkpoint["hyper_parameters"] = upgrade_hparams(checkpoint["hyper_parameters"])
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
@@ -188,9 +202,9 @@ class MostInference:
                 f"vocoder {self.vocoder.config.path} knows {self.vocoder.generator_config.vocab_size} units but the "
                 f"model's data has {audio_io.num_units}: train a vocoder on these units"
             )
-        if self.vocoder.sample_rate != SAMPLING_RATE:
+        if self.vocoder.sample_rate != SAMPLE_RATE:
             raise InferenceError(
-                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLING_RATE} Hz"
+                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLE_RATE} Hz"
             )
 
     @classmethod
@@ -216,12 +230,12 @@ class MostInference:
             vocoder: a unit HiFi-GAN folder (config.json + generator.ckpt); None = Griffin-Lim over the units.
             audio_io: replaces the checkpoint's `audio_io` (for checkpoints saved without one).
             unit_quantizer: replaces the quantizer path of `audio_io` (when the corpus moved).
-            max_new_tokens: text decoding budget (default: the module's `asr_max_new_tokens`).
+            max_new_tokens: text decoding budget (default: the module's `asr_decoding.max_new_tokens`).
             max_units: unit decoding budget of synthesis (default: the module's `tts_max_new_tokens`).
             temperature: unit sampling temperature of synthesis (0 = greedy).
             top_k: sample units among the k most likely only.
             seed: seeds unit sampling.
-            word_lm: decode ASR with the checkpoint's `asr_word_lm` if it has one (False: without it).
+            word_lm: decode ASR with the checkpoint's `asr_decoding.word_lm` if it has one (False: without it).
         """
         header = read_checkpoint_header(path)
         stage = _stage_class(header["hyper_parameters"], str(path))
@@ -230,7 +244,7 @@ class MostInference:
             raw_audio_io["unit_quantizer"] = str(unit_quantizer)
         parsed = AudioIO.from_dict(raw_audio_io, str(path))
         try:
-            module = stage.load_from_checkpoint(str(path), map_location=device, weights_only=True)
+            module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=True)
         except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
             first = str(error).strip().splitlines()
             raise InferenceError(
@@ -240,11 +254,11 @@ class MostInference:
             ) from error
         module.to(device)
         if max_new_tokens is not None:
-            module.hparams.asr_max_new_tokens = max_new_tokens
+            module.asr_decoding.max_new_tokens = max_new_tokens
         if max_units is not None:
             module.hparams.tts_max_new_tokens = max_units
         if not word_lm:
-            module.hparams.asr_word_lm = None
+            module.asr_decoding.word_lm = None
         try:
             module.setup("predict")  # counts the word LM, if any, now: a moved text file fails here
         except (FileNotFoundError, ValueError) as error:
@@ -275,7 +289,7 @@ class MostInference:
         if waveform.numel() < self.min_input_samples:
             raise InferenceError(
                 f"a waveform of {waveform.numel()} samples is too short: the model's input needs at least "
-                f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLING_RATE * 1000:.0f} ms at 16 kHz)"
+                f"{self.min_input_samples} samples ({self.min_input_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
             )
         frames = self.input_extractor(waveform.float().cpu().numpy())  # (T, F)
         return stack_frames(frames, self.audio_io.features.frame_stack)
@@ -304,7 +318,7 @@ class MostInference:
         examples = [
             asr_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w)) for w in waveforms
         ]
-        return m.transcribe_batch(self._batch(examples))
+        return m.decoder.transcribe(self._batch(examples))
 
     def synthesize_units(self, texts: list[str]) -> list[Tensor]:
         """Units (T,) spoken for each text, greedy or sampled at `temperature`.
@@ -317,7 +331,8 @@ class MostInference:
         empty = torch.zeros(0, dtype=torch.long)
         examples = [tts_example(m.tokenizer.encode(t), empty, m.specials, m.config.text_vocab_size) for t in texts]
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        return m.units_for_batch(self._batch(examples), self.temperature, self.top_k, generator, self.audio_io.num_units)
+        return m.decoder.units(self._batch(examples), m.hparams.tts_max_new_tokens, self.audio_io.num_units,
+                               self.temperature, self.top_k, generator)
 
     def vocode(self, units: list[Tensor]) -> list[Tensor]:
         """16 kHz waveform (S,) of each unit sequence (T,)."""
@@ -362,6 +377,11 @@ class MostInference:
         totals = (picked * is_unit).sum(dim=1)  # (B,)
         return [(float(total), int(u.numel())) for total, u in zip(totals.cpu(), units)]
 
+    @property
+    def answer_max_new_tokens(self) -> int:
+        """Decoding budget of an answer: a stage-2 checkpoint's `answer_max_new_tokens`, else the transcripts'."""
+        return int(self.module.hparams.get("answer_max_new_tokens") or self.module.asr_decoding.max_new_tokens)
+
     def answer_text(self, waveforms: list[Tensor]) -> list[str]:
         """Greedy text answer to each spoken question (S,) (the `SpokenQuestionAnswerer` protocol)."""
         if not waveforms:
@@ -371,7 +391,7 @@ class MostInference:
             speech_instruct_example([], m.specials, m.config.text_vocab_size, features=self.input_features(w))
             for w in waveforms
         ]
-        return m.transcribe_batch(self._batch(examples))  # greedy text after the prompt, up to <eos>
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_written(self, questions: list[str]) -> list[str]:
         """Greedy text answer to each written question (the text_instruct layout, prompt up to <answer>)."""
@@ -379,7 +399,7 @@ class MostInference:
             return []
         m = self.module
         examples = [text_instruct_example(m.tokenizer.encode(q), [], m.specials) for q in questions]
-        return m.transcribe_batch(self._batch(examples))
+        return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
         """Spoken answer (S,) to each spoken question: the text answer, synthesized."""

@@ -14,14 +14,45 @@ hundred steps. Positions may be fractional (RoPE angles are position x frequency
     |bos| |audio_start| F_0 ... F_{N-1} |audio_end|  |asr|       t_0         t_1   ...   t_{L-1}
     0     1             2   ... N+1     N+2          2 + 0.5r    2 + 1.5r    ...         2 + (L + 0.5)r
 
-Training knows L (the transcript; `StageModule` jitters it so the model tolerates a wrong length);
-decoding estimates it from the audio encoder's greedy CTC output.
+Training knows L (the transcript; `teacher_forced_positions` jitters it so the model tolerates a wrong
+length); decoding estimates it from the audio encoder's greedy CTC output (`decoding.Decoder`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor
+
+from lightning_most.batch import IGNORE_INDEX, TASKS
+
+TRANSCRIPT_POSITION_KINDS = ("sequential", "audio_scaled")
+
+
+@dataclass
+class TranscriptPositionsConfig:
+    """RoPE positions of ASR transcripts, the same in training and in decoding (YAML: `model.init_args.transcript_positions`)."""
+
+    kind: Literal["sequential", "audio_scaled"] = "sequential"
+    """"sequential" (MoST: consecutive), or "audio_scaled": spread over the audio's frames (see this module) so that
+    a decoder trained from scratch learns to read its audio in hundreds of steps; needs the CTC head, whose greedy
+    transcript length sets them in decoding."""
+    length_jitter: float = 0.15
+    """audio_scaled training scales each transcript's length by a factor drawn from [1 - j, 1 + j], so that the
+    decoder tolerates the CTC estimate's error."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRANSCRIPT_POSITION_KINDS:
+            raise ValueError(f"transcript_positions.kind={self.kind!r}: use one of {TRANSCRIPT_POSITION_KINDS}")
+        if not 0 <= self.length_jitter < 1:
+            raise ValueError(f"transcript_positions.length_jitter must lie in [0, 1), got {self.length_jitter}")
+
+    @property
+    def scaled(self) -> bool:
+        """True for audio_scaled positions."""
+        return self.kind == "audio_scaled"
 
 
 def _consecutive(attention_mask: Tensor) -> Tensor:
@@ -53,7 +84,7 @@ def audio_scaled_positions(attention_mask: Tensor, feature_mask: Tensor, scaled_
 def decoding_positions(
     prompt: dict, scaled_rows: Tensor, lengths: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Positions for `generation.generate` after a left-padded prompt that ends with the task token.
+    """Positions for `decoding.generation.generate` after a left-padded prompt that ends with the task token.
 
     Returns the prompt's positions (B, T) and, per row, the position of the first generated id and the
     step between generated ids: (start, step) = (prompt end + 1, 1) for consecutive rows, and
@@ -69,3 +100,19 @@ def decoding_positions(
             rate = frames / (float(lengths[i]) + 1.0)
             start[i], step[i] = positions[i, -1] + rate, rate
     return positions, start, step
+
+
+def teacher_forced_positions(
+    batch: dict, config: TranscriptPositionsConfig, jitter_seed: int | None = None
+) -> Tensor | None:
+    """Training positions of a collated batch: None (consecutive), or audio_scaled ones from the true transcript
+    lengths, each scaled by a jitter factor drawn from a generator seeded with `jitter_seed` (None: no jitter)."""
+    if not config.scaled:
+        return None
+    is_asr = batch["task_ids"] == TASKS.index("asr")  # (B,)
+    lengths = ((batch["labels"] != IGNORE_INDEX).sum(dim=1) - 1).clamp(min=0).float()  # transcript, <eos> excluded
+    if jitter_seed is not None and config.length_jitter > 0:
+        generator = torch.Generator().manual_seed(jitter_seed)
+        factors = 1 + config.length_jitter * (2 * torch.rand(lengths.shape[0], generator=generator) - 1)
+        lengths = lengths * factors.to(lengths.device)
+    return audio_scaled_positions(batch["attention_mask"], batch["feature_mask"], is_asr, lengths)

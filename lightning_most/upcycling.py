@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from lightning_most.config import GateKind, ModelConfig, MoEConfig, Partition, build_config
+from lightning_most.safe_loading import load_checkpoint
 
 Construction = Literal["copy", "slice"]
 RouterInit = Literal["zero", "normal"]
@@ -175,7 +176,7 @@ def load_dense(src: str | Path, num_audio_units: int = 500, audio_feature_dim: i
         return config, hf_state_dict(src, config)
     if not src.is_file():
         raise FileNotFoundError(f"--src {src}: neither a Hugging Face folder nor a checkpoint file")
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(src)  # weights only: UnsafeCheckpointError (a ValueError) names the file
     if "hyper_parameters" not in ckpt:
         raise ValueError(f"--src {src} is not a Lightning checkpoint (no hyper_parameters): give a .ckpt or an HF folder")
     hp = ckpt["hyper_parameters"]

@@ -30,8 +30,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from lightning_most.batch import IGNORE_INDEX, TASKS
+from lightning_most.decoding import ASRDecodingConfig
 from lightning_most.layouts import asr_example, collate, text_lm_example, tts_example
-from lightning_most.stages.base import OptimizerConfig, StageModule
+from lightning_most.stages import OptimizerConfig, StageModule
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 
 NUM_STEPS = 6  # one epoch
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer=OptimizerConfig(lr=3e-3, warmup_steps=2, weight_decay=0.01),
         activation_checkpointing=args.activation_checkpointing,
         log_routing_every_n_steps=1000,
-        asr_max_new_tokens=6,
+        asr_decoding=ASRDecodingConfig(max_new_tokens=6),
     )
     if args.validate:
         trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy_for(args.strategy, args.devices),

@@ -25,7 +25,7 @@ class TrainedRun:
     corpus_dir: Path
     num_units: int = NUM_UNITS
     text_budget: int = TEXT_BUDGET
-    """`asr_max_new_tokens` saved with the checkpoint."""
+    """`asr_decoding.max_new_tokens` saved with the checkpoint."""
     unit_budget: int = UNIT_BUDGET
     """`tts_max_new_tokens` saved with the checkpoint."""
 
@@ -43,7 +43,7 @@ def train_tiny_checkpoint(root: Path) -> TrainedRun:
         "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-        "--model.init_args.asr_max_new_tokens", str(TEXT_BUDGET),
+        "--model.init_args.asr_decoding.max_new_tokens", str(TEXT_BUDGET),
         "--model.init_args.tts_max_new_tokens", str(UNIT_BUDGET),
         "--data.init_args.corpus_dir", str(corpus_dir),
         "--data.init_args.corpus.num_train", "24", "--data.init_args.corpus.num_dev", "6",

@@ -7,7 +7,7 @@ import torch
 
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.config import PRESETS, build_config
-from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.layouts import asr_example, collate, text_lm_example, tts_example
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 

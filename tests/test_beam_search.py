@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from lightning_most.backbone import MoSTBackbone
-from lightning_most.beam_search import beam_search, repeat_prompt
 from lightning_most.config import build_config
-from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
-from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.decoding import ASRDecodingConfig
+from lightning_most.decoding.beam_search import beam_search, repeat_prompt
+from lightning_most.decoding.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
+from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.layouts import asr_example, collate
-from lightning_most.positions import decoding_positions
-from lightning_most.stages import Stage1Module
+from lightning_most.positions import TranscriptPositionsConfig, decoding_positions
+from lightning_most.stages import CTCConfig, Stage1Module
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 
 TOK = ByteTokenizer()
@@ -133,10 +134,12 @@ def asr_batch(module: Stage1Module) -> dict:
 
 
 def test_stage_module_decodes_asr_with_a_beam() -> None:
-    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0,
-                          asr_positions="audio_scaled", asr_ctc_decoding_weight=0.5, asr_max_new_tokens=10,
-                          asr_max_tokens_per_frame=0.5, asr_beam_size=3)
-    hyps = module.transcribe_batch(asr_batch(module))
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc=CTCConfig(weight=1.0),
+                          transcript_positions=TranscriptPositionsConfig("audio_scaled"),
+                          asr_decoding=ASRDecodingConfig(max_new_tokens=10, max_tokens_per_frame=0.5, ctc_weight=0.5,
+                                                         beam_size=3))
+    batch = asr_batch(module)  # builds the backbone
+    hyps = module.decoder.transcribe(batch)
     assert len(hyps) == 2 and 1 <= len(hyps[1]) <= 3  # ceil(0.5 x 6) bytes (random weights: maybe not UTF-8)
-    with pytest.raises(ValueError, match="asr_beam_size"):
-        Stage1Module(asr_beam_size=0)
+    with pytest.raises(ValueError, match="asr_decoding.beam_size"):
+        ASRDecodingConfig(beam_size=0)

@@ -170,7 +170,7 @@ def test_a_checkpoint_whose_word_lm_text_moved_exits_2_or_decodes_without_it(
     trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)
-    lm = checkpoint["hyper_parameters"]["asr_word_lm"]
+    lm = checkpoint["hyper_parameters"]["asr_decoding"]["word_lm"]
     assert lm["text_files"], "fit writes the data module's training text into the checkpoint"
     lm["text_files"] = [str(tmp_path / "moved" / "text_train.jsonl.gz")]
     moved = tmp_path / "moved.ckpt"
@@ -215,3 +215,23 @@ def test_a_real_process_exits_2_without_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: audio file {tmp_path / 'a.wav'} does not exist"
+
+
+def test_audio_longer_than_the_model_takes_is_refused_with_the_limit(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = tmp_path / "long.wav"  # 170 s: the tiny model's 4,096 positions hold 162 s of 25 Hz frames + 24 tokens
+    soundfile.write(str(long), torch.zeros(170 * 16000).numpy(), 16000, subtype="PCM_16")
+    assert exit_code(["transcribe", "--ckpt", str(trained_run.checkpoint), str(long)]) == 2
+    line = _error_line(capsys)
+    assert str(long) in line and "lasts 170 s" in line and "at most 162 s" in line and "trim 0 162" in line
+
+
+def test_text_longer_than_the_model_takes_is_refused_with_the_limit(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "speech.wav"
+    argv = ["synthesize", "--ckpt", str(trained_run.checkpoint), "--text", "speech " * 1000, "--out", str(out)]
+    assert exit_code(argv) == 2
+    line = _error_line(capsys)
+    assert "--text is 7000 tokens long" in line and "at most 4048" in line and not out.exists()

@@ -16,7 +16,7 @@ from torch._dynamo.utils import counters
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.config import build_config
-from lightning_most.generation import generate
+from lightning_most.decoding.generation import generate
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import yaml
 
-from lightning_most.main import main
+from lightning_most.main import MostCLI, main
+from lightning_most.stages import StageModule
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = ["conf/quickstart.yaml", "conf/stage1_most.yaml"]
@@ -67,17 +69,22 @@ def test_wrong_key_or_type_fails_with_a_clear_message(capsys) -> None:
     assert "top_k" in capsys.readouterr().err
 
 
-def test_feature_width_mismatch_fails_before_training(tmp_path) -> None:
-    from datamodules import MostDataModule, SourceConfig
-    from lightning_most.audio import FeatureConfig
-    from lightning_most.config import build_config
-    from lightning_most.stages.base import check_data_fits_model
+def test_the_model_takes_feature_width_units_and_tokenizer_from_the_data(tmp_path) -> None:
+    """LightningCLI links them (`main.MostCLI`): set once, on the data module."""
+    args = ["--model", "lightning_most.stages.Stage1Module", "--data", "datamodules.EmbeddedDataModule",
+            "--data.init_args.corpus_dir", str(tmp_path / "corpus"), "--data.init_args.features.num_mel_bins", "80",
+            "--data.init_args.features.frame_stack", "2", "--data.init_args.corpus.units.num_units", "24"]
+    cli = MostCLI(model_class=StageModule, datamodule_class=pl.LightningDataModule, subclass_mode_model=True,
+                  subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"}, run=False, args=args)
+    assert cli.model.config.audio_feature_dim == 160  # 80 fbank bins x 2 stacked frames
+    assert cli.model.config.num_audio_units == 24
+    assert cli.model.hparams.tokenizer == cli.datamodule.tokenizer == "byte"
+    assert cli.model.hparams.audio_feature_dim == 160  # saved with the checkpoint's hyperparameters
+    with pytest.raises(ValueError, match="backbone_overrides.audio_feature_dim=320, but the data module gives"):
+        StageModule(backbone_overrides={"audio_feature_dim": 320}, audio_feature_dim=160)
 
-    dm = MostDataModule([SourceConfig("c", "asr", str(tmp_path / "cuts.jsonl.gz"))],
-                        task_weights={"asr": 1.0}, features=FeatureConfig(num_mel_bins=80, frame_stack=2))
-    with pytest.raises(ValueError, match="backbone_overrides.audio_feature_dim=160"):
-        check_data_fits_model(build_config("tiny", {"audio_feature_dim": 320}), dm)
-    check_data_fits_model(build_config("tiny", {"audio_feature_dim": 160}), dm)
-    precomputed = MostDataModule([SourceConfig("c", "asr", str(tmp_path / "cuts.jsonl.gz"))],
-                                 task_weights={"asr": 1.0}, features=FeatureConfig(kind="precomputed"))
-    check_data_fits_model(build_config("tiny"), precomputed)  # width unknown in advance: no false alarm
+
+def test_linked_arguments_cannot_be_set_twice(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "conf/quickstart.yaml"), "--model.init_args.audio_feature_dim", "5"])
+    assert "audio_feature_dim" in capsys.readouterr().err

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_most.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
+from lightning_most.decoding import ASRDecodingConfig, Decoder
+from lightning_most.decoding.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.layouts import asr_example, collate
-from lightning_most.stages import Stage1Module
+from lightning_most.stages import CTCConfig, Stage1Module
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
-from tests.test_audio_encoder import _AlwaysA  # a decoder that only says "A"
+from tests.test_bidirectional_encoder import _AlwaysA  # a decoder that only says "A"
 
 BLANK, NUM_TOKENS = 5, 5
 
@@ -55,7 +56,7 @@ def test_joint_decoding_follows_a_confident_ctc_head_over_a_wrong_decoder(monkey
     specials = SpecialTokens(tok.base_vocab_size)
     module = Stage1Module(
         backbone_overrides={"num_audio_units": 32, "audio_encoder": {"num_layers": 1, "ctc_head": True}},
-        ctc_weight=1.0, asr_max_new_tokens=8, asr_ctc_decoding_weight=0.8,
+        ctc=CTCConfig(weight=1.0), asr_decoding=ASRDecodingConfig(max_new_tokens=8, ctc_weight=0.8),
     )  # fmt: skip
     module.configure_model()
     module.backbone.text_head = _AlwaysA(module.config.text_vocab_size)  # a decoder that only says "A"
@@ -66,11 +67,11 @@ def test_joint_decoding_follows_a_confident_ctc_head_over_a_wrong_decoder(monkey
     path = [ord("h"), ord("h"), V, ord("i"), V, V, V, V, V, V]  # CTC spells "hi" (V = blank)
     logits = torch.full((1, frames, V + 1), -20.0)
     logits[0, torch.arange(frames), torch.tensor(path)] = 0.0
-    monkeypatch.setattr(module, "_prompt_ctc", lambda prompt: (logits, torch.tensor([frames])))
-    assert module.transcribe_batch(batch) == ["hi"]  # and it stops: <eos> is where the CTC path ends
-    module.hparams.asr_ctc_decoding_weight = 0.0
-    assert module.transcribe_batch(batch) == ["A" * 8]
+    monkeypatch.setattr(Decoder, "_prompt_ctc", lambda decoder, prompt: (logits, torch.tensor([frames])))
+    assert module.decoder.transcribe(batch) == ["hi"]  # and it stops: <eos> is where the CTC path ends
+    module.asr_decoding.ctc_weight = 0.0
+    assert module.decoder.transcribe(batch) == ["A" * 8]
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         JointCTCRescorer(CTCPrefixScorer(logits, torch.tensor([frames]), V), 0.0, 256, specials.eos)
-    with pytest.raises(ValueError, match="asr_ctc_decoding_weight > 0 decodes with the CTC head"):
-        Stage1Module(asr_ctc_decoding_weight=0.5)
+    with pytest.raises(ValueError, match="asr_decoding.ctc_weight > 0 decodes with the CTC head"):
+        Stage1Module(asr_decoding=ASRDecodingConfig(ctc_weight=0.5))

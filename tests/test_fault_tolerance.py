@@ -6,8 +6,10 @@ mid-run, and runs the same command again.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,3 +112,56 @@ def test_sigterm_saves_at_the_step_exits_143_and_the_same_command_resumes(tiny_c
     resumed = read_steps(root)[len(first):]
     assert [r["step"] for r in resumed] == list(range(stopped_at + 1, MAX_STEPS + 1))
     assert load_checkpoint(root / "checkpoints" / "last.ckpt")["global_step"] == MAX_STEPS
+
+
+def _divergence_run(corpus: Path, root: Path, policy: str, nan_at: int) -> list[str]:
+    guard = {"class_path": "lightning_most.fault_tolerance.DivergenceGuard", "init_args": {"policy": policy}}
+    extra = ({"class_path": "tests.tiny_fit.NaNAtStep", "init_args": {"step": nan_at}},
+             {"class_path": "tests.tiny_fit.SaveWeights", "init_args": {"folder": str(root)}}, guard)
+    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(root), "name": "tb"}}
+    return ["fit", "--config", str(write_config(corpus, root, 5, checkpoint_every=100, extra_callbacks=extra, logger=logger))]
+
+
+def test_a_nan_step_is_skipped_counted_and_logged(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_most.main import main
+
+    with pytest.warns(UserWarning, match=r"non-finite loss at step 3: tasks in the batch .*; cut ids: "):
+        cli = main(_divergence_run(tiny_corpus_dir, tmp_path, "skip", nan_at=3))
+    assert cli.trainer.global_step == 5
+    weights = {step: torch.load(tmp_path / f"weights-{step}.pt") for step in (2, 3, 4)}
+    for name, before in weights[2].items():  # step 3 changed nothing; steps 2 and 4 trained
+        assert torch.equal(weights[3][name], before), name
+    assert any(not torch.equal(weights[4][n], weights[3][n]) for n in weights[3])
+    assert all(torch.isfinite(w).all() for w in weights[4].values())
+    events = EventAccumulator(str(next((tmp_path / "tb").glob("version_*")))).Reload()
+    logged = {e.step: e.value for e in events.Scalars("train/nonfinite_steps")}
+    assert logged[max(logged)] == 1.0 and logged[min(logged)] == 0.0
+
+
+def test_a_nan_step_stops_with_a_checkpoint_when_told(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    from lightning_most.fault_tolerance import DivergenceError
+    from lightning_most.main import main
+
+    with pytest.raises(DivergenceError, match=r"non-finite loss at step 3: .*cut ids: .*Stopped with the weights") as info:
+        main(_divergence_run(tiny_corpus_dir, tmp_path, "stop", nan_at=3))
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert str(tmp_path / "checkpoints" / "last.ckpt") in str(info.value)
+    assert checkpoint["global_step"] == 3
+    before = torch.load(tmp_path / "weights-2.pt")
+    for name, weight in before.items():
+        assert torch.equal(checkpoint["state_dict"][f"backbone.{name}"], weight), name
+
+
+@pytest.mark.slow  # about 10 minutes on 2 busy cores: 4 runs of 8 steps, each started as a process
+def test_kill_test_script_passes_with_three_kills(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "bench" / "kill_test.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--kills", "3", "--seed", "1", "--max_steps", "8",
+         "--checkpoint_every", "2", "--out", str(tmp_path / "out"), "--corpus_dir", str(tiny_corpus_dir)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=3000, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "kill_test.json").read_text())
+    assert summary["kills"] == 3 and all(summary["checks"].values())

@@ -18,9 +18,10 @@ from lhotse import CutSet
 from datamodules.dataset import MostDataset
 from datamodules.embedded import corpus_paths
 from lightning_most.audio import load_waveform
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.protocols import AudioLikelihoodScorer, SpokenQuestionAnswerer, Synthesizer, Transcriber
 from lightning_most.inference import InferenceError, MostInference
+from lightning_most.stages.base import LEGACY_HPARAMS
 from lightning_most.stages.stage1 import Stage1Module
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def test_loads_the_trained_stage_class_and_its_audio_io(inference: MostInference
     assert inference.audio_io.num_units == trained_run.num_units
     assert inference.audio_io.features.kind == "whisper" and inference.audio_io.features.frame_stack == 2
     assert inference.audio_io.unit_quantizer == corpus_paths(trained_run.corpus_dir).unit_quantizer.resolve()
-    assert inference.module.hparams.asr_max_new_tokens == trained_run.text_budget
+    assert inference.module.asr_decoding.max_new_tokens == trained_run.text_budget
     for protocol in (Transcriber, Synthesizer, AudioLikelihoodScorer, SpokenQuestionAnswerer):
         assert isinstance(inference, protocol)
 
@@ -148,3 +149,24 @@ def test_checkpoint_without_audio_io_says_how_to_fix_it(trained_run: TrainedRun,
 def test_moved_unit_quantizer_names_the_path_and_the_option(trained_run: TrainedRun, tmp_path: Path) -> None:
     with pytest.raises(InferenceError, match=r"gone.safetensors.*does not exist.*--unit_quantizer"):
         MostInference.from_checkpoint(trained_run.checkpoint, unit_quantizer=tmp_path / "gone.safetensors")
+
+
+def test_a_checkpoint_with_the_flat_settings_of_before_the_config_groups_loads_with_them(
+    inference: MostInference, trained_run: TrainedRun, waveforms: list[torch.Tensor], tmp_path: Path
+) -> None:
+    """Checkpoints saved before `ctc` / `transcript_positions` / `asr_decoding` (flat `asr_*` / `ctc_*` keys, the data's
+    feature width and unit count in `backbone_overrides`) load with the same settings and decode the same."""
+    checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)
+    grouped = checkpoint["hyper_parameters"]
+    flat = {k: v for k, v in grouped.items() if k not in ("ctc", "transcript_positions", "asr_decoding")}
+    for old, (group, name) in LEGACY_HPARAMS.items():
+        flat[old] = grouped[group][name]
+    flat["backbone_overrides"] = {**grouped["backbone_overrides"], "audio_feature_dim": flat.pop("audio_feature_dim"),
+                                  "num_audio_units": flat.pop("num_audio_units")}
+    checkpoint["hyper_parameters"] = flat
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = MostInference.from_checkpoint(tmp_path / "old.ckpt")
+    assert old.module.asr_decoding == inference.module.asr_decoding and old.module.ctc == inference.module.ctc
+    assert old.module.transcript_positions == inference.module.transcript_positions
+    assert old.module.config == inference.module.config
+    assert old.transcribe(waveforms) == inference.transcribe(waveforms)

@@ -8,10 +8,11 @@ import torch
 
 from lightning_most.backbone import MoSTBackbone
 from lightning_most.config import build_config
-from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.decoding import ASRDecodingConfig, Decoder
+from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.layouts import asr_example, collate, text_lm_example
-from lightning_most.positions import audio_scaled_positions, decoding_positions
-from lightning_most.stages import Stage1Module
+from lightning_most.positions import TranscriptPositionsConfig, audio_scaled_positions, decoding_positions
+from lightning_most.stages import CTCConfig, Stage1Module
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 
 TOK = ByteTokenizer()
@@ -76,51 +77,53 @@ def test_cached_generation_with_scaled_positions_matches_uncached() -> None:
 
 
 def test_stage_module_scales_by_true_lengths_in_training_and_ctc_lengths_in_decoding(monkeypatch) -> None:
-    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0,
-                          asr_positions="audio_scaled", asr_length_jitter=0.0, asr_max_new_tokens=6)
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc=CTCConfig(weight=1.0),
+                          transcript_positions=TranscriptPositionsConfig("audio_scaled", length_jitter=0.0),
+                          asr_decoding=ASRDecodingConfig(max_new_tokens=6))
     module.configure_model()
     batch = _batch(module.config)
     expected = audio_scaled_positions(batch["attention_mask"], batch["feature_mask"], batch["task_ids"] == 0,
                                       torch.tensor([11.0, 8.0, 0.0]))
     torch.testing.assert_close(module._positions(batch), expected)
     # Jitter is drawn from the step, so a resumed run sees the same positions.
-    module.hparams.asr_length_jitter = 0.2
+    module.transcript_positions.length_jitter = 0.2
     module.train()
     first, again = module._positions(batch), module._positions(batch)
     assert torch.equal(first, again) and not torch.equal(first, expected)
     # Decoding estimates L from the greedy CTC transcript.
     seen = {}
-    real = module._prompt_ctc
+    real = Decoder._prompt_ctc
 
-    def spy(prompt):
-        seen["ctc"] = real(prompt)
+    def spy(decoder, prompt):
+        seen["ctc"] = real(decoder, prompt)
         return seen["ctc"]
 
-    monkeypatch.setattr(module, "_prompt_ctc", spy)
+    monkeypatch.setattr(Decoder, "_prompt_ctc", spy)
     asr = {k: v[:2] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
     asr["audio_features"] = batch["audio_features"]
-    assert len(module.transcribe_batch(asr)) == 2 and seen["ctc"][1].tolist() == [24, 9]
+    assert len(module.decoder.transcribe(asr)) == 2 and seen["ctc"][1].tolist() == [24, 9]
 
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="needs the CTC head"):
-        Stage1Module(asr_positions="audio_scaled")
-    with pytest.raises(ValueError, match="asr_positions='diagonal'"):
-        Stage1Module(asr_positions="diagonal")
-    with pytest.raises(ValueError, match="asr_length_jitter"):
-        Stage1Module(asr_length_jitter=1.5)
+        Stage1Module(transcript_positions=TranscriptPositionsConfig("audio_scaled"))
+    with pytest.raises(ValueError, match="transcript_positions.kind='diagonal'"):
+        TranscriptPositionsConfig("diagonal")
+    with pytest.raises(ValueError, match="transcript_positions.length_jitter"):
+        TranscriptPositionsConfig(length_jitter=1.5)
 
 
 def test_spoken_questions_are_answered_without_the_ctc_head(monkeypatch) -> None:
     from lightning_most.layouts import speech_instruct_example
 
-    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0,
-                          asr_positions="audio_scaled", asr_ctc_decoding_weight=0.5, asr_max_new_tokens=4)
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc=CTCConfig(weight=1.0),
+                          transcript_positions=TranscriptPositionsConfig("audio_scaled"),
+                          asr_decoding=ASRDecodingConfig(max_new_tokens=4, ctc_weight=0.5))
     module.configure_model()
     V = module.config.text_vocab_size
     question = speech_instruct_example([], SPECIALS, V, features=torch.randn(9, module.config.audio_feature_dim))
-    monkeypatch.setattr(module, "_prompt_ctc", lambda prompt: pytest.fail("the answer was shaped by the CTC head"))
-    assert len(module.transcribe_batch(collate([question], SPECIALS.pad))) == 1
+    monkeypatch.setattr(Decoder, "_prompt_ctc", lambda decoder, prompt: pytest.fail("the answer was shaped by the CTC head"))
+    assert len(module.decoder.transcribe(collate([question], SPECIALS.pad))) == 1
     asr = asr_example([], SPECIALS, V, features=torch.randn(9, module.config.audio_feature_dim))
     with pytest.raises(ValueError, match="not a mix"):
-        module.transcribe_batch(collate([question, asr], SPECIALS.pad))
+        module.decoder.transcribe(collate([question, asr], SPECIALS.pad))

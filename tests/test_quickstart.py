@@ -51,7 +51,7 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
     assert (tmp_path / "corpus" / "corpus.json").is_file()
     # The word LM was counted on this corpus's training text, and the checkpoint says so.
     hparams = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]
-    lm_files = hparams["asr_word_lm"]["text_files"]
+    lm_files = hparams["asr_decoding"]["word_lm"]["text_files"]
     assert lm_files and all(Path(f).is_file() and str(tmp_path / "corpus") in f and "_train" in f for f in lm_files)
     assert re.search(r"dev ASR WER: \d+\.\d+% \(beam \d+, joint CTC weight [\d.]+, word LM weight [\d.]+\)", run.stdout)
 

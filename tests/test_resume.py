@@ -158,7 +158,7 @@ def test_killed_run_resumes_with_identical_losses(resume_corpus: Path, tmp_path:
 
 
 def test_filling_missing_adamw_state_leaves_training_unchanged() -> None:
-    from lightning_most.stages.base import fill_missing_adamw_state
+    from lightning_most.stages.optimizer import fill_missing_adamw_state
 
     torch.manual_seed(0)
     used, late = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)  # `late` gets its first gradient at step 3

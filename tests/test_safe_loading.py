@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from lightning_most.config import AudioEncoderOverrides, ModelOverrides
+from lightning_most.decoding.word_lm import WordLMConfig
 from lightning_most.inference import InferenceError, MostInference
 from lightning_most.main import main
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 from lightning_most.stages.base import OptimizerConfig
 from lightning_most.stages.stage1 import Stage1Module
-from lightning_most.word_lm import WordLMConfig
 
 if TYPE_CHECKING:
     from tests.fixtures_checkpoint import TrainedRun
@@ -91,7 +91,7 @@ def test_a_truncated_or_foreign_file_is_unreadable_not_unsafe(trained_run: Train
             load_checkpoint(path)
 
 
-@pytest.mark.parametrize("command", ["transcribe", "synthesize", "evaluate"])
+@pytest.mark.parametrize("command", ["transcribe", "synthesize", "evaluate", "chat"])
 def test_commands_refuse_it_with_one_line(
     command: str, hostile: tuple[Path, Path], trained_run: TrainedRun, tmp_path: Path, capsys
 ) -> None:
@@ -100,11 +100,19 @@ def test_commands_refuse_it_with_one_line(
         "transcribe": [str(trained_run.test_wavs[0])],
         "synthesize": ["--text", "hello", "--out", str(tmp_path / "out.wav")],
         "evaluate": ["--suites", "asr", "--corpus_dir", str(trained_run.corpus_dir), "--out_dir", str(tmp_path / "e")],
+        "chat": ["what is the weather"],
     }[command]
     assert exit_code([command, "--ckpt", str(path), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: refusing to load {path}") and len(err.splitlines()) == 1, err
     assert not marker.exists()
+
+
+def test_upcycle_refuses_it(hostile: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    path, marker = hostile
+    assert exit_code(["upcycle", "--src", str(path), "--out", str(tmp_path / "moe.pt")]) == 2
+    assert f"refusing to load {path}" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "moe.pt").exists()
 
 
 def test_inference_and_init_from_refuse_it(hostile: tuple[Path, Path]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import io
 import sys
 from pathlib import Path
 
@@ -12,9 +12,12 @@ import soundfile
 import torch
 import yaml
 
-from lightning_most.layouts import IGNORE_INDEX, collate, speech_instruct_example, text_instruct_example
+from lightning_most.batch import IGNORE_INDEX
+from lightning_most.decoding import ASRDecodingConfig
+from lightning_most.layouts import collate, speech_instruct_example, text_instruct_example
 from lightning_most.main import main
 from lightning_most.stages import OptimizerConfig, Stage2Module
+from lightning_most.stages.losses import task_losses
 from tests.fixtures_checkpoint import TrainedRun
 
 pytest_plugins = ["tests.fixtures_checkpoint"]
@@ -43,19 +46,19 @@ def test_loss_falls_on_answer_tokens_only():
     module = _module()
     batch = _instruction_batch(module)
     logits = torch.randn(*batch["labels"].shape, module.config.vocab_size)
-    loss, per_task = module._task_losses(batch, logits)
+    loss, per_task = task_losses(logits, batch["labels"], batch["task_ids"])
     is_answer = batch["labels"] != IGNORE_INDEX
     first = int(is_answer[0].nonzero()[0])  # the position predicting the first answer token
     assert first == batch["prompt_lengths"][0] - 1
     prompt_changed = logits.clone()
     prompt_changed[0, : first] += 5 * torch.randn_like(prompt_changed[0, : first])  # every prompt position of row 0
-    assert torch.equal(module._task_losses(batch, prompt_changed)[0], loss)
-    relabelled = {**batch, "labels": batch["labels"].clone()}
-    relabelled["labels"][0, 1] = IGNORE_INDEX  # a prompt position's label: stays out of the loss
-    assert torch.equal(module._task_losses(relabelled, logits)[0], loss)
+    assert torch.equal(task_losses(prompt_changed, batch["labels"], batch["task_ids"])[0], loss)
+    s, encode = module.specials, module.tokenizer.encode
+    other_prompt = text_instruct_example(encode("What is 8 plus 5?"), encode("12"), s)  # one prompt token changed
+    assert torch.equal(other_prompt.labels, batch["labels"][0, : len(other_prompt)])  # the same targets
     answer_changed = logits.clone()
     answer_changed[0, first] += 5 * torch.randn_like(answer_changed[0, first])
-    assert not torch.equal(module._task_losses(batch, answer_changed)[0], loss)
+    assert not torch.equal(task_losses(answer_changed, batch["labels"], batch["task_ids"])[0], loss)
     assert set(per_task) == {"text_instruct", "speech_instruct"}
 
 
@@ -67,7 +70,7 @@ def test_a_few_steps_drive_a_fixed_instruction_batch_loss_down():
 
     def loss_now() -> float:
         with torch.no_grad():
-            return float(module._task_losses(batch, module(batch).logits)[0])
+            return float(task_losses(module(batch).logits, batch["labels"], batch["task_ids"])[0])
 
     before = loss_now()
     trainer = pl.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -116,9 +119,10 @@ def stage2_run(trained_run: TrainedRun, tmp_path_factory) -> Path:
     main([
         "fit", "--config", str(ROOT / "conf/stage2_quickstart.yaml"),
         "--model.init_args.init_from", str(trained_run.checkpoint),
-        "--model.init_args.asr_max_new_tokens", "24", "--model.init_args.tts_max_new_tokens", "40",
-        "--model.init_args.answer_max_new_tokens", "8", "--model.init_args.asr_beam_size", "1",
-        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2",
+        "--model.init_args.asr_decoding.max_new_tokens", "24", "--model.init_args.tts_max_new_tokens", "40",
+        "--model.init_args.answer_max_new_tokens", "8", "--model.init_args.asr_decoding.beam_size", "1",
+        "--model.init_args.asr_decoding.word_lm", "null",
+        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1.0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
         "--data.init_args.corpus_dir", str(trained_run.corpus_dir),
@@ -144,45 +148,70 @@ def stage2_run(trained_run: TrainedRun, tmp_path_factory) -> Path:
     return checkpoints[-1]
 
 
-def test_fit_stage2_quickstart_smoke_reports_qa_accuracy_and_wer(stage2_run: Path, capsys):
+def test_fit_stage2_quickstart_smoke_logs_task_losses_qa_accuracy_and_wer(stage2_run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     checkpoint = torch.load(stage2_run, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 3
     assert checkpoint["hyper_parameters"]["_class_path"] == "lightning_most.stages.Stage2Module"
-    metrics = {k for k in (stage2_run.parent.parent.glob("events.out.tfevents.*"))}
-    assert metrics
+    events = EventAccumulator(str(stage2_run.parent.parent)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/spoken_qa_accuracy", "val/text_qa_accuracy", "val/asr_wer", "val/loss_speech_instruct",
+            "val/loss_text_instruct", "val/loss_asr", "val/loss_tts"} <= tags, tags
+    assert 0.0 <= events.Scalars("val/spoken_qa_accuracy")[-1].value <= 1.0
 
 
-def _chat(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightning_most", "chat", *args], cwd=cwd, input=stdin,
-                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-                                                               "HF_HUB_OFFLINE": "1"}, check=False, timeout=300)
+def _chat(args: list[str], capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    """Run `python -m lightning_most chat ARGS` in this process: (exit code, stdout, stderr)."""
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = 0
+    try:
+        main(["chat", *args])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_chat_answers_text_and_speech_from_another_folder(stage2_run: Path, trained_run: TrainedRun, tmp_path: Path):
+def test_chat_answers_text_and_speech_from_another_folder(
+    stage2_run: Path, trained_run: TrainedRun, tmp_path: Path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # the checkpoint's init_from and corpus paths are relative to the repository
     wav = trained_run.test_wavs[0]
-    out = _chat(["--ckpt", str(stage2_run), "What is 2 plus 3?", "--speak", str(tmp_path / "a.wav"),
-                 "--max_new_tokens", "8", "--max_units", "20"], cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert len(out.stdout.splitlines()) == 1
+    code, out, err = _chat(["--ckpt", str(stage2_run), "What is 2 plus 3?", "--speak", "a.wav",
+                            "--max_new_tokens", "8", "--max_units", "20"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 1 and "wrote a.wav" in err
     audio, rate = soundfile.read(tmp_path / "a.wav")
     assert rate == 16000 and audio.size > 0
-    interactive = _chat(["--ckpt", str(stage2_run), "--max_new_tokens", "8"], cwd=tmp_path,
-                        stdin=f"What is 2 plus 3?\n{wav}\n/nowhere/q.wav\nquit\n")
-    assert interactive.returncode == 0, interactive.stderr
-    assert len(interactive.stdout.splitlines()) == 2
-    assert "audio file /nowhere/q.wav does not exist" in interactive.stderr
+    code, out, err = _chat(["--ckpt", str(stage2_run), "--max_new_tokens", "8"], capsys,
+                           stdin=f"What is 2 plus 3?\n\n{wav}\n/nowhere/q.wav\nquit\nnot read\n", monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert len(out.splitlines()) == 2
+    assert "audio file /nowhere/q.wav does not exist" in err
 
 
-def test_chat_bad_inputs_exit_2(stage2_run: Path, tmp_path: Path):
+def test_chat_bad_inputs_exit_2(stage2_run: Path, tmp_path: Path, capsys):
     soundfile.write(tmp_path / "8k.wav", np.zeros(8000, dtype=np.float32), 8000)
     soundfile.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
     cases = [
         (["--ckpt", str(tmp_path / "missing.ckpt"), "hi"], "missing.ckpt does not exist"),
         (["--ckpt", str(stage2_run), str(tmp_path / "8k.wav")], "8000 Hz"),
         (["--ckpt", str(stage2_run), str(tmp_path / "empty.wav")], "holds no samples"),
+        (["--ckpt", str(stage2_run), str(tmp_path / "nothing.wav")], "nothing.wav does not exist"),
         (["--ckpt", str(stage2_run), "  "], "the question is empty"),
     ]
     for args, message in cases:
-        out = _chat(args, cwd=tmp_path)
-        assert out.returncode == 2, (args, out.stderr)
-        assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+        code, _, err = _chat(args, capsys)
+        assert code == 2, (args, err)
+        assert message in err and err.startswith("error: "), err
+
+
+def test_answers_are_not_cut_by_the_transcripts_per_frame_cap():
+    """A written question has no audio frames: the ASR cap of `max_tokens_per_frame` must not cut its answer."""
+    module = _module(asr_decoding=ASRDecodingConfig(max_tokens_per_frame=1.0))
+    s, encode = module.specials, module.tokenizer.encode
+    batch = collate([text_instruct_example(encode("What is 7 plus 5?"), [], s)], s.pad)
+    answers = module.decoder.answer(batch, max_new_tokens=6)  # a random model (seed 0) does not say <eos> at once
+    assert len(answers) == 1 and len(encode(answers[0])) > 1

@@ -12,11 +12,9 @@ import math
 import pytest
 import torch
 
-from lightning_most.beam_search import beam_search
-from lightning_most.evaluation.normalize import normalize_text
-from lightning_most.stages import Stage1Module
-from lightning_most.tokenizer import ByteTokenizer
-from lightning_most.word_lm import (
+from lightning_most.decoding import ASRDecodingConfig
+from lightning_most.decoding.beam_search import beam_search
+from lightning_most.decoding.word_lm import (
     OOV,
     SENTENCE_END,
     LexiconTrie,
@@ -25,6 +23,9 @@ from lightning_most.word_lm import (
     WordNgramLM,
     read_sentences,
 )
+from lightning_most.evaluation.normalize import normalize_text
+from lightning_most.stages import CTCConfig, Stage1Module
+from lightning_most.tokenizer import ByteTokenizer
 from tests.test_beam_search import ENCODER, SPECIALS, _allowed, _joint_score, _model, _prompt, _rescorer, asr_batch
 
 TOK = ByteTokenizer()
@@ -172,7 +173,7 @@ def test_read_sentences_reads_text_and_jsonl_and_names_bad_files(tmp_path) -> No
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "no"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2 has neither a string field 'text' nor 'supervisions'"):
         read_sentences(tmp_path / "bad.jsonl")
-    with pytest.raises(FileNotFoundError, match="asr_word_lm.text_files: .*missing.txt"):
+    with pytest.raises(FileNotFoundError, match="asr_decoding.word_lm.text_files: .*missing.txt"):
         read_sentences(tmp_path / "missing.txt")
     (tmp_path / "punctuation.txt").write_text("...\n!\n")
     with pytest.raises(ValueError, match="holds no words"):
@@ -196,17 +197,18 @@ def test_stage_module_transcribes_with_the_word_lm_inside_its_lexicon(tmp_path) 
     (tmp_path / "lm.txt").write_text("hello world\nhello there\n")
     config = WordLMConfig(text_files=[str(tmp_path / "lm.txt")], wordfreq_words=0, wordfreq_weight=0.0,
                           weight=20.0, oov_log_prob=-200.0)
-    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0,
-                          asr_ctc_decoding_weight=0.5, asr_max_new_tokens=30, asr_beam_size=2, asr_word_lm=config)
-    hyps = module.transcribe_batch(asr_batch(module))
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc=CTCConfig(weight=1.0),
+                          asr_decoding=ASRDecodingConfig(max_new_tokens=30, ctc_weight=0.5, beam_size=2, word_lm=config))
+    batch = asr_batch(module)  # builds the backbone
+    hyps = module.decoder.transcribe(batch)
     assert len(hyps) == 2
     for hyp in hyps:
         assert all(w in {"hello", "world", "there"} for w in normalize_text(hyp).split()), hyp
     with pytest.raises(ValueError, match="tokenizer='byte'"):
-        Stage1Module(tokenizer=str(tmp_path), asr_word_lm=config)
+        Stage1Module(tokenizer=str(tmp_path), asr_decoding=ASRDecodingConfig(word_lm=config))
 
 
 def test_a_word_lm_without_text_and_without_a_data_module_is_refused_at_setup() -> None:
-    module = Stage1Module(asr_word_lm=WordLMConfig())
-    with pytest.raises(ValueError, match="asr_word_lm.text_files is empty and there is no data module"):
+    module = Stage1Module(asr_decoding=ASRDecodingConfig(word_lm=WordLMConfig()))
+    with pytest.raises(ValueError, match="asr_decoding.word_lm.text_files is empty and there is no data module"):
         module.setup("fit")

@@ -49,9 +49,39 @@ class SlowSteps(pl.Callback):
         time.sleep(self.seconds)
 
 
-def write_config(corpus_dir: Path, root: Path, max_steps: int, checkpoint_every: int, step_seconds: float = 0.0) -> Path:
+class NaNAtStep(pl.Callback):
+    """Makes the backbone's final norm output NaN during optimizer step `step` (so its loss and gradients are NaN)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._hook = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step + 1 == self.step:
+            self._hook = pl_module.backbone.norm.register_forward_hook(lambda module, args, out: out * float("nan"))
+
+    def on_train_batch_end(self, *args) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+class SaveWeights(pl.Callback):
+    """Saves the backbone's weights after every optimizer step to `<folder>/weights-<step>.pt`."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        import torch
+
+        torch.save(pl_module.backbone.state_dict(), os.path.join(self.folder, f"weights-{trainer.global_step}.pt"))
+
+
+def write_config(corpus_dir: Path, root: Path, max_steps: int, checkpoint_every: int, step_seconds: float = 0.0,
+                 extra_callbacks: tuple[dict, ...] = (), logger: dict | bool = False) -> Path:
     """Write `<root>/config.yaml` for the tiny run and return its path."""
-    callbacks = [
+    callbacks = [*extra_callbacks,
         {"class_path": "tests.tiny_fit.StepLog", "init_args": {"path": str(root / STEP_LOG)}},
         {"class_path": "lightning_most.fault_tolerance.Preemption"},
         {"class_path": "lightning_most.fault_tolerance.RunCheckpoint",
@@ -66,7 +96,7 @@ def write_config(corpus_dir: Path, root: Path, max_steps: int, checkpoint_every:
         "trainer": {
             "accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": max_steps,
             "limit_val_batches": 0, "num_sanity_val_steps": 0, "log_every_n_steps": 1, "gradient_clip_val": 1.0,
-            "default_root_dir": str(root), "logger": False, "enable_progress_bar": False,
+            "default_root_dir": str(root), "logger": logger, "enable_progress_bar": False,
             "enable_model_summary": False, "callbacks": callbacks,
         },
         "model": {

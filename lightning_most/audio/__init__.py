@@ -9,11 +9,11 @@ from dataclasses import fields
 
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.encoders import (
-    AudioEncoder,
     FbankEncoder,
     FbankEncoderConfig,
     HubertEncoder,
     HubertEncoderConfig,
+    WaveformEncoder,
     WhisperEncoder,
     WhisperEncoderConfig,
 )
@@ -43,7 +43,7 @@ def _config(config_cls, kind: str, name: str, cfg: dict):
     return config_cls(**cfg)
 
 
-def build_audio_encoder(name: str, **cfg) -> AudioEncoder:
+def build_waveform_encoder(name: str, **cfg) -> WaveformEncoder:
     """Build an encoder by name ("fbank", "hubert", "whisper"); `cfg` holds fields of its config dataclass."""
     if name == "fbank":
         return FbankEncoder(_config(FbankEncoderConfig, "audio encoder", name, cfg))
@@ -73,7 +73,6 @@ def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg
 __all__ = [
     "FEATURE_KINDS",
     "SAMPLE_RATE",
-    "AudioEncoder",
     "FbankEncoder",
     "FbankEncoderConfig",
     "FeatureConfig",
@@ -87,11 +86,12 @@ __all__ = [
     "UnitHifiganVocoderConfig",
     "UnitQuantizer",
     "Vocoder",
+    "WaveformEncoder",
     "WhisperEncoder",
     "WhisperEncoderConfig",
     "attach_units",
-    "build_audio_encoder",
     "build_vocoder",
+    "build_waveform_encoder",
     "convert_sklearn_kmeans",
     "dedup_units",
     "fit_unit_quantizer",

@@ -1,6 +1,6 @@
 """Audio encoders: 16 kHz waveform (S,) -> frame features (T, F) at a fixed frame rate.
 
-Two encoders share one interface (`AudioEncoder`):
+The encoders share one interface (`WaveformEncoder`):
 
 - `FbankEncoder`, the offline default: a log-mel spectrogram from torchaudio (power 2, natural log),
   optionally stacking `stack` consecutive 10 ms frames into one. It is torchaudio's `MelSpectrogram`
@@ -28,10 +28,10 @@ import torch
 import torchaudio
 from torch import Tensor
 
-SAMPLE_RATE = 16000
+from lightning_most.audio.constants import SAMPLE_RATE
 
 
-class AudioEncoder(Protocol):
+class WaveformEncoder(Protocol):
     """What the unit pipeline and the data pipeline need from an encoder."""
 
     frame_rate: float  # output frames per second

@@ -25,6 +25,7 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 from torch import Tensor
 
+from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.units import UNITS_FIELD, load_waveform
 from lightning_most.audio.vocoder import UnitHifiganConfig, save_unit_hifigan
 
@@ -122,14 +123,14 @@ def train_vocoder(config: VocoderTrainingConfig) -> Path:
         CutSet.from_file(config.cuts),
         config.segment_units,
         gen_config.samples_per_unit,
-        frame_rate=16000 / gen_config.samples_per_unit,
+        frame_rate=SAMPLE_RATE / gen_config.samples_per_unit,
         seed=config.seed,
     )
     device = torch.device(config.device)
     generator = gen_config.build().to(device)
     generator_loss = HifiGAN.GeneratorLoss(
         l1_spec_loss=HifiGAN.L1SpecLoss(
-            sample_rate=16000, hop_length=256, win_length=1024, n_fft=1024, n_stft=513, n_mel_channels=80
+            sample_rate=SAMPLE_RATE, hop_length=256, win_length=1024, n_fft=1024, n_stft=513, n_mel_channels=80
         ),
         l1_spec_loss_weight=45.0,
         mseg_loss=HifiGAN.MSEGLoss() if config.adversarial else None,

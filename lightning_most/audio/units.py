@@ -22,7 +22,8 @@ from lhotse.cut import Cut
 from lhotse.features.io import NumpyFilesWriter
 from torch import Tensor
 
-from lightning_most.audio.encoders import SAMPLE_RATE, AudioEncoder
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.encoders import WaveformEncoder
 from lightning_most.audio.quantizer import UnitQuantizer, train_kmeans
 
 UNITS_FIELD = "units"
@@ -36,7 +37,7 @@ def load_waveform(cut: Cut) -> Tensor:
     return audio.float().mean(dim=0)  # (S,)
 
 
-def _encoded_cuts(cuts: CutSet, encoder: AudioEncoder, skipped: list[str]) -> Iterator[tuple[Cut, Tensor]]:
+def _encoded_cuts(cuts: CutSet, encoder: WaveformEncoder, skipped: list[str]) -> Iterator[tuple[Cut, Tensor]]:
     """Yield (cut, features (T, F)) for every readable cut; append the id of every other cut to `skipped`."""
     for cut in cuts:
         try:
@@ -60,7 +61,7 @@ def _warn_summary(what: str, skipped: list[str], total: int) -> None:
 
 def fit_unit_quantizer(
     cuts: CutSet,
-    encoder: AudioEncoder,
+    encoder: WaveformEncoder,
     num_units: int = 500,
     seed: int = 0,
     max_frames: int = 200_000,
@@ -90,7 +91,7 @@ def fit_unit_quantizer(
     return train_kmeans(blocks, num_units=num_units, seed=seed, iterations=iterations)
 
 
-def attach_units(cuts: CutSet, encoder: AudioEncoder, quantizer: UnitQuantizer, storage_dir: str | Path) -> CutSet:
+def attach_units(cuts: CutSet, encoder: WaveformEncoder, quantizer: UnitQuantizer, storage_dir: str | Path) -> CutSet:
     """Quantize every cut and attach its units (T,) as the custom field `units`, stored under `storage_dir`.
 
     Returns the cuts that got units; skipped cuts are warned about (by id) and left out.

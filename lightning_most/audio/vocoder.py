@@ -20,7 +20,8 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from lightning_most.audio.encoders import SAMPLE_RATE, FbankEncoderConfig
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.encoders import FbankEncoderConfig
 from lightning_most.audio.quantizer import UnitQuantizer
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import soundfile
 from torch import Tensor
 
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.inference import InferenceError, MostInference
 
 USAGE_ERROR = 2
@@ -41,7 +41,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_new_tokens", type=int, help="text decoding budget (default: the checkpoint's)")
     group.add_argument("--max_units", type=int, help="unit decoding budget of synthesis (default: the checkpoint's)")
     group.add_argument("--no_word_lm", action="store_true",
-                       help="decode ASR without the checkpoint's word LM (asr_word_lm), with the model alone")
+                       help="decode ASR without the checkpoint's word LM (asr_decoding.word_lm), with the model alone")
 
 
 def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`python -m lightning_most evaluate --ckpt CKPT --suites asr,tts,spoken_lm,spoken_qa --out_dir DIR`.
+"""`python -m lightning_most evaluate --ckpt CKPT --suites asr,tts,spoken_lm,spoken_qa,text --out_dir DIR`.
 
 Runs the chosen evaluation suites on a checkpoint (through `MostInference`) and writes
 `DIR/evaluation.json`, `DIR/evaluation.md` and TensorBoard scalars under `DIR/tensorboard`, then
@@ -7,6 +7,7 @@ prints the Markdown table. Data, when not given:
     asr, tts    the embedded corpus test split (`--corpus_dir`, default data/embedded)
     spoken_lm   the miniature sWUGGY / sBLIMP / sStoryCloze / tStoryCloze sets, built once into `--cache_dir`
     spoken_qa   the miniature spoken QA set, built once into `--cache_dir`
+    text        perplexity on the fortunes' held-out dev split (`lightning_most/text_corpus.py`, written into data/text)
 
 Every input is resolved (files checked, miniatures built, judge loaded) before the model runs.
 """
@@ -54,9 +55,11 @@ from lightning_most.evaluation.spoken_qa import (
     load_spoken_qa,
 )
 from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
+from lightning_most.evaluation.text_perplexity import TextPerplexityConfig, evaluate_text_perplexity, read_texts
 from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
+from lightning_most.text_corpus import DEFAULT_TEXT_DIR, prepare_text_corpus
 
-SUITES = ("asr", "tts", "spoken_lm", "spoken_qa")
+SUITES = ("asr", "tts", "spoken_lm", "spoken_qa", "text")
 EMBEDDED_TEST_CUTS = "embedded_cuts_test.jsonl.gz"
 """The test split's manifest in a corpus folder written by `prepare` (checked against `datamodules.embedded`)."""
 STORY_SETS = ("sStoryCloze", "tStoryCloze")
@@ -85,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--spoken_lm_split", default="dev", help="ZeroSpeech split (default: dev)")
     data.add_argument("--spoken_qa_jsonl", help="spoken QA JSON Lines file (id, audio, question, answers)")
+    data.add_argument("--text_jsonl", help="held-out text (.jsonl(.gz) with \"text\") for the text suite's perplexity")
+    data.add_argument("--max_texts", type=int, default=200, help="texts scored by the text suite (default 200)")
     data.add_argument("--cache_dir", help="where miniature sets are built and reused (default: OUT_DIR/cache)")
     data.add_argument("--miniature_pairs", type=int, help="pairs per miniature spoken-LM set (default: 300, stories 200)")
     data.add_argument("--miniature_questions", type=int, default=6, help="questions of the miniature QA set")
@@ -191,6 +196,13 @@ def spoken_qa_set(args: argparse.Namespace, cache_dir: Path) -> QaSet:
     return load_spoken_qa(folder / "questions.jsonl", name="spoken_qa_miniature")
 
 
+def held_out_texts(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(name, texts) of --text_jsonl, or of the fortunes' held-out dev split (written into data/text if missing)."""
+    path = Path(args.text_jsonl) if args.text_jsonl else prepare_text_corpus(DEFAULT_TEXT_DIR)["dev"]
+    name = path.name.removesuffix(".gz").removesuffix(".jsonl")
+    return name, read_texts(path, args.max_texts)
+
+
 def build_judge(name: str) -> Transcriber:
     """The judge named by --judge."""
     if name == "whisper":
@@ -217,6 +229,7 @@ def evaluate(args: argparse.Namespace) -> None:
         tts = load_cuts(args.tts_cuts, args.corpus_dir, "--tts_cuts", args.max_utterances) if "tts" in suites else None
         pair_sets = spoken_lm_sets(args, cache_dir) if "spoken_lm" in suites else []
         qa_set = spoken_qa_set(args, cache_dir) if "spoken_qa" in suites else None
+        texts = held_out_texts(args) if "text" in suites else None
         judge = build_judge(args.judge) if {"tts", "spoken_qa"} & set(suites) else None
     except (FileNotFoundError, ValueError, ImportError) as error:  # the loaders' messages name the file
         raise CommandError(str(error)) from error
@@ -224,7 +237,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     results = {}
     if asr is not None:
-        print(f"ASR decoding: {inference.module.asr_decoding()}", flush=True)
+        print(f"ASR decoding: {inference.module.asr_decoding.describe()}", flush=True)
         results[f"asr/{asr[0]}"] = evaluate_asr(inference, asr[1], AsrConfig(batch_size=args.batch_size))
     if tts is not None:
         results[f"tts/{tts[0]}"] = evaluate_tts(
@@ -237,6 +250,12 @@ def evaluate(args: argparse.Namespace) -> None:
         results[f"spoken_qa/{qa_set.name}/speech_to_text"] = evaluate_spoken_qa_text(inference, qa_set, config)
         results[f"spoken_qa/{qa_set.name}/speech_to_speech"] = evaluate_spoken_qa_speech(
             inference, judge, qa_set, config
+        )
+
+    if texts is not None:
+        name, lines = texts
+        results[f"text/{name}"] = evaluate_text_perplexity(
+            inference.module, lines, name, TextPerplexityConfig(batch_size=args.batch_size)
         )
 
     report = EvaluationReport.from_results(results)

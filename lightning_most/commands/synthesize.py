@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.waveforms import write_wav
 from lightning_most.commands.common import (
     CommandError,
     add_checkpoint_arguments,
@@ -12,8 +14,6 @@ from lightning_most.commands.common import (
     load_inference,
     run,
 )
-from lightning_most.evaluation.audio_io import write_wav
-from lightning_most.evaluation.protocols import SAMPLING_RATE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +37,20 @@ def synthesize(args: argparse.Namespace) -> None:
     if not args.text.strip():
         raise CommandError("--text is empty; give the text to speak")
     inference = load_inference(args)
+    module = inference.module
+    tokens = len(module.tokenizer.encode(args.text))
+    room = module.config.max_position - module.hparams.tts_max_new_tokens - 8  # 8: the prompt's special tokens
+    if tokens > room:
+        raise CommandError(
+            f"--text is {tokens} tokens long; this model speaks at most {max(room, 0)} at once (its "
+            f"{module.config.max_position} positions hold the text and up to {module.hparams.tts_max_new_tokens} "
+            "units): split the text into sentences and synthesize each"
+        )
     units = inference.synthesize_units([args.text])[0]
     waveform = inference.vocode([units])[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_wav(out, waveform)
-    print(f"wrote {out}: {units.numel()} units, {waveform.numel()} samples ({waveform.numel() / SAMPLING_RATE:.2f} s)")
+    print(f"wrote {out}: {units.numel()} units, {waveform.numel()} samples ({waveform.numel() / SAMPLE_RATE:.2f} s)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,11 +14,10 @@ Judges are in ``judges.py``; offline miniature sets in ``spoken_lm_miniature.py`
 """
 
 from lightning_most.evaluation.protocols import (
-    SAMPLING_RATE,
     AudioLikelihoodScorer,
     SpokenQuestionAnswerer,
     Synthesizer,
     Transcriber,
 )
 
-__all__ = ["SAMPLING_RATE", "AudioLikelihoodScorer", "SpokenQuestionAnswerer", "Synthesizer", "Transcriber"]
+__all__ = ["AudioLikelihoodScorer", "SpokenQuestionAnswerer", "Synthesizer", "Transcriber"]

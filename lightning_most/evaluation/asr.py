@@ -18,7 +18,7 @@ from lhotse.cut import Cut
 from torch import Tensor
 from torchmetrics.functional.text import word_error_rate
 
-from lightning_most.evaluation.audio_io import load_cut_waveform
+from lightning_most.audio.waveforms import load_cut_waveform
 from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.evaluation.protocols import Transcriber
 

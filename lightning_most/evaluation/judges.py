@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_most.evaluation.protocols import SAMPLING_RATE
+from lightning_most.audio.constants import SAMPLE_RATE
 
 
 def _require(module: str, judge: str, install: str) -> ModuleType:
@@ -89,7 +89,7 @@ class PocketsphinxJudge:
 
     def __init__(self) -> None:
         pocketsphinx = _require("pocketsphinx", "PocketsphinxJudge", "pocketsphinx")
-        self.decoder = pocketsphinx.Decoder(samprate=SAMPLING_RATE, loglevel="FATAL")
+        self.decoder = pocketsphinx.Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
 
     def transcribe(self, waveforms: list[Tensor]) -> list[str]:
         """Transcribe each 16 kHz waveform ``(S,)``."""
@@ -139,11 +139,11 @@ class TransformersJudge:
         """Transcribe a batch of 16 kHz waveforms ``(S,)`` in one forward pass."""
         audio = [_as_numpy(waveform) for waveform in waveforms]
         if self.is_seq2seq:
-            inputs = self.processor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+            inputs = self.processor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
             features = inputs.input_features.to(self.config.device)  # (B, n_mels, frames)
             ids = self.model.generate(features, max_new_tokens=self.config.max_new_tokens)  # (B, L)
         else:
-            inputs = self.processor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt", padding=True)
+            inputs = self.processor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
             inputs = {name: value.to(self.config.device) for name, value in inputs.items()}
             ids = self.model(**inputs).logits.argmax(dim=-1)  # (B, frames)
         return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]

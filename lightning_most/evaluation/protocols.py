@@ -1,7 +1,7 @@
 """What the evaluation suites need from a model or a judge, as structural protocols.
 
 Every waveform crossing these interfaces is a 1-D float tensor ``(S,)`` of mono samples at 16 kHz
-in [-1, 1]. The stage LightningModules implement these methods; judges (``judges.py``) implement
+(`lightning_most.audio.SAMPLE_RATE`) in [-1, 1]. The stage LightningModules implement these methods; judges (``judges.py``) implement
 ``Transcriber``. Suites call them in batches of ``config.batch_size`` and never look inside.
 """
 
@@ -10,9 +10,6 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
-
-SAMPLING_RATE = 16_000
-"""Sampling rate (Hz) of every waveform passed to or returned by a protocol method."""
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.protocols import AudioLikelihoodScorer
 
 ZEROSPEECH_REQUIRED_COLUMNS = ("filename", "id", "voice", "correct")

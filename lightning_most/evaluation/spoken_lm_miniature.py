@@ -14,10 +14,11 @@ pairs, enough for a 95% interval of about +-5 points on accuracy):
 - ``<out_root>/syntactic/dev``: sBLIMP-style minimal pairs from templates, number forms from ``inflect``:
   subject-verb agreement, agreement across a prepositional phrase (attractor), determiner-noun
   agreement, be-agreement and reflexive agreement.
-- ``<out_root>/sStoryCloze`` and ``<out_root>/tStoryCloze``: real multi-sentence fortunes; the context
+- ``<out_root>/sStoryCloze`` and ``<out_root>/tStoryCloze``: real multi-sentence fortunes of the split
+  held out of the pretraining text (``stories_jsonl``, written by ``datamodules/text_corpus.py``); the context
   is all but the last sentence, the correct ending the last sentence, the incorrect one the ending of
   another fortune: of the same fortune category (sStoryCloze: same register, harder) or of another
-  category (tStoryCloze: topic change); fortunes of 2-5 sentences, at most 40 words. Fortunes sharing
+  category (tStoryCloze: topic change); fortunes of 2-5 sentences, at most 30 words. Fortunes sharing
   a sentence with ``exclude_text_files`` (the training text: give the corpus's train jsonl / cut
   manifests) are held out of the sets.
 
@@ -35,6 +36,7 @@ import gzip
 import hashlib
 import json
 import random
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -45,7 +47,9 @@ from pathlib import Path
 import inflect
 import wordfreq
 
-from lightning_most.evaluation.offline_speech import OfflineVoice, speak
+from lightning_most.audio.offline_voices import Voice, speak
+from lightning_most.fortunes import is_speakable, split_sentences
+from lightning_most.text_corpus import DEFAULT_TEXT_DIR, prepare_text_corpus
 
 LEXICAL_COLUMNS = ("filename", "id", "voice", "frequency", "word", "phones", "correct")
 SYNTACTIC_COLUMNS = ("filename", "voice", "type", "subtype", "id", "correct", "transcription")
@@ -91,10 +95,13 @@ class SpokenLmMiniatureConfig:
     """Grammatical / ungrammatical sentence pairs (each spoken by every voice)."""
     num_story_pairs: int = 200
     """Story pairs in each of sStoryCloze and tStoryCloze (spoken by the first voice)."""
-    voices: list[OfflineVoice] = field(default_factory=lambda: [OfflineVoice("flite", "rms")])
+    voices: list[Voice] = field(default_factory=lambda: [Voice("flite", "rms")])
     """Voices of sentences and stories (default flite rms, a voice of the embedded corpus's training speakers)."""
-    lexical_voices: list[OfflineVoice] = field(default_factory=lambda: [OfflineVoice("espeak-ng", "en-us")])
+    lexical_voices: list[Voice] = field(default_factory=lambda: [Voice("espeak-ng", "en-us")])
     """Voices of the lexical set: espeak-ng only (they speak phonemes)."""
+    stories_jsonl: str | None = None
+    """Held-out fortunes the stories are made from; None = data/text/text_held_out.jsonl.gz, written if missing
+    (`lightning_most.text_corpus`)."""
     exclude_text_files: list[str] = field(default_factory=list)
     """Training text (jsonl(.gz) with "text", or lhotse cut/supervision manifests): stories sharing a sentence
     with it are left out."""
@@ -104,8 +111,8 @@ class SpokenLmMiniatureConfig:
     """Synthesizer processes run at once."""
 
     def __post_init__(self) -> None:
-        self.voices = [OfflineVoice(**v) if isinstance(v, dict) else v for v in self.voices]
-        self.lexical_voices = [OfflineVoice(**v) if isinstance(v, dict) else v for v in self.lexical_voices]
+        self.voices = [Voice(**v) if isinstance(v, dict) else v for v in self.voices]
+        self.lexical_voices = [Voice(**v) if isinstance(v, dict) else v for v in self.lexical_voices]
         if not self.voices or not self.lexical_voices:
             raise ValueError("SpokenLmMiniatureConfig.voices and lexical_voices must each name at least one voice")
         if any(v.engine != "espeak-ng" for v in self.lexical_voices):
@@ -280,26 +287,32 @@ def training_sentences(files: Sequence[str]) -> set[str]:
     return texts
 
 
-def fortune_stories(excluded: set[str]) -> list[tuple[str, list[str]]]:
-    """(category, sentences) of fortunes of 2-5 speakable sentences (<= 40 words) sharing no sentence with `excluded`."""
-    from datamodules.sentences import fortune_files, is_speakable, read_fortunes, split_sentences
-
+def fortune_stories(stories_jsonl: str | Path, excluded: set[str]) -> list[tuple[str, list[str]]]:
+    """(category, sentences) of the held-out fortunes in `stories_jsonl` of 2-5 speakable sentences (<= 30 words)
+    sharing no sentence with `excluded`."""
+    path = Path(stories_jsonl)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"stories_jsonl {path} does not exist: give a .jsonl(.gz) of {{\"text\", \"category\"}} lines, or leave it "
+            "unset for the fortunes' held-out split"
+        )
     stories = []
-    for path in fortune_files():
-        for fortune in read_fortunes(path):
-            sentences = split_sentences(fortune)
-            if not 2 <= len(sentences) <= 5 or sum(len(s.split()) for s in sentences) > 40:
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            sentences = split_sentences(record["text"])
+            if not 2 <= len(sentences) <= 5 or sum(len(x.split()) for x in sentences) > 30:
                 continue
-            if all(is_speakable(s, 2, 25) for s in sentences) and not any(
-                " ".join(s.lower().split()) in excluded for s in sentences
+            if all(is_speakable(x, 2, 30) for x in sentences) and not any(
+                " ".join(x.lower().split()) in excluded for x in sentences
             ):
-                stories.append((path.name, sentences))
+                stories.append((record.get("category", ""), sentences))
     return stories
 
 
-def story_pairs(num_pairs: int, rng: random.Random, excluded: set[str]) -> list[tuple[str, str, str]]:
+def story_pairs(num_pairs: int, rng: random.Random, stories_jsonl: str | Path, excluded: set[str]) -> list[tuple[str, str, str]]:
     """(correct story, same-category swapped ending, other-category swapped ending) for ``num_pairs`` fortunes."""
-    stories = fortune_stories(excluded)
+    stories = fortune_stories(stories_jsonl, excluded)
     by_category: dict[str, list[int]] = {}
     for i, (category, _) in enumerate(stories):
         by_category.setdefault(category, []).append(i)
@@ -325,9 +338,10 @@ def _write_gold(path: Path, columns: Sequence[str], rows: list[dict[str, str]]) 
         writer.writerows(rows)
 
 
-def _speak_all(jobs: list[tuple[str, Path, OfflineVoice]], num_jobs: int) -> None:
+def _speak_all(jobs: list[tuple[str, Path, Voice]], num_jobs: int) -> None:
+    # The pair sets keep the synthesizer's level (no peak normalisation), as they were first built.
     with ThreadPoolExecutor(max_workers=num_jobs) as pool:
-        list(pool.map(lambda job: speak(*job), jobs))
+        list(pool.map(lambda job: speak(job[2], [(job[0], job[1])], peak_db=None), jobs))
 
 
 def build_lexical(out_dir: Path, config: SpokenLmMiniatureConfig, rng: random.Random) -> Path:
@@ -369,11 +383,14 @@ def build_story_cloze(out_root: Path, config: SpokenLmMiniatureConfig, rng: rand
     s_dir, t_dir = out_root / "sStoryCloze", out_root / "tStoryCloze"
     voice, jobs = config.voices[0], []
     excluded = training_sentences(config.exclude_text_files)
-    for index, (correct, same_register, off_topic) in enumerate(story_pairs(config.num_story_pairs, rng, excluded)):
-        for directory, negative in ((s_dir, same_register), (t_dir, off_topic)):
-            jobs += [(correct, directory / f"{index}_correct.wav", voice),
-                     (negative, directory / f"{index}_incorrect.wav", voice)]
+    stories_jsonl = config.stories_jsonl or prepare_text_corpus(DEFAULT_TEXT_DIR)["held_out"]
+    pairs = story_pairs(config.num_story_pairs, rng, stories_jsonl, excluded)
+    for index, (correct, same_register, off_topic) in enumerate(pairs):
+        jobs += [(correct, s_dir / f"{index}_correct.wav", voice), (same_register, s_dir / f"{index}_incorrect.wav", voice),
+                 (off_topic, t_dir / f"{index}_incorrect.wav", voice)]
     _speak_all(jobs, config.num_jobs)
+    for index in range(len(pairs)):  # the same correct story in both sets: spoken once
+        shutil.copyfile(s_dir / f"{index}_correct.wav", t_dir / f"{index}_correct.wav")
     return s_dir, t_dir
 
 
@@ -411,8 +428,6 @@ def build_spoken_lm_sets(cache_dir: str | Path, config: SpokenLmMiniatureConfig 
         return target
     scratch = target.with_name(f".{target.name}-building")
     if scratch.exists():
-        import shutil
-
         shutil.rmtree(scratch)
     build_spoken_lm_miniature(scratch, config)
     scratch.rename(target)
@@ -427,12 +442,15 @@ def main(argv: list[str] | None = None) -> Path:
                         help="pairs of sWUGGY and sBLIMP")
     parser.add_argument("--story_pairs", type=int, default=SpokenLmMiniatureConfig.num_story_pairs,
                         help="pairs of each StoryCloze set")
+    parser.add_argument("--stories_jsonl", default=SpokenLmMiniatureConfig.stories_jsonl,
+                        help="held-out fortunes (default: the fortunes' held-out split, written if missing)")
     parser.add_argument("--exclude", nargs="*", default=[], help="training text files the stories must not share")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         config = SpokenLmMiniatureConfig(num_lexical_pairs=args.pairs, num_syntactic_pairs=args.pairs,
-                                         num_story_pairs=args.story_pairs, exclude_text_files=args.exclude, seed=args.seed)
+                                         num_story_pairs=args.story_pairs, stories_jsonl=args.stories_jsonl,
+                                         exclude_text_files=args.exclude, seed=args.seed)
         root = build_spoken_lm_sets(args.cache_dir, config)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))

@@ -26,9 +26,10 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_most.evaluation.audio_io import read_wav, to_mono_16k
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.waveforms import read_wav, to_mono_16k
 from lightning_most.evaluation.normalize import normalize_text
-from lightning_most.evaluation.protocols import SAMPLING_RATE, SpokenQuestionAnswerer, Transcriber
+from lightning_most.evaluation.protocols import SpokenQuestionAnswerer, Transcriber
 from lightning_most.evaluation.tts import judge_transcripts
 
 ARTICLES = frozenset({"a", "an", "the"})
@@ -110,7 +111,7 @@ class QaConfig:
     """Questions passed to the answerer per call."""
     judge_batch_size: int = 8
     """Spoken answers passed to the judge per call (speech-to-speech only)."""
-    answer_sampling_rate: int = SAMPLING_RATE
+    answer_sampling_rate: int = SAMPLE_RATE
     """Sampling rate of ``answer_speech`` output; resampled to 16 kHz for the judge when different."""
 
     def __post_init__(self) -> None:

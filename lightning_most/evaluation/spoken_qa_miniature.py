@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_most.audio.offline_voices import Voice, speak
 from lightning_most.evaluation.normalize import number_to_words
-from lightning_most.evaluation.offline_speech import OfflineVoice, speak
 
 
 @dataclass
@@ -25,7 +25,7 @@ class SpokenQaMiniatureConfig:
 
     num_questions: int = 6
     """Questions to write, drawn in turn from the three generators."""
-    voice: OfflineVoice = field(default_factory=lambda: OfflineVoice("flite", "rms"))
+    voice: Voice = field(default_factory=lambda: Voice("flite", "rms"))
     """Voice that speaks the questions."""
     seed: int = 0
     """Seed for the operands, days and months."""
@@ -79,7 +79,8 @@ def build_spoken_qa_miniature(out_dir: str | Path, config: SpokenQaMiniatureConf
     for index in range(config.num_questions):
         question, answers = _unseen_question(GENERATORS[index % len(GENERATORS)], rng, seen)
         item_id = f"q{index:04d}"
-        speak(question, out_dir / "audio" / f"{item_id}.wav", config.voice)
+        # the synthesizer's level (no peak normalisation), as the set was first built
+        speak(config.voice, [(question, out_dir / "audio" / f"{item_id}.wav")], peak_db=None)
         row = {"id": item_id, "audio": f"audio/{item_id}.wav", "question": question, "answers": answers}
         lines.append(json.dumps(row))
     jsonl = out_dir / "questions.jsonl"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from lhotse import CutSet
 from torch import Tensor
 
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.waveforms import to_mono_16k
 from lightning_most.evaluation.asr import (
     UtteranceTranscript,
     corpus_wer,
@@ -20,8 +22,7 @@ from lightning_most.evaluation.asr import (
     load_cuts_with_text,
     transcribe_in_batches,
 )
-from lightning_most.evaluation.audio_io import to_mono_16k
-from lightning_most.evaluation.protocols import SAMPLING_RATE, Synthesizer, Transcriber
+from lightning_most.evaluation.protocols import Synthesizer, Transcriber
 
 
 @dataclass
@@ -32,7 +33,7 @@ class TtsConfig:
     """Texts passed to ``Synthesizer.synthesize`` per call."""
     judge_batch_size: int = 8
     """Waveforms passed to the judge's ``transcribe`` per call."""
-    synthesis_sampling_rate: int = SAMPLING_RATE
+    synthesis_sampling_rate: int = SAMPLE_RATE
     """Sampling rate of the synthesizer's output; resampled to 16 kHz for the judge when different."""
 
     def __post_init__(self) -> None:

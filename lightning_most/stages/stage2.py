@@ -20,10 +20,10 @@ import logging
 import torch
 from torch import Tensor
 
+from lightning_most.batch import TASKS
 from lightning_most.evaluation.spoken_qa import exact_match
-from lightning_most.generation import generate, prompts_from_batch
-from lightning_most.layouts import TASKS
-from lightning_most.stages.base import StageModule, _select
+from lightning_most.stages.base import StageModule
+from lightning_most.stages.evaluation import select_rows
 
 log = logging.getLogger(__name__)
 QA_METRICS = {"speech_instruct": "spoken_qa_accuracy", "text_instruct": "text_qa_accuracy"}
@@ -35,8 +35,6 @@ class Stage2Module(StageModule):
     Args are `StageModule`'s, plus `answer_max_new_tokens`: the decoding budget of a dev/test answer.
     """
 
-    TASKS = ("speech_instruct", "text_instruct", "asr", "tts", "text_lm")
-
     def __init__(self, answer_max_new_tokens: int = 32, **kwargs) -> None:
         super().__init__(**kwargs)
         if answer_max_new_tokens < 1:
@@ -46,33 +44,19 @@ class Stage2Module(StageModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         weights = getattr(self.trainer.datamodule, "task_weights", None) or {}
-        unknown = sorted(t for t, w in weights.items() if w > 0 and t not in self.TASKS)
+        unknown = sorted(t for t, w in weights.items() if w > 0 and t not in TASKS)  # stage 2 trains on every task
         if unknown:
-            raise ValueError(f"stage 2 trains on {self.TASKS}; data.init_args.task_weights names {unknown}")
+            raise ValueError(f"stage 2 trains on {', '.join(TASKS)}; data.init_args.task_weights names {unknown}")
         if not self.hparams.init_from:
             log.warning("Stage2Module starts from a fresh backbone: set model.init_args.init_from to a stage-1 .ckpt")
 
     # ---- question answering ------------------------------------------------------------------
-    @torch.no_grad()
-    def answer_batch(self, batch: dict) -> list[str]:
-        """Greedy text answers to the instruction rows of a collated batch (prompts up to <answer>)."""
-        was_training = self.backbone.training
-        self.backbone.eval()
-        prompt = prompts_from_batch(batch, self.specials.pad)
-        allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
-        allowed[: self.specials.base_vocab_size] = True
-        allowed[self.specials.eos] = True
-        rows = generate(self.backbone, prompt, self.hparams.answer_max_new_tokens, allowed, (self.specials.eos,))
-        self.backbone.train(was_training)
-        base = self.specials.base_vocab_size
-        return [self.tokenizer.decode([i for i in row if 0 <= i < base]) for row in rows.tolist()]
-
     def _score_answers(self, batch: dict, stage: str) -> None:
         for task in QA_METRICS:
             rows = (batch["task_ids"] == TASKS.index(task)).nonzero().flatten().tolist()
             if not rows:
                 continue
-            answers = self.answer_batch(_select(batch, rows))
+            answers = self.decoder.answer(select_rows(batch, rows), self.hparams.answer_max_new_tokens)
             correct = sum(exact_match(a, [batch["texts"][i]]) for a, i in zip(answers, rows))
             counts = self._qa_counts.setdefault(f"{stage}_{task}", torch.zeros(2, device=self.device))
             counts += torch.tensor([correct, len(rows)], dtype=counts.dtype, device=self.device)

@@ -1,14 +1,14 @@
-"""Real speech for the audio tests, spoken by espeak-ng and converted to 16 kHz mono 16-bit with sox."""
+"""Real speech for the audio tests, spoken by espeak-ng as 16 kHz mono 16-bit wav (`offline_voices`)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import soundfile
 import torch
+
+from lightning_most.audio.offline_voices import Voice, check_installed, speak
 
 SENTENCES = (
     "The birch canoe slid on the smooth planks.",
@@ -16,13 +16,15 @@ SENTENCES = (
 )
 
 
+ESPEAK = Voice("espeak-ng", "en")  # espeak-ng's default voice
+
+
 def _speak(text: str, out: Path) -> Path:
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install espeak-ng sox): no test speech can be made")
-    raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    try:
+        check_installed(ESPEAK)
+    except FileNotFoundError as missing:
+        pytest.skip(f"{missing} No test speech can be made.")
+    speak(ESPEAK, [(text, out)], peak_db=None)
     return out
 
 

@@ -9,7 +9,7 @@ from lightning_most.audio import (
     FbankEncoderConfig,
     HubertEncoder,
     HubertEncoderConfig,
-    build_audio_encoder,
+    build_waveform_encoder,
 )
 
 
@@ -86,10 +86,10 @@ def test_hubert_errors_name_the_path(tiny_hubert, tmp_path):
         HubertEncoder(HubertEncoderConfig(path=str(tiny_hubert)))
 
 
-def test_build_audio_encoder_by_name(tiny_hubert):
-    assert build_audio_encoder("fbank", stack=1).frame_rate == 100.0
-    assert build_audio_encoder("hubert", path=str(tiny_hubert), layer=1).feature_dim == 32
+def test_build_waveform_encoder_by_name(tiny_hubert):
+    assert build_waveform_encoder("fbank", stack=1).frame_rate == 100.0
+    assert build_waveform_encoder("hubert", path=str(tiny_hubert), layer=1).feature_dim == 32
     with pytest.raises(ValueError, match="no option"):
-        build_audio_encoder("fbank", num_mels=40)
+        build_waveform_encoder("fbank", num_mels=40)
     with pytest.raises(ValueError, match="unknown audio encoder 'wav2vec'"):
-        build_audio_encoder("wav2vec")
+        build_waveform_encoder("wav2vec")

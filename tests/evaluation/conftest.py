@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from torch import Tensor
 
-from lightning_most.evaluation.audio_io import read_wav
-from lightning_most.evaluation.offline_speech import OfflineVoice, speak
+from lightning_most.audio.offline_voices import Voice, speak
+from lightning_most.audio.waveforms import read_wav
 
 if shutil.which("espeak-ng") is None or shutil.which("flite") is None or shutil.which("sox") is None:
     pytest.skip("needs espeak-ng, flite and sox (apt-get install -y espeak-ng flite sox)", allow_module_level=True)
@@ -33,10 +33,12 @@ def whisper_judge():
 def flite_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Tensor]:
     """One short flite (rms) utterance and its text."""
     text = "glue the sheet to the dark blue background"
-    path = speak(text, tmp_path_factory.mktemp("flite") / "clip.wav", OfflineVoice("flite", "rms"))
+    path = tmp_path_factory.mktemp("flite") / "clip.wav"
+    speak(Voice("flite", "rms"), [(text, path)], peak_db=None)
     return text, read_wav(path)
 
 
 def write_flite(text: str, path: Path, voice: str = "rms") -> Path:
     """Speak ``text`` with a flite voice into ``path``."""
-    return speak(text, path, OfflineVoice("flite", voice))
+    speak(Voice("flite", voice), [(text, path)], peak_db=None)
+    return path

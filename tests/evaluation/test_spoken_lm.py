@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from torch import Tensor
 
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.spoken_lm import (
     PairScoringConfig,
     PairSet,
@@ -36,13 +36,16 @@ from lightning_most.evaluation.spoken_lm_miniature import (
     syntactic_pairs,
     training_sentences,
 )
+from lightning_most.text_corpus import fortune_split, prepare_text_corpus
 
 from .conftest import waveform_key
 
 
 @pytest.fixture(scope="module")
 def miniature(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = SpokenLmMiniatureConfig(num_lexical_pairs=6, num_syntactic_pairs=6, num_story_pairs=3, seed=0)
+    stories = prepare_text_corpus(tmp_path_factory.mktemp("text"))["held_out"]
+    config = SpokenLmMiniatureConfig(num_lexical_pairs=6, num_syntactic_pairs=6, num_story_pairs=3, seed=0,
+                                     stories_jsonl=str(stories))
     return build_spoken_lm_miniature(tmp_path_factory.mktemp("slm"), config)
 
 
@@ -176,21 +179,46 @@ def test_pseudo_words_keep_the_syllables_and_are_not_real_words() -> None:
     assert espeak_phoneme_input(("HH", "AH0", "L", "OW1")) == "[[h@l'oU]]"
 
 
-def test_stories_are_held_out_of_the_training_text(tmp_path: Path) -> None:
-    correct, same, other = story_pairs(1, random.Random(0), set())[0]
-    assert correct != same and correct != other
-    everything = fortune_stories(set())
-    first = everything[0][1][0]
+def _stories_file(tmp_path: Path) -> Path:
+    """Held-out-style fortunes: two categories, two stories each."""
+    lines = [("Anna was hungry. She cooked a big dinner.", "food"), ("Tom lost his keys. He called a locksmith.", "home"),
+             ("The soup was cold. We heated it again.", "food"), ("The door was locked. We climbed the fence.", "home")]
+    path = tmp_path / "held_out.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps({"text": t, "category": c}) + "\n" for t, c in lines)
+    return path
+
+
+def test_stories_swap_endings_and_are_held_out_of_the_training_text(tmp_path: Path) -> None:
+    stories = _stories_file(tmp_path)
+    pairs = story_pairs(4, random.Random(0), stories, set())
+    for correct, same, other in pairs:
+        context = correct.split(". ")[0]
+        assert same.startswith(context) and other.startswith(context) and correct != same and correct != other
+    # same-category ending for sStoryCloze, other-category for tStoryCloze
+    assert ("Anna was hungry. She cooked a big dinner.", "Anna was hungry. We heated it again.") in [p[:2] for p in pairs]
     train = tmp_path / "train.jsonl.gz"
     with gzip.open(train, "wt") as f:
-        f.write(json.dumps({"id": "a", "text": "  " + first.upper()}) + "\n")
-    held_out = fortune_stories(training_sentences([str(train)]))
-    assert len(held_out) < len(everything)
-    assert all(first not in sentences for _, sentences in held_out)
+        f.write(json.dumps({"id": "a", "text": "  TOM LOST HIS KEYS."}) + "\n")
+    held_out = fortune_stories(stories, training_sentences([str(train)]))
+    assert len(held_out) == 3 and all("Tom lost his keys." not in sentences for _, sentences in held_out)
+    with pytest.raises(ValueError, match="only 2 held-out fortunes"):
+        story_pairs(4, random.Random(0), stories, training_sentences([str(train)]))
+
+
+def test_the_default_stories_come_from_the_fortunes_held_out_split(tmp_path: Path) -> None:
+    paths = prepare_text_corpus(tmp_path)
+    stories = fortune_stories(paths["held_out"], set())
+    assert len(stories) > 300  # enough for the default 200 story pairs
+    with gzip.open(paths["train"], "rt") as f:
+        train = {json.loads(line)["text"] for line in f}
+    assert all(" ".join(sentences) not in train for _, sentences in stories)
+    assert all(fortune_split(" ".join(s)) == "held_out" for _, s in stories[:50])
 
 
 def test_sets_are_built_once_into_the_cache(tmp_path: Path) -> None:
-    config = SpokenLmMiniatureConfig(num_lexical_pairs=1, num_syntactic_pairs=1, num_story_pairs=1)
+    config = SpokenLmMiniatureConfig(num_lexical_pairs=1, num_syntactic_pairs=1, num_story_pairs=1,
+                                     stories_jsonl=str(_stories_file(tmp_path)))
     root = build_spoken_lm_sets(tmp_path, config)
     stamp = (root / "pairs.json").stat().st_mtime_ns
     assert build_spoken_lm_sets(tmp_path, config) == root and (root / "pairs.json").stat().st_mtime_ns == stamp

@@ -9,7 +9,7 @@ import torch
 from lhotse import CutSet, Recording, SupervisionSegment
 from torch import Tensor
 
-from lightning_most.evaluation.audio_io import read_wav
+from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
 
 from .conftest import write_flite

@@ -24,8 +24,8 @@ from torch import Tensor
 from lightning_most.attention import KVCache
 from lightning_most.backbone import MoSTBackbone
 from lightning_most.batch import Modality
-from lightning_most.ctc_prefix import JointCTCRescorer
-from lightning_most.word_lm import WordLMFusion
+from lightning_most.decoding.ctc_prefix import JointCTCRescorer
+from lightning_most.decoding.word_lm import WordLMFusion
 
 NEG_INF = float("-inf")
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_most.audio_encoder import AudioEncoder, pad_segments, unpad_segments
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.bidirectional_encoder import BidirectionalAudioEncoder, pad_segments, unpad_segments
 from lightning_most.config import AudioEncoderConfig, build_config
-from lightning_most.generation import generate, prompts_from_batch
+from lightning_most.decoding import ASRDecodingConfig
+from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.layouts import asr_example, collate, text_lm_example
-from lightning_most.stages import Stage1Module
+from lightning_most.stages import CTCConfig, Stage1Module
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
 
 TOK = ByteTokenizer()
@@ -43,7 +44,7 @@ def test_pad_and_unpad_segments_round_trip() -> None:
 
 
 def test_encoder_context_is_bidirectional_within_a_segment_and_stops_at_its_edges() -> None:
-    encoder = AudioEncoder(16, AudioEncoderConfig(num_conv_layers=2, num_layers=1)).eval()
+    encoder = BidirectionalAudioEncoder(16, AudioEncoderConfig(num_conv_layers=2, num_layers=1)).eval()
     frames = torch.randn(10, 16)
     counts = torch.tensor([6, 4])
     base, _ = encoder(frames, counts)
@@ -56,7 +57,7 @@ def test_encoder_context_is_bidirectional_within_a_segment_and_stops_at_its_edge
 
 def test_input_dropout_acts_in_training_only_and_is_validated() -> None:
     torch.manual_seed(0)
-    encoder = AudioEncoder(16, AudioEncoderConfig(num_layers=1, input_dropout=0.5))
+    encoder = BidirectionalAudioEncoder(16, AudioEncoderConfig(num_layers=1, input_dropout=0.5))
     frames, counts = torch.randn(10, 16), torch.tensor([6, 4])
     encoder.eval()
     first, _ = encoder(frames, counts)
@@ -88,7 +89,7 @@ def test_generation_with_an_encoder_matches_uncached() -> None:
 
 def test_ctc_loss_trains_the_encoder_on_asr_rows() -> None:
     torch.manual_seed(0)
-    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc_weight=1.0)
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER}, ctc=CTCConfig(weight=1.0))
     module.configure_model()
     batch = _asr_batch(module.config, frames=(24, 30))
     opt = torch.optim.AdamW(module.backbone.parameters(), lr=5e-3)
@@ -110,7 +111,7 @@ def test_ctc_loss_trains_the_encoder_on_asr_rows() -> None:
 
 def test_ctc_weight_without_a_ctc_head_is_refused() -> None:
     with pytest.raises(ValueError, match="audio_encoder.ctc_head"):
-        Stage1Module(ctc_weight=0.5)
+        Stage1Module(ctc=CTCConfig(weight=0.5))
     with pytest.raises(ValueError, match="needs an encoder"):
         build_config("tiny", {"audio_encoder": {"ctc_head": True}})
     with pytest.raises(ValueError, match="kernel_size must be odd"):
@@ -130,22 +131,23 @@ class _AlwaysA(torch.nn.Module):
 
 def test_transcripts_are_capped_at_tokens_per_frame() -> None:
     torch.manual_seed(0)
-    module = Stage1Module(backbone_overrides={"num_audio_units": 32}, asr_max_new_tokens=40, asr_max_tokens_per_frame=0.25)
+    module = Stage1Module(backbone_overrides={"num_audio_units": 32},
+                          asr_decoding=ASRDecodingConfig(max_new_tokens=40, max_tokens_per_frame=0.25))
     module.configure_model()
     batch = _asr_batch(module.config, frames=(8, 20))
     asr = {k: v[:2] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
     asr["audio_features"] = batch["audio_features"]  # rows 0 and 1 hold all the frames
     module.backbone.text_head = _AlwaysA(module.config.text_vocab_size)  # a decoder that never stops
-    hyps = module.transcribe_batch(asr)
+    hyps = module.decoder.transcribe(asr)
     assert [len(h) for h in hyps] == [2, 5]  # ceil(0.25 x 8), ceil(0.25 x 20)
-    module.hparams.asr_max_tokens_per_frame = None
-    assert [len(h) for h in module.transcribe_batch(asr)] == [40, 40]
+    module.asr_decoding.max_tokens_per_frame = None
+    assert [len(h) for h in module.decoder.transcribe(asr)] == [40, 40]
 
 
 def test_ctc_warmup_steps_train_the_encoder_alone_then_everything() -> None:
     torch.manual_seed(0)
     module = Stage1Module(backbone_overrides={"num_audio_units": 32, "audio_encoder": ENCODER},
-                          ctc_weight=1.0, ctc_warmup_steps=1)
+                          ctc=CTCConfig(weight=1.0, warmup_steps=1))
     module.configure_model()
     batch = _asr_batch(module.config, frames=(24, 30))
     module.log = lambda *args, **kwargs: None  # no trainer attached
@@ -167,5 +169,5 @@ def test_ctc_warmup_steps_train_the_encoder_alone_then_everything() -> None:
     module.training_step(batch, 0).backward()
     opt.step()
     assert not torch.equal(module.backbone.layers[0].self_attn.o_proj.weight, before["layers.0.self_attn.o_proj.weight"])
-    with pytest.raises(ValueError, match="set ctc_weight > 0"):
-        Stage1Module(backbone_overrides={"audio_encoder": ENCODER}, ctc_warmup_steps=5)
+    with pytest.raises(ValueError, match="set ctc.weight > 0"):
+        CTCConfig(warmup_steps=5)

@@ -1,4 +1,9 @@
-"""Reading evaluation audio as the protocols want it: mono float32 tensors ``(S,)`` at 16 kHz."""
+"""Reading and writing waveforms as the framework passes them: mono float32 tensors ``(S,)`` at 16 kHz.
+
+Used by the evaluation suites and the checkpoint commands (`transcribe` reads wav files, `synthesize`
+writes them). (A checkpoint's `audio_io` is something else: how its training data turned audio into
+features and units, read by `inference.AudioIO`.)
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torchaudio.functional
 from lhotse.cut import Cut
 from torch import Tensor
 
-from lightning_most.evaluation.protocols import SAMPLING_RATE
+from lightning_most.audio.constants import SAMPLE_RATE
 
 
 def to_mono_16k(samples: Tensor, sampling_rate: int) -> Tensor:
@@ -20,8 +25,8 @@ def to_mono_16k(samples: Tensor, sampling_rate: int) -> Tensor:
         waveform = waveform.mean(dim=0)
     if waveform.dim() != 1:
         raise ValueError(f"expected audio of shape (S,) or (C, S), got {tuple(samples.shape)}")
-    if sampling_rate != SAMPLING_RATE:
-        waveform = torchaudio.functional.resample(waveform, sampling_rate, SAMPLING_RATE)
+    if sampling_rate != SAMPLE_RATE:
+        waveform = torchaudio.functional.resample(waveform, sampling_rate, SAMPLE_RATE)
     return waveform
 
 
@@ -39,4 +44,4 @@ def load_cut_waveform(cut: Cut) -> Tensor:
 
 def write_wav(path: str | Path, waveform: Tensor) -> None:
     """Write a mono 16 kHz waveform ``(S,)`` as 16-bit PCM WAV."""
-    soundfile.write(str(path), waveform.detach().cpu().clamp(-1, 1).numpy(), SAMPLING_RATE, subtype="PCM_16")
+    soundfile.write(str(path), waveform.detach().cpu().clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")

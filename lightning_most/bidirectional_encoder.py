@@ -1,4 +1,7 @@
-"""`AudioEncoder`: trainable bidirectional context over each utterance's projected audio frames.
+"""`BidirectionalAudioEncoder`: trainable bidirectional context over each utterance's projected audio frames.
+
+(Not to be confused with `lightning_most.audio.WaveformEncoder`, the frozen waveform -> features step
+before the model: this encoder is part of the backbone, configured by `ModelConfig.audio_encoder`.)
 
 MoST feeds the decoder frozen HuBERT features, which already carry phonetic context from a
 bidirectional transformer. A model trained from scratch on log-mel frames (the quickstart) has no
@@ -53,7 +56,7 @@ class ConvBlock(nn.Module):
         return (x + self.out(value * torch.sigmoid(gate))).masked_fill(is_pad[..., None], 0.0)
 
 
-class AudioEncoder(nn.Module):
+class BidirectionalAudioEncoder(nn.Module):
     """Conv blocks then bidirectional transformer layers over each audio segment (see the module docstring)."""
 
     def __init__(self, hidden_size: int, config: AudioEncoderConfig) -> None:

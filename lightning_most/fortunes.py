@@ -4,7 +4,8 @@ A fortune file holds quotations separated by lines holding a single `%`. We drop
 (`-- Mark Twain`), join the rest, split it into sentences and keep the ones a synthesizer reads
 exactly as written: plain ASCII letters and light punctuation, no digits (a TTS voice says "1984" in
 words the transcript does not have), no acronyms, no abbreviations cut in half by the splitter.
-The offensive categories (`off/`, Debian's `fortunes-off`) are never read.
+The offensive categories (`off/`, Debian's `fortunes-off`) are never read. The embedded corpus
+(`datamodules.embedded`) and the spoken-LM story pairs (`evaluation.spoken_lm_miniature`) read them here.
 """
 
 from __future__ import annotations
@@ -12,41 +13,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-FORTUNES_DIR = Path("/usr/share/games/fortunes")
-# Not prose: pictures drawn with characters.
-EXCLUDED_CATEGORIES: tuple[str, ...] = ("ascii-art",)
+from lightning_most.text_corpus import EXCLUDED_CATEGORIES, FORTUNES_DIR, fortune_files, read_fortunes
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _SPEAKABLE = re.compile(r"[A-Z][A-Za-z ,;'-]*[a-z][.!?]")
 _ACRONYM = re.compile(r"[A-Z][A-Za-z]*[A-Z]")
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "prof", "gen", "col", "lt", "rev"})
-
-
-def fortune_files(root: Path = FORTUNES_DIR, exclude: tuple[str, ...] = EXCLUDED_CATEGORIES) -> list[Path]:
-    """Fortune category files under `root` (sorted), without `off/` and the `exclude` categories."""
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"fortune directory {root} does not exist: install it with `apt-get install fortunes fortunes-min`."
-        )
-    files = [
-        p
-        for p in sorted(root.iterdir())
-        if p.is_file() and not p.is_symlink() and not p.suffix and p.name not in exclude
-    ]
-    if not files:
-        raise FileNotFoundError(f"no fortune category files in {root}: install `fortunes` and `fortunes-min`.")
-    return files
-
-
-def read_fortunes(path: Path) -> list[str]:
-    """The quotations of one fortune file, attribution lines removed, whitespace collapsed."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    fortunes = []
-    for block in re.split(r"^%\s*$", text, flags=re.MULTILINE):
-        lines = [line for line in block.splitlines() if not line.strip().startswith("--")]
-        joined = " ".join(" ".join(lines).split())
-        if joined:
-            fortunes.append(joined)
-    return fortunes
 
 
 def split_sentences(fortune: str) -> list[str]:

@@ -22,6 +22,7 @@ moves along the trie's look-ahead; at its end it becomes the word's n-gram log-p
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import math
@@ -67,17 +68,17 @@ class WordLMConfig:
 
     def __post_init__(self) -> None:
         if self.order < 1:
-            raise ValueError(f"asr_word_lm.order must be >= 1, got {self.order}")
+            raise ValueError(f"asr_decoding.word_lm.order must be >= 1, got {self.order}")
         if not 0 < self.discount < 1:
-            raise ValueError(f"asr_word_lm.discount must lie in (0, 1), got {self.discount}")
+            raise ValueError(f"asr_decoding.word_lm.discount must lie in (0, 1), got {self.discount}")
         if not 0 <= self.wordfreq_weight <= 1:
-            raise ValueError(f"asr_word_lm.wordfreq_weight must lie in [0, 1], got {self.wordfreq_weight}")
+            raise ValueError(f"asr_decoding.word_lm.wordfreq_weight must lie in [0, 1], got {self.wordfreq_weight}")
         if self.wordfreq_words < 0:
-            raise ValueError(f"asr_word_lm.wordfreq_words must be >= 0, got {self.wordfreq_words}")
+            raise ValueError(f"asr_decoding.word_lm.wordfreq_words must be >= 0, got {self.wordfreq_words}")
         if self.weight < 0:
-            raise ValueError(f"asr_word_lm.weight must be >= 0, got {self.weight}")
+            raise ValueError(f"asr_decoding.word_lm.weight must be >= 0, got {self.weight}")
         if self.wordfreq_weight > 0 and self.wordfreq_words == 0:
-            raise ValueError("asr_word_lm.wordfreq_weight > 0 needs wordfreq_words > 0 (or set wordfreq_weight 0)")
+            raise ValueError("asr_decoding.word_lm.wordfreq_weight > 0 needs wordfreq_words > 0 (or set wordfreq_weight 0)")
 
 
 def read_sentences(path: str | Path) -> list[str]:
@@ -86,8 +87,8 @@ def read_sentences(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"asr_word_lm.text_files: {path} does not exist: build the corpus first, or fix the path "
-            "(or asr_word_lm: null)"
+            f"asr_decoding.word_lm.text_files: {path} does not exist: build the corpus first, or fix the path "
+            "(or asr_decoding.word_lm: null)"
         )
     opener = gzip.open if path.suffix == ".gz" else open
     is_jsonl = path.name.endswith((".jsonl", ".jsonl.gz"))
@@ -178,7 +179,7 @@ class WordNgramLM:
                         break
                     counts[tuple(tokens[i - n : i])][word] += 1
         if not unigram or set(unigram) == {SENTENCE_END}:
-            raise ValueError("the word LM's text holds no words: check asr_word_lm.text_files")
+            raise ValueError("the word LM's text holds no words: check asr_decoding.word_lm.text_files")
         self.words: list[str] = sorted(set(unigram) | set(prior))
         self.index = {w: i for i, w in enumerate(self.words)}
         total = sum(unigram.values())
@@ -224,10 +225,24 @@ class WordNgramLM:
     def from_config(cls, config: WordLMConfig) -> WordNgramLM:
         """Count the LM on `config.text_files` (normalised words), with the `wordfreq` prior if configured."""
         if not config.text_files:
-            raise ValueError("asr_word_lm.text_files is empty: list the text files the word LM is counted on")
+            raise ValueError("asr_decoding.word_lm.text_files is empty: list the text files the word LM is counted on")
         sentences = [normalize_text(s).split() for path in config.text_files for s in read_sentences(path)]
         prior = wordfreq_prior(config.wordfreq_words) if config.wordfreq_words > 0 else None
         return cls(sentences, config.order, config.discount, prior, config.wordfreq_weight if prior else 0.0)
+
+
+def counted_word_lm(config: WordLMConfig) -> tuple[WordNgramLM, LexiconTrie]:
+    """The word LM and lexicon of `config`, counted once per process (again only if what it is counted from changes)."""
+    return _count(tuple(config.text_files), config.order, config.discount, config.wordfreq_words, config.wordfreq_weight)
+
+
+@functools.lru_cache(maxsize=2)
+def _count(
+    text_files: tuple[str, ...], order: int, discount: float, wordfreq_words: int, wordfreq_weight: float
+) -> tuple[WordNgramLM, LexiconTrie]:
+    config = WordLMConfig(list(text_files), order, discount, wordfreq_words, wordfreq_weight)
+    lm = WordNgramLM.from_config(config)
+    return lm, LexiconTrie(lm)
 
 
 class LexiconTrie:
