@@ -20,9 +20,10 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import lightning.pytorch as pl
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_most.commands.common import USAGE_ERROR
 from lightning_most.stages.base import StageModule
 
 COMMAND_GROUP = "lightning_most.commands"
@@ -127,20 +128,38 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     if argv and argv[0] in commands:
         _run_extra(commands[argv[0]].target, argv[1:])
         return None
-    parser_kwargs = {"parser_mode": "omegaconf", "prog": "python -m lightning_most"}
+    # exit_on_error=False: a config error is raised and printed below without the 50-line usage
+    parser_kwargs = {"parser_mode": "omegaconf", "prog": "python -m lightning_most", "exit_on_error": False}
     if not argv or argv[0] in ("-h", "--help"):  # the top-level help also lists the other commands
         parser_kwargs |= {
             "description": "MoST speech + text models: LightningCLI's subcommands, and the other commands below.",
             "epilog": commands_help(commands),
             "formatter_class": _HelpFormatter,
         }
-    return MostCLI(
-        model_class=StageModule,
-        datamodule_class=pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        parser_kwargs=parser_kwargs,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        return MostCLI(
+            model_class=StageModule,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_kwargs=parser_kwargs,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except ArgumentError as error:  # an unknown key, a wrong type: jsonargparse's message names the key first
+        command = " ".join(argv[:1]) if argv and argv[0] in ("fit", "validate", "test", "predict") else ""
+        print(f"error: {error}\n(`python -m lightning_most {command} --help` lists the options)".replace("  ", " "),
+              file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+    except ValueError as error:
+        if not _is_rejected_config(error):
+            raise
+        print(f"error: {error.__cause__}", file=sys.stderr)  # the class's own message: the key and the fix
+        sys.exit(USAGE_ERROR)
+
+
+def _is_rejected_config(error: ValueError) -> bool:
+    """Whether jsonargparse could not build a configured class because the class refused its arguments (its
+    ValueError is the cause; jsonargparse's message then lists a page of the parsed config after it)."""
+    return isinstance(error.__cause__, ValueError) and "Given value" in str(error)
