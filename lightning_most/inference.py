@@ -55,7 +55,8 @@ from lightning_most.layouts import (
     tts_example,
 )
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
-from lightning_most.stages.base import LEGACY_HPARAMS, StageModule, upgrade_hparams
+from lightning_most.stages.base import StageModule
+from lightning_most.stages.hparams import LEGACY_HPARAMS, upgrade_hparams
 from lightning_most.stages.stage1 import Stage1Module
 
 
@@ -124,7 +125,7 @@ def _stage_class(hparams: dict[str, Any], source: str) -> type[StageModule]:
 
 def _upgraded(path: str | Path, header: dict[str, Any]) -> str | io.BytesIO:
     """The checkpoint to load: `path`, or, if it was saved before the config groups (flat `asr_*` / `ctc_*`
-    hyperparameters), an in-memory copy with them moved into their groups (`stages.base.upgrade_hparams`)."""
+    hyperparameters), an in-memory copy with them moved into their groups (`stages.hparams.upgrade_hparams`)."""
     if not LEGACY_HPARAMS.keys() & header["hyper_parameters"].keys():
         return str(path)
     checkpoint = load_checkpoint(path, mmap=True)

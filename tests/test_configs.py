@@ -83,8 +83,3 @@ def test_the_model_takes_feature_width_units_and_tokenizer_from_the_data(tmp_pat
     with pytest.raises(ValueError, match="backbone_overrides.audio_feature_dim=320, but the data module gives"):
         StageModule(backbone_overrides={"audio_feature_dim": 320}, audio_feature_dim=160)
 
-
-def test_linked_arguments_cannot_be_set_twice(capsys) -> None:
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", str(ROOT / "conf/quickstart.yaml"), "--model.init_args.audio_feature_dim", "5"])
-    assert "audio_feature_dim" in capsys.readouterr().err

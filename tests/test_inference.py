@@ -21,7 +21,7 @@ from lightning_most.audio import load_waveform
 from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.protocols import AudioLikelihoodScorer, SpokenQuestionAnswerer, Synthesizer, Transcriber
 from lightning_most.inference import InferenceError, MostInference
-from lightning_most.stages.base import LEGACY_HPARAMS
+from lightning_most.stages.hparams import LEGACY_HPARAMS
 from lightning_most.stages.stage1 import Stage1Module
 
 if TYPE_CHECKING:

@@ -40,6 +40,7 @@ from lightning_most.positions import TranscriptPositionsConfig, teacher_forced_p
 from lightning_most.routing_logging import log_routing
 from lightning_most.safe_loading import load_checkpoint
 from lightning_most.stages.evaluation import StageEvaluation
+from lightning_most.stages.hparams import as_config, with_data_fields
 from lightning_most.stages.losses import CTCConfig, ctc_loss, task_losses
 from lightning_most.stages.optimizer import OptimizerConfig, configure_adamw, fill_missing_adamw_state
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
@@ -101,17 +102,17 @@ class StageModule(StageEvaluation):
         super().__init__()
         self.save_hyperparameters()
         # Read back from a checkpoint's hyperparameters, config groups given as YAML arrive as dicts.
-        self.optim = _as_config(optimizer, OptimizerConfig)
-        self.ctc = _as_config(ctc, CTCConfig)
-        self.transcript_positions = _as_config(transcript_positions, TranscriptPositionsConfig)
-        self.asr_decoding = _as_config(asr_decoding, ASRDecodingConfig)
+        self.optim = as_config(optimizer, OptimizerConfig)
+        self.ctc = as_config(ctc, CTCConfig)
+        self.transcript_positions = as_config(transcript_positions, TranscriptPositionsConfig)
+        self.asr_decoding = as_config(asr_decoding, ASRDecodingConfig)
         if self.asr_decoding.word_lm is not None and tokenizer != "byte":
             raise ValueError(
                 "asr_decoding.word_lm fuses a word LM into byte-level decoding: it needs tokenizer='byte' "
                 "(or asr_decoding.word_lm: null)"
             )
         self.config: ModelConfig = build_config(
-            backbone, _with_data_fields(backbone_overrides, audio_feature_dim=audio_feature_dim, num_audio_units=num_audio_units)
+            backbone, with_data_fields(backbone_overrides, audio_feature_dim=audio_feature_dim, num_audio_units=num_audio_units)
         )
         self.tokenizer = build_tokenizer(tokenizer)
         self.specials = SpecialTokens(self.tokenizer.base_vocab_size)
@@ -282,52 +283,3 @@ class StageModule(StageEvaluation):
         # The checkpoint's weights replace init_from's, whose file need not exist where the checkpoint is loaded.
         self._weights_from_checkpoint = True
         self.configure_model()
-
-
-def _as_config(value: Any, cls: type) -> Any:
-    """`value` as a `cls` config: the default for None, built from a dict (a checkpoint's YAML-given group)."""
-    if value is None:
-        return cls()
-    return cls(**value) if isinstance(value, dict) else value
-
-
-def _with_data_fields(overrides: Any, **linked: int | None) -> Any:
-    """`backbone_overrides` with the fields the data module sets (linked by the CLI) added; a conflicting value in
-    `backbone_overrides` is refused, naming both."""
-    linked = {k: v for k, v in linked.items() if v is not None}
-    if not linked:
-        return overrides
-    values = dataclasses.asdict(overrides) if dataclasses.is_dataclass(overrides) else dict(overrides or {})
-    for name, value in linked.items():
-        given = values.get(name)
-        if given is not None and given != value:
-            raise ValueError(
-                f"model.init_args.backbone_overrides.{name}={given}, but the data module gives {name}={value} "
-                f"(model.init_args.{name}): remove it from backbone_overrides"
-            )
-        values[name] = value
-    return values
-
-
-LEGACY_HPARAMS = {  # flat hyperparameter of checkpoints before the config groups -> (group, field)
-    "ctc_weight": ("ctc", "weight"),
-    "ctc_warmup_steps": ("ctc", "warmup_steps"),
-    "asr_positions": ("transcript_positions", "kind"),
-    "asr_length_jitter": ("transcript_positions", "length_jitter"),
-    "asr_max_new_tokens": ("asr_decoding", "max_new_tokens"),
-    "asr_max_tokens_per_frame": ("asr_decoding", "max_tokens_per_frame"),
-    "asr_ctc_decoding_weight": ("asr_decoding", "ctc_weight"),
-    "asr_beam_size": ("asr_decoding", "beam_size"),
-    "asr_word_lm": ("asr_decoding", "word_lm"),
-}
-
-
-def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The hyperparameters of a checkpoint saved before the config groups, with each flat `asr_*` / `ctc_*` key
-    moved into its group (`LEGACY_HPARAMS`); others are returned as they are."""
-    out = {k: v for k, v in hparams.items() if k not in LEGACY_HPARAMS}
-    for key, (group, name) in LEGACY_HPARAMS.items():
-        if key in hparams:
-            value = hparams[key]
-            out.setdefault(group, {})[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    return out
