@@ -134,7 +134,7 @@ def demo_run(out_dir: str | Path, steps: int = 8, seed: int = 0) -> DemoRun:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from lightning_most.stages import Stage1Module
-    from lightning_most.stages.base import OptimizerConfig
+    from lightning_most.stages.optimizer import OptimizerConfig
 
     out_dir = Path(out_dir)
     pl.seed_everything(seed)

@@ -52,13 +52,13 @@ def test_loss_falls_on_answer_tokens_only():
     assert first == batch["prompt_lengths"][0] - 1
     prompt_changed = logits.clone()
     prompt_changed[0, : first] += 5 * torch.randn_like(prompt_changed[0, : first])  # every prompt position of row 0
-    assert torch.equal(module._task_losses(batch, prompt_changed)[0], loss)
-    relabelled = {**batch, "labels": batch["labels"].clone()}
-    relabelled["labels"][0, 1] = IGNORE_INDEX  # a prompt position's label: stays out of the loss
-    assert torch.equal(task_losses(logits, relabelled["labels"], relabelled["task_ids"])[0], loss)
+    assert torch.equal(task_losses(prompt_changed, batch["labels"], batch["task_ids"])[0], loss)
+    s, encode = module.specials, module.tokenizer.encode
+    other_prompt = text_instruct_example(encode("What is 8 plus 5?"), encode("12"), s)  # one prompt token changed
+    assert torch.equal(other_prompt.labels, batch["labels"][0, : len(other_prompt)])  # the same targets
     answer_changed = logits.clone()
     answer_changed[0, first] += 5 * torch.randn_like(answer_changed[0, first])
-    assert not torch.equal(module._task_losses(batch, answer_changed)[0], loss)
+    assert not torch.equal(task_losses(answer_changed, batch["labels"], batch["task_ids"])[0], loss)
     assert set(per_task) == {"text_instruct", "speech_instruct"}
 
 
