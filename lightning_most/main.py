@@ -128,8 +128,7 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     if argv and argv[0] in commands:
         _run_extra(commands[argv[0]].target, argv[1:])
         return None
-    # exit_on_error=False: a config error is raised and printed below without the 50-line usage
-    parser_kwargs = {"parser_mode": "omegaconf", "prog": "python -m lightning_most", "exit_on_error": False}
+    parser_kwargs = {"parser_mode": "omegaconf", "prog": "python -m lightning_most"}
     if not argv or argv[0] in ("-h", "--help"):  # the top-level help also lists the other commands
         parser_kwargs |= {
             "description": "MoST speech + text models: LightningCLI's subcommands, and the other commands below.",

@@ -12,8 +12,9 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
         main(argv)
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("error: ")
-    return err.splitlines()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("error: ")):]  # after jsonargparse's usage
 
 
 @pytest.mark.parametrize(("override", "first_line", "detail"), [
