@@ -20,7 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import lightning.pytorch as pl
-from jsonargparse import ArgumentError, DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_most.commands.common import USAGE_ERROR
@@ -146,11 +146,6 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except ArgumentError as error:  # an unknown key, a wrong type: jsonargparse's message names the key first
-        command = " ".join(argv[:1]) if argv and argv[0] in ("fit", "validate", "test", "predict") else ""
-        print(f"error: {error}\n(`python -m lightning_most {command} --help` lists the options)".replace("  ", " "),
-              file=sys.stderr)
-        sys.exit(USAGE_ERROR)
     except ValueError as error:
         if not _is_rejected_config(error):
             raise
