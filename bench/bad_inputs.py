@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         ("synthesize: non-Latin script", ["synthesize", *ckpt, "--text", "Привет, мир. 你好，世界。", "--out", out]),
         ("fit: unknown key", ["fit", "--config", "conf/quickstart.yaml", "--model.init_args.bogus", "1", "--print_config"]),
         ("fit: wrong type", ["fit", "--config", "conf/quickstart.yaml", "--trainer.max_steps", "many", "--print_config"]),
-        ("fit: impossible combination (ctc_warmup_steps without ctc_weight)",
-         ["fit", "--config", "conf/quickstart.yaml", "--model.init_args.ctc_warmup_steps", "5",
-          "--model.init_args.ctc_weight", "0", "--data.init_args.corpus_dir", str(args.work / "no_corpus")]),
+        ("fit: impossible combination (a CTC loss without a CTC head)",
+         ["fit", "--config", "conf/quickstart.yaml", "--model.init_args.backbone_overrides.audio_encoder.ctc_head",
+          "false", "--data.init_args.corpus_dir", str(args.work / "no_corpus")]),
     ]
     print("| input | exit status | traceback | what the user saw (first line) | seconds |\n|---|---|---|---|---|")
     for name, case in cases:

@@ -20,7 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import lightning.pytorch as pl
-from jsonargparse import ArgumentError, DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_most.commands.common import USAGE_ERROR
@@ -128,8 +128,7 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     if argv and argv[0] in commands:
         _run_extra(commands[argv[0]].target, argv[1:])
         return None
-    # exit_on_error=False: a config error is raised and printed below without the 50-line usage
-    parser_kwargs = {"parser_mode": "omegaconf", "prog": "python -m lightning_most", "exit_on_error": False}
+    parser_kwargs = {"parser_mode": "omegaconf", "prog": "python -m lightning_most"}
     if not argv or argv[0] in ("-h", "--help"):  # the top-level help also lists the other commands
         parser_kwargs |= {
             "description": "MoST speech + text models: LightningCLI's subcommands, and the other commands below.",
@@ -147,11 +146,6 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except ArgumentError as error:  # an unknown key, a wrong type: jsonargparse's message names the key first
-        command = " ".join(argv[:1]) if argv and argv[0] in ("fit", "validate", "test", "predict") else ""
-        print(f"error: {error}\n(`python -m lightning_most {command} --help` lists the options)".replace("  ", " "),
-              file=sys.stderr)
-        sys.exit(USAGE_ERROR)
     except ValueError as error:
         if not _is_rejected_config(error):
             raise

@@ -128,8 +128,8 @@ def test_inference_and_init_from_refuse_it(hostile: tuple[Path, Path]) -> None:
 def test_init_from_a_lightning_checkpoint_still_loads_its_backbone(trained_run: TrainedRun) -> None:
     state = load_checkpoint(trained_run.checkpoint)
     hparams = state["hyper_parameters"]
-    module = Stage1Module(backbone=hparams["backbone"], backbone_overrides=hparams["backbone_overrides"],
-                          init_from=str(trained_run.checkpoint))
+    arguments = {k: v for k, v in hparams.items() if not k.startswith("_")}  # the same backbone ...
+    module = Stage1Module(**{**arguments, "init_from": str(trained_run.checkpoint)})  # ... started from the checkpoint
     module.configure_model()
     name, weight = next(iter(module.backbone.state_dict().items()))
     torch.testing.assert_close(weight, state["state_dict"][f"backbone.{name}"], rtol=0, atol=0)

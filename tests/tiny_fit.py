@@ -80,7 +80,8 @@ class SaveWeights(pl.Callback):
 
 def write_config(corpus_dir: Path, root: Path, max_steps: int, checkpoint_every: int, step_seconds: float = 0.0,
                  extra_callbacks: tuple[dict, ...] = (), logger: dict | bool = False) -> Path:
-    """Write `<root>/config.yaml` for the tiny run and return its path."""
+    """Write `<root>/run.yaml` for the tiny run and return its path (not `config.yaml`: LightningCLI writes the
+    run's full config there)."""
     callbacks = [*extra_callbacks,
         {"class_path": "tests.tiny_fit.StepLog", "init_args": {"path": str(root / STEP_LOG)}},
         {"class_path": "lightning_most.fault_tolerance.Preemption"},
@@ -118,7 +119,7 @@ def write_config(corpus_dir: Path, root: Path, max_steps: int, checkpoint_every:
         },
     }
     root.mkdir(parents=True, exist_ok=True)
-    path = root / "config.yaml"
+    path = root / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
