@@ -21,6 +21,8 @@ from pathlib import Path
 
 import soundfile
 
+from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.waveforms import write_wav
 from lightning_most.commands.common import (
     CommandError,
     add_checkpoint_arguments,
@@ -29,8 +31,6 @@ from lightning_most.commands.common import (
     read_audio,
     run,
 )
-from lightning_most.evaluation.audio_io import write_wav
-from lightning_most.evaluation.protocols import SAMPLING_RATE
 from lightning_most.inference import MostInference
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -67,7 +67,7 @@ def check_question_audio(path: str | Path) -> Path:
         raise CommandError(f"audio file {path} cannot be read ({error}): give a WAV, FLAC or OGG file") from error
     if info.frames == 0:
         raise CommandError(f"audio file {path} holds no samples: record the question again")
-    if info.samplerate < SAMPLING_RATE:
+    if info.samplerate < SAMPLE_RATE:
         raise CommandError(
             f"audio file {path} is sampled at {info.samplerate} Hz; the model hears 16 kHz speech: record at 16 kHz or "
             f"more (upsampling, e.g. `sox {path} -r 16000 out.wav`, cannot restore the missing band)"
@@ -95,7 +95,7 @@ def answer(inference: MostInference, question: str, speak_to: Path | None) -> st
         waveform = inference.synthesize([text or "."])[0]
         speak_to.parent.mkdir(parents=True, exist_ok=True)
         write_wav(speak_to, waveform)
-        print(f"wrote {speak_to} ({waveform.numel() / SAMPLING_RATE:.2f} s)", file=sys.stderr, flush=True)
+        print(f"wrote {speak_to} ({waveform.numel() / SAMPLE_RATE:.2f} s)", file=sys.stderr, flush=True)
     return text
 
 
