@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import EmbeddedDataModule
+from datamodules.datamodule import LoaderConfig
 from lightning_most.audio.features import FeatureConfig
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.batch import IGNORE_INDEX
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace, scheme: str) -> None:
     else:
         data = EmbeddedDataModule(
             corpus_dir=args.corpus, task_weights={"asr": 1.0, "tts": 0.0, "text_lm": 0.0},
-            features=FeatureConfig(kind="whisper", frame_stack=2), max_duration=24.0, max_cut_duration=24.0,
-            num_buckets=8, buffer_size=2000, num_workers=1,
+            features=FeatureConfig(kind="whisper", frame_stack=2),
+            loader=LoaderConfig(max_duration=24.0, max_cut_duration=24.0, num_buckets=8, buffer_size=2000, num_workers=1),
         )  # fmt: skip
         data.prepare_data()
         data.setup("fit")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from torchmetrics.text import WordErrorRate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,10 +48,13 @@ def main() -> None:
     parser.add_argument("--lm_text", default="", help="word LM text files (default: the config's, else the data's training text)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    config = yaml.safe_load(Path(args.config).read_text())
+    for key in ("ckpt_path", "weights_only"):  # options of `fit`: this parser has no subcommands
+        config.pop(key, None)
+    config["trainer"] = {**config.get("trainer", {}), "logger": False, "callbacks": []}
     cli = MostCLI(
         model_class=StageModule, datamodule_class=pl.LightningDataModule, subclass_mode_model=True,
-        subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"}, run=False,
-        args=["--config", args.config, "--trainer.logger", "false", "--trainer.callbacks", "[]"],
+        subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"}, run=False, args=config,
     )
     model, data = cli.model, cli.datamodule
     data.prepare_data()

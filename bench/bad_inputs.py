@@ -1,4 +1,4 @@
-"""What a user sees for bad input at each entry point: exit status, traceback or not, and the first line.
+"""What a user sees for bad input at each entry point: exit status, traceback or not, and the error line.
 
     PYTHONPATH=. .venv/bin/python bench/bad_inputs.py --ckpt runs/quickstart/checkpoints/last.ckpt --work /tmp/bad
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _run(argv: list[str]) -> tuple[int, bool, str, float]:
     began = time.monotonic()
     err, out = io.StringIO(), io.StringIO()
     status, escaped = 0, False
+    argv0, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees this script's arguments
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             main(argv)
@@ -55,8 +57,15 @@ def _run(argv: list[str]) -> tuple[int, bool, str, float]:
         except Exception as error:  # noqa: BLE001 (any exception escaping main is what a process prints as a traceback)
             status, escaped = 1, True
             print(f"{type(error).__name__}: {error}", file=err)
+    sys.argv = argv0
     lines = [line for line in err.getvalue().splitlines() if line.strip() and not line.startswith(("INFO", "Seed set"))]
-    first = lines[-1 if escaped else 0] if status and lines else (out.getvalue().strip().splitlines() or [""])[0]
+    if escaped:
+        lines = lines[-1:] + lines[:-1]  # the exception's own message first
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    if status and errors and errors[0] > 0:  # e.g. jsonargparse: usage lines, then the error
+        first = f"(line {errors[0] + 1}) {lines[errors[0]]}"
+    else:
+        first = lines[0] if status and lines else (out.getvalue().strip().splitlines() or [""])[0]
     return status, escaped, first[:220], time.monotonic() - began
 
 

@@ -26,6 +26,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import EmbeddedDataModule
+from datamodules.datamodule import LoaderConfig
 from lightning_most.audio.features import FeatureConfig
 from lightning_most.bidirectional_encoder import BidirectionalAudioEncoder
 from lightning_most.config import AudioEncoderConfig
@@ -73,8 +74,9 @@ def main() -> None:
 
     data = EmbeddedDataModule(
         corpus_dir=args.corpus, task_weights={"asr": 1.0, "tts": 0.0, "text_lm": 0.0},
-        features=FeatureConfig(kind=args.features, frame_stack=args.frame_stack), max_duration=args.max_duration,
-        max_cut_duration=min(30.0, args.max_duration), num_buckets=8, buffer_size=2000, num_workers=1,
+        features=FeatureConfig(kind=args.features, frame_stack=args.frame_stack),
+        loader=LoaderConfig(max_duration=args.max_duration, max_cut_duration=min(30.0, args.max_duration),
+                            num_buckets=8, buffer_size=2000, num_workers=1),
     )
     data.prepare_data()
     d, width = args.hidden_size, (80 if args.features == "fbank" else 384) * args.frame_stack

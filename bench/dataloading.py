@@ -14,6 +14,7 @@ reported separately as `startup_s`). The last line of output is one JSON object 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from lhotse import CutSet
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.embedded import corpus_paths
 from datamodules.embedded_datamodule import EmbeddedDataModule
 from datamodules.mixing import SourceConfig
@@ -101,12 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     num_units = json.loads(paths.unit_quantizer.with_suffix(".json").read_text())["num_units"]
     features = FeatureConfig(frame_stack=args.frame_stack)
     frame_seconds = 0.01 * args.frame_stack
-    common = {
-        "features": features,
-        "max_duration": args.max_duration,
-        "num_buckets": 8,
-        "num_workers": args.num_workers,
-    }
+    loader = LoaderConfig(max_duration=args.max_duration, num_buckets=8, num_workers=args.num_workers)
+    common = {"features": features, "loader": loader}
     embedded = EmbeddedDataModule(args.corpus_dir, **common)
     fbank = delivery(embedded, args.batches, frame_seconds)
     print(f"embedded, fbank on the fly: {fbank}", flush=True)
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Shar shards, fbank on the fly: {shar}", flush=True)
 
     model = consumption(
-        EmbeddedDataModule(args.corpus_dir, **{**common, "num_workers": 0}), args.steps, frame_seconds, num_units
+        EmbeddedDataModule(args.corpus_dir, features=features, loader=dataclasses.replace(loader, num_workers=0)), args.steps, frame_seconds, num_units
     )
     print(f"tiny backbone forward+backward: {model}", flush=True)
     summary = {

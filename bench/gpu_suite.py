@@ -46,9 +46,9 @@ from mamoe_layer import FloorMLP, LoopMoE
 from torch import Tensor, nn
 
 from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.batch import IGNORE_INDEX
 from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.config import ModelConfig, MoEConfig, build_config
-from lightning_most.layouts import IGNORE_INDEX
 from lightning_most.mamoe import ModalityAwareRouter, MoEBlock, RoutedExperts
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}

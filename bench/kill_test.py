@@ -62,7 +62,7 @@ def _kill_once(command: list[str], root: Path, kind: str, rng: random.Random, ma
     folder = root / "checkpoints"
     done = len(read_steps(root))
     start_step = max((r["step"] for r in read_steps(root)), default=0)
-    target = rng.randint(start_step, max_steps - 1) if kind == "step" else None
+    target = rng.randint(min(start_step, max_steps - 1), max_steps - 1) if kind == "step" else None
     delay = rng.uniform(0.0, 0.5)
     started = time.time()
     process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

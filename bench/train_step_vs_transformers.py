@@ -37,9 +37,9 @@ import time
 import torch
 
 from lightning_most.backbone import MoSTBackbone, next_token_loss
+from lightning_most.batch import IGNORE_INDEX
 from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.convert import config_from_hf, hf_state_dict
-from lightning_most.layouts import IGNORE_INDEX
 
 SHAPES = {
     # The `tiny` preset's decoder (d 128, 4 layers, 16 experts x 64, top-2, 1 shared) on 8 x 256 tokens.

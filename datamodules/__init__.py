@@ -1,6 +1,6 @@
 """Lhotse-based data pipelines for lightning_most."""
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.dataset import MostDataset
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
 from datamodules.embedded_datamodule import EmbeddedDataModule
@@ -14,6 +14,7 @@ __all__ = [
     "EmbeddedCorpusConfig",
     "EmbeddedDataModule",
     "EmbeddedInstructionDataModule",
+    "LoaderConfig",
     "MostDataModule",
     "MostDataset",
     "SourceConfig",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -41,6 +41,46 @@ from lightning_most.audio.features import FeatureConfig
 from lightning_most.batch import TEXT_ONLY_TASKS
 
 
+@dataclass
+class LoaderConfig:
+    """How cuts become batches: duration buckets, shuffling, workers (YAML: `data.init_args.loader`)."""
+
+    max_duration: float = 120.0
+    """Seconds of audio (text: duration-equivalent) per batch."""
+    num_buckets: int = 10
+    """Duration buckets of the train sampler."""
+    num_cuts_for_bins_estimate: int = 10000
+    """Cuts read from the mix to place the bucket boundaries, at every (re)start: from shards (Shar, webdataset)
+    that means reading their audio too, a few ms per cut."""
+    buffer_size: int = 500
+    """Cuts held by the bucketing sampler: more shuffles better but lets the task mix of the first thousands of
+    samples drift from `task_weights` (buckets drain unevenly at the start); keep it about num_buckets x cuts per
+    batch (500: within 3 points over 2,000 samples)."""
+    shuffle: bool = True
+    """Shuffle the train stream (within the sampler's buffer)."""
+    infinite: bool = True
+    """Repeat every train source forever (ratios hold for the whole run)."""
+    max_cut_duration: float = 30.0
+    """Longer cuts are skipped and counted as `too_long`."""
+    text_tokens_per_second: float = 50.0
+    """Text duration-equivalent = tokens / this."""
+    eval_max_duration: float | None = None
+    """Seconds per val/test batch (None: max_duration)."""
+    num_workers: int = 2
+    """Dataloading worker processes."""
+    pin_memory: bool = False
+    """Pin batches in page-locked memory (GPU training)."""
+    seed: int = 0
+    """Seeds the mix, the sampler and the workers."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_cut_duration <= self.max_duration:
+            raise ValueError(
+                f"loader.max_cut_duration={self.max_cut_duration} must lie in (0, loader.max_duration="
+                f"{self.max_duration}]: a batch must be able to hold the longest cut."
+            )
+
+
 class MostDataModule(pl.LightningDataModule):
     """Mixed ASR / TTS / text-LM batches from weighted sources (see the module docstring)."""
 
@@ -52,18 +92,7 @@ class MostDataModule(pl.LightningDataModule):
         test_sources: list[SourceConfig] | None = None,
         tokenizer: str = "byte",
         features: FeatureConfig | None = None,
-        max_duration: float = 120.0,
-        num_buckets: int = 10,
-        buffer_size: int = 500,
-        num_cuts_for_bins_estimate: int = 10000,
-        shuffle: bool = True,
-        infinite: bool = True,
-        max_cut_duration: float = 30.0,
-        text_tokens_per_second: float = 50.0,
-        eval_max_duration: float | None = None,
-        num_workers: int = 2,
-        pin_memory: bool = False,
-        seed: int = 0,
+        loader: LoaderConfig | None = None,
         unit_quantizer: str | None = None,
     ) -> None:
         """Build the data pipeline.
@@ -76,21 +105,7 @@ class MostDataModule(pl.LightningDataModule):
             tokenizer: "byte" or a local transformers tokenizer folder (`lightning_most.tokenizer`).
             features: ASR input features (on-the-fly fbank by default, frozen Whisper encoder states, or
                 precomputed; frame stacking).
-            max_duration: seconds of audio (text: duration-equivalent) per batch.
-            num_buckets: duration buckets of the train sampler.
-            num_cuts_for_bins_estimate: cuts read from the mix to place the bucket boundaries, at every (re)start: from
-                shards (Shar, webdataset) that means reading their audio too, a few ms per cut.
-            buffer_size: cuts held by the bucketing sampler: more shuffles better but lets the task mix of
-                the first thousands of samples drift from `task_weights` (buckets drain unevenly at the
-                start); keep it about num_buckets x cuts per batch (500: within 3 points over 2,000 samples).
-            shuffle: shuffle the train stream (within the sampler's buffer).
-            infinite: repeat every train source forever (ratios hold for the whole run).
-            max_cut_duration: longer cuts are skipped and counted as `too_long`.
-            text_tokens_per_second: text duration-equivalent = tokens / this.
-            eval_max_duration: seconds per val/test batch (default: max_duration).
-            num_workers: dataloading worker processes.
-            pin_memory: pin batches in page-locked memory (GPU training).
-            seed: seeds the mix, the sampler and the workers.
+            loader: batching, shuffling and workers (`LoaderConfig`).
             unit_quantizer: the safetensors k-means the TTS units came from (its `.json` description beside
                 it, written by `datamodules.units`); recorded in checkpoints through `audio_io()`.
         """
@@ -103,25 +118,9 @@ class MostDataModule(pl.LightningDataModule):
         for field, sources in (("val_sources", self.val_sources), ("test_sources", self.test_sources)):
             if sources:
                 validate_mix(sources, {s.task: 1.0 for s in sources}, field)
-        if not 0 < max_cut_duration <= max_duration:
-            raise ValueError(
-                f"max_cut_duration={max_cut_duration} must lie in (0, max_duration={max_duration}]: "
-                "a batch must be able to hold the longest cut."
-            )
         self.features = features or FeatureConfig()
         self.tokenizer = tokenizer
-        self.max_duration = max_duration
-        self.num_buckets = num_buckets
-        self.num_cuts_for_bins_estimate = num_cuts_for_bins_estimate
-        self.buffer_size = buffer_size
-        self.shuffle = shuffle
-        self.infinite = infinite
-        self.max_cut_duration = max_cut_duration
-        self.text_tokens_per_second = text_tokens_per_second
-        self.eval_max_duration = eval_max_duration or max_duration
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.seed = seed
+        self.loader = loader or LoaderConfig()
         self.unit_quantizer = unit_quantizer
         self.dataset = MostDataset(tokenizer, self.features)
         self._train_loader: ResumableLoader | None = None
@@ -200,38 +199,41 @@ class MostDataModule(pl.LightningDataModule):
             self.train_sources,
             self.task_weights,
             tokenizer=self.tokenizer,
-            tokens_per_second=self.text_tokens_per_second,
-            seed=self.seed,
-            infinite=self.infinite,
+            tokens_per_second=self.loader.text_tokens_per_second,
+            seed=self.loader.seed,
+            infinite=self.loader.infinite,
         )
         sampler = DynamicBucketingSampler(
             cuts,
-            max_duration=self.max_duration,
-            num_buckets=self.num_buckets,
-            num_cuts_for_bins_estimate=self.num_cuts_for_bins_estimate,
-            buffer_size=self.buffer_size,
-            shuffle=self.shuffle,
-            seed=self.seed,
+            max_duration=self.loader.max_duration,
+            num_buckets=self.loader.num_buckets,
+            num_cuts_for_bins_estimate=self.loader.num_cuts_for_bins_estimate,
+            buffer_size=self.loader.buffer_size,
+            shuffle=self.loader.shuffle,
+            seed=self.loader.seed,
             rank=rank,
             world_size=world_size,
         )
         skips = SkipLog()
-        sampler.filter(CutChecker(self.max_cut_duration, skips))
-        return ResumableLoader(self.dataset, sampler, skips, self.num_workers, self.seed, self.pin_memory)
+        sampler.filter(CutChecker(self.loader.max_cut_duration, skips))
+        loader = self.loader
+        return ResumableLoader(self.dataset, sampler, skips, loader.num_workers, loader.seed, loader.pin_memory)
 
     def make_eval_loader(self, sources: list[SourceConfig], rank: int = 0, world_size: int = 1) -> ResumableLoader:
         """A deterministic one-pass loader over `sources`, interleaved in a seeded fixed order (see the module docstring)."""
         if not sources:
             raise ValueError("no evaluation sources: set `val_sources` / `test_sources` of the data module.")
-        cutsets = [open_source(s, self.tokenizer, self.text_tokens_per_second, self.seed, False) for s in sources]
+        per_second, seed = self.loader.text_tokens_per_second, self.loader.seed
+        cutsets = [open_source(s, self.tokenizer, per_second, seed, False) for s in sources]
         # Interleaved, not concatenated: the first batches then hold every task and corpus, not only the first source's.
-        cuts: CutSet = cutsets[0] if len(cutsets) == 1 else CutSet.mux(*cutsets, seed=self.seed)
+        cuts: CutSet = cutsets[0] if len(cutsets) == 1 else CutSet.mux(*cutsets, seed=self.loader.seed)
         sampler = SimpleCutSampler(
-            cuts, max_duration=self.eval_max_duration, shuffle=False, rank=rank, world_size=world_size
+            cuts, max_duration=self.loader.eval_max_duration or self.loader.max_duration, shuffle=False, rank=rank, world_size=world_size
         )
         skips = SkipLog()
-        sampler.filter(CutChecker(self.max_cut_duration, skips))
-        return ResumableLoader(self.dataset, sampler, skips, self.num_workers, self.seed, self.pin_memory)
+        sampler.filter(CutChecker(self.loader.max_cut_duration, skips))
+        loader = self.loader
+        return ResumableLoader(self.dataset, sampler, skips, loader.num_workers, loader.seed, loader.pin_memory)
 
     def train_dataloader(self) -> ResumableLoader:
         """Lightning hook: the infinite (or one-pass) mixed train loader of this rank."""

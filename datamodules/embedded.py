@@ -279,7 +279,10 @@ def prepare_embedded_corpus(
 
 
 def main(argv: list[str] | None = None) -> EmbeddedCorpus:
-    """Command line: `python -m lightning_most prepare [--out_dir DIR] [--num_train N] ...`."""
+    """Build the embedded speech corpus (fortunes spoken by offline voices).
+
+    Command line: `python -m lightning_most prepare [--out_dir DIR] [--num_train N] ...`.
+    """
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="lightning_most prepare", description=prepare_embedded_corpus.__doc__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.embedded import SPLITS, EmbeddedCorpusConfig, corpus_paths, prepare_embedded_corpus
 from datamodules.encoder_features import prepare_whisper_features
 from datamodules.mixing import SourceConfig
@@ -38,19 +38,9 @@ class EmbeddedDataModule(MostDataModule):
         task_weights: dict[str, float] | None = None,
         tokenizer: str = "byte",
         features: FeatureConfig | None = None,
-        max_duration: float = 120.0,
-        num_buckets: int = 10,
-        buffer_size: int = 500,
-        shuffle: bool = True,
-        infinite: bool = True,
-        max_cut_duration: float = 30.0,
-        text_tokens_per_second: float = 50.0,
-        eval_max_duration: float | None = None,
-        num_workers: int = 2,
-        pin_memory: bool = False,
-        seed: int = 0,
+        loader: LoaderConfig | None = None,
     ) -> None:
-        """Args are those of `MostDataModule`, plus `corpus_dir` and the `corpus` config to build it with."""
+        """Args are those of `MostDataModule` (the sources follow from `corpus_dir`), plus the `corpus` config to build it with."""
         paths = corpus_paths(corpus_dir)
         self.corpus_dir = corpus_dir
         self.corpus = corpus or EmbeddedCorpusConfig()
@@ -67,17 +57,7 @@ class EmbeddedDataModule(MostDataModule):
             test_sources=_speech_sources(str(self.speech_cuts["test"])),
             tokenizer=tokenizer,
             features=features,
-            max_duration=max_duration,
-            num_buckets=num_buckets,
-            buffer_size=buffer_size,
-            shuffle=shuffle,
-            infinite=infinite,
-            max_cut_duration=max_cut_duration,
-            text_tokens_per_second=text_tokens_per_second,
-            eval_max_duration=eval_max_duration,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
+            loader=loader,
             unit_quantizer=str(paths.unit_quantizer),
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from datamodules.datamodule import LoaderConfig
 from datamodules.embedded import EmbeddedCorpusConfig, corpus_paths
 from datamodules.embedded_datamodule import EmbeddedDataModule
 from datamodules.mixing import STAGE2_TASK_WEIGHTS, SourceConfig, validate_mix
@@ -40,17 +41,7 @@ class EmbeddedInstructionDataModule(EmbeddedDataModule):
         task_weights: dict[str, float] | None = None,
         tokenizer: str = "byte",
         features: FeatureConfig | None = None,
-        max_duration: float = 120.0,
-        num_buckets: int = 10,
-        buffer_size: int = 500,
-        shuffle: bool = True,
-        infinite: bool = True,
-        max_cut_duration: float = 30.0,
-        text_tokens_per_second: float = 50.0,
-        eval_max_duration: float | None = None,
-        num_workers: int = 2,
-        pin_memory: bool = False,
-        seed: int = 0,
+        loader: LoaderConfig | None = None,
     ) -> None:
         """Args are those of `EmbeddedDataModule`, plus `instructions_dir` and the `instructions` config to build it."""
         super().__init__(
@@ -58,17 +49,7 @@ class EmbeddedInstructionDataModule(EmbeddedDataModule):
             corpus=corpus,
             tokenizer=tokenizer,
             features=features,
-            max_duration=max_duration,
-            num_buckets=num_buckets,
-            buffer_size=buffer_size,
-            shuffle=shuffle,
-            infinite=infinite,
-            max_cut_duration=max_cut_duration,
-            text_tokens_per_second=text_tokens_per_second,
-            eval_max_duration=eval_max_duration,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            seed=seed,
+            loader=loader,
         )
         self.instructions_dir = instructions_dir
         self.instructions = instructions or SpokenInstructionsConfig()

@@ -403,7 +403,10 @@ def prepare_spoken_instructions(
 
 
 def main(argv: list[str] | None = None) -> SpokenInstructions:
-    """Command line: `python -m lightning_most prepare_instructions [--out_dir DIR] [--unit_quantizer Q] ...`."""
+    """Build the (spoken) instruction data of stage 2.
+
+    Command line: `python -m lightning_most prepare_instructions [--out_dir DIR] [--unit_quantizer Q] ...`.
+    """
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="lightning_most prepare_instructions", description=prepare_spoken_instructions.__doc__)

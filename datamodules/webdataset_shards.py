@@ -318,7 +318,10 @@ def open_cuts(path: str) -> CutSet:
 
 
 def main(argv: list[str] | None = None) -> WebdatasetExport:
-    """Command line: `python -m lightning_most export_webdataset --cuts CUTS --out_dir DIR [--shard_size N]`."""
+    """Write a cut manifest or Shar folder as webdataset tar shards.
+
+    Command line: `python -m lightning_most export_webdataset --cuts CUTS --out_dir DIR [--shard_size N]`.
+    """
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="lightning_most export_webdataset", description=export_webdataset.__doc__)

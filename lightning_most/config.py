@@ -178,7 +178,7 @@ class AudioEncoderConfig:
     """Dropout on the projected frames entering the encoder (training only): regularises a small encoder that
     sees few sentences."""
     ctc_head: bool = False
-    """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc_weight` trains it on ASR
+    """Add a CTC head (text ids + one blank) on the encoder output; a stage's `ctc.weight` trains it on ASR
     transcripts. It teaches a from-scratch encoder phonetic frames long before the decoder learns to align."""
 
     def __post_init__(self) -> None:

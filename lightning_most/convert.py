@@ -551,6 +551,9 @@ def main(argv: list[str] | None = None) -> Path:
     )
     preset, overrides = preset_overrides(config)
     print(f"wrote {out}")
+    if MOST_CONFIG_KEY in read_hf_config(args.src):
+        print(f"{args.src} was written by export: its own config and audio parts were used (the audio, MoE-variant "
+              "and vocabulary options were not read)")
     print(f"train with: --model.init_args.backbone {preset} --model.init_args.init_from {out}")
     if overrides:
         print(f"and model.init_args.backbone_overrides: {json.dumps(overrides)}")

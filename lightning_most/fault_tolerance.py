@@ -44,7 +44,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_most.layouts import TASKS
+from lightning_most.batch import TASKS
 
 STAGING_SUFFIX = ".partial"  # a checkpoint being written
 RETIRED_SUFFIX = ".old"  # a sharded checkpoint folder being replaced

@@ -1,48 +1,97 @@
 """Command-line entry point: `python -m lightning_most {fit,validate,test,predict,prepare,...} ...`.
 
 fit / validate / test / predict are LightningCLI (omegaconf parser mode, so configs can
-interpolate). The other commands are thin wrappers: `synthesize` / `transcribe` / `evaluate` use a
-trained checkpoint, `convert` turns a local Hugging Face checkpoint into backbone weights for
-`init_from`, `grid` runs ablation grids, `partition` / `upcycle` / `spoken_lm_sets` (see their --help).
-Packages add commands through the entry-point group `lightning_most.commands` (`pyproject.toml`):
-that is how the data commands are found (`prepare` builds the embedded corpus, `prepare_instructions`
-the (spoken) instruction data of stage 2, `export_webdataset` writes cuts as webdataset tar shards),
-because `lightning_most` never imports `datamodules`.
+interpolate). The other commands are thin wrappers, each with its own `--help`; `--help` lists them
+all, one line each. This package's are in EXTRA_COMMANDS. Packages add commands through the
+entry-point group `lightning_most.commands` (`pyproject.toml`): that is how the data commands are
+found (`prepare` builds the embedded corpus, `prepare_instructions` the (spoken) instruction data of
+stage 2, `export_webdataset` writes cuts as webdataset tar shards), because `lightning_most` never
+imports `datamodules`; their one-line help is the first line of the command function's docstring.
 """
 
 from __future__ import annotations
 
+import ast
 import sys
+from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
+from importlib.util import find_spec
+from pathlib import Path
 
 import lightning.pytorch as pl
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_most.commands.common import USAGE_ERROR
 from lightning_most.stages.base import StageModule
 
 COMMAND_GROUP = "lightning_most.commands"
 """Entry-point group of the commands other packages add (name = "module:function taking argv")."""
 
+
+@dataclass(frozen=True)
+class Command:
+    """A non-LightningCLI command: the function that takes its argv, and its one-line help."""
+
+    target: str
+    """"module:function"; the function parses argv itself (so `COMMAND --help` is its own)."""
+    summary: str
+
+
 EXTRA_COMMANDS = {
-    "synthesize": "lightning_most.commands.synthesize:main",
-    "transcribe": "lightning_most.commands.transcribe:main",
-    "chat": "lightning_most.commands.chat:main",
-    "evaluate": "lightning_most.commands.evaluate:main",
-    "convert": "lightning_most.convert:main",
-    "export": "lightning_most.export:main",
-    "grid": "lightning_most.grid:main",
-    "partition": "lightning_most.partitions:main",
-    "upcycle": "lightning_most.upcycling:main",
-    "spoken_lm_sets": "lightning_most.evaluation.spoken_lm_miniature:main",
+    "synthesize": Command("lightning_most.commands.synthesize:main", "Speak texts into a wav file with a trained checkpoint."),
+    "transcribe": Command("lightning_most.commands.transcribe:main", "Transcribe audio files with a trained checkpoint."),
+    "chat": Command("lightning_most.commands.chat:main", "Ask a trained checkpoint a written or spoken question."),
+    "evaluate": Command(
+        "lightning_most.commands.evaluate:main", "Score a checkpoint on ASR, TTS, spoken-LM and spoken QA."
+    ),
+    "convert": Command(
+        "lightning_most.convert:main", "Convert a Hugging Face DeepSeek-V2 / Llama folder to backbone weights."
+    ),
+    "export": Command("lightning_most.export:main", "Write a trained backbone as a Hugging Face folder."),
+    "grid": Command("lightning_most.grid:main", "Run a config under each ablation and seed, then tabulate."),
+    "partition": Command("lightning_most.partitions:main", "Expert groups per modality from a model's routing."),
+    "upcycle": Command("lightning_most.upcycling:main", "Build an MoE backbone from a dense one (sparse upcycling)."),
+    "spoken_lm_sets": Command(
+        "lightning_most.evaluation.spoken_lm_miniature:main", "Build the offline spoken-LM pair sets."
+    ),
 }
-"""The commands of this package besides LightningCLI's: name -> "module:function taking argv"."""
+"""This package's commands besides LightningCLI's."""
 
 
-def extra_commands() -> dict[str, str]:
+def _docstring_summary(target: str) -> str:
+    """First line of the docstring of `target`'s function, read from its source without running the module."""
+    module_name, func = target.split(":")
+    spec = find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return f"({module_name} is not importable)"
+    for node in ast.parse(Path(spec.origin).read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            return (ast.get_docstring(node) or "").strip().split("\n")[0]
+    return ""
+
+
+def extra_commands() -> dict[str, Command]:
     """Every non-LightningCLI command: this package's and those installed packages declare in COMMAND_GROUP."""
-    declared = {point.name: point.value for point in entry_points(group=COMMAND_GROUP)}
+    declared = {point.name: Command(point.value, "") for point in entry_points(group=COMMAND_GROUP)}
     return {**declared, **EXTRA_COMMANDS}
+
+
+def commands_help(commands: dict[str, Command]) -> str:
+    """The `--help` section listing the extra commands, one line each."""
+    width = max(len(name) for name in commands)
+    lines = ["other commands (`python -m lightning_most COMMAND --help` for their options):"]
+    for name, command in sorted(commands.items()):
+        lines.append(f"  {name:<{width}}  {command.summary or _docstring_summary(command.target)}")
+    return "\n".join(lines)
+
+
+class _HelpFormatter(DefaultHelpFormatter):
+    """Keeps the line breaks of the description and the epilog (the command list)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(indent + line for line in text.splitlines())
 
 
 def _run_extra(target: str, argv: list[str]) -> None:
@@ -77,15 +126,40 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     argv = sys.argv[1:] if args is None else list(args)
     commands = extra_commands()
     if argv and argv[0] in commands:
-        _run_extra(commands[argv[0]], argv[1:])
+        _run_extra(commands[argv[0]].target, argv[1:])
         return None
-    return MostCLI(
-        model_class=StageModule,
-        datamodule_class=pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        parser_kwargs={"parser_mode": "omegaconf"},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    # exit_on_error=False: a config error is raised and printed below without the 50-line usage
+    parser_kwargs = {"parser_mode": "omegaconf", "prog": "python -m lightning_most", "exit_on_error": False}
+    if not argv or argv[0] in ("-h", "--help"):  # the top-level help also lists the other commands
+        parser_kwargs |= {
+            "description": "MoST speech + text models: LightningCLI's subcommands, and the other commands below.",
+            "epilog": commands_help(commands),
+            "formatter_class": _HelpFormatter,
+        }
+    try:
+        return MostCLI(
+            model_class=StageModule,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_kwargs=parser_kwargs,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except ArgumentError as error:  # an unknown key, a wrong type: jsonargparse's message names the key first
+        command = " ".join(argv[:1]) if argv and argv[0] in ("fit", "validate", "test", "predict") else ""
+        print(f"error: {error}\n(`python -m lightning_most {command} --help` lists the options)".replace("  ", " "),
+              file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+    except ValueError as error:
+        if not _is_rejected_config(error):
+            raise
+        print(f"error: {error.__cause__}", file=sys.stderr)  # the class's own message: the key and the fix
+        sys.exit(USAGE_ERROR)
+
+
+def _is_rejected_config(error: ValueError) -> bool:
+    """Whether jsonargparse could not build a configured class because the class refused its arguments (its
+    ValueError is the cause; jsonargparse's message then lists a page of the parsed config after it)."""
+    return isinstance(error.__cause__, ValueError) and "Given value" in str(error)

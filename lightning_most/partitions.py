@@ -95,18 +95,9 @@ def routing_usage(backbone: torch.nn.Module, batches: Iterable[dict]) -> Tensor:
             f"routing statistics need the unmasked router: build the backbone with moe.variant=vanilla, "
             f"not {backbone.config.moe.variant!r}"
         )
-    was_training = backbone.training
-    backbone.eval()
-    usage = None
-    for batch in batches:
-        out = backbone(batch["input_ids"], batch["modality_ids"], batch.get("attention_mask"),
-                       batch.get("audio_features"), batch.get("feature_mask"))
-        load = torch.stack([stats.expert_load.float().cpu() for stats in out.routing])  # (L, M, E)
-        usage = load if usage is None else usage + load
-    backbone.train(was_training)
-    if usage is None:
-        raise ValueError("no batches to measure routing on")
-    return usage
+    from lightning_most.routing_analysis import expert_load
+
+    return expert_load(backbone, batches)
 
 
 def modality_affinity(usage: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_most.layouts import IGNORE_INDEX, TASKS
+from lightning_most.batch import IGNORE_INDEX, TASKS
 
 TRANSCRIPT_POSITION_KINDS = ("sequential", "audio_scaled")
 

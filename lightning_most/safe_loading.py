@@ -3,7 +3,7 @@
 A pickle can name any Python callable, and unpickling calls it: a checkpoint from a stranger could
 run code on the user's machine. Torch's weights-only unpickler only rebuilds tensors, containers,
 primitive types and the classes registered with `torch.serialization.add_safe_globals`; the project
-registers its own config dataclasses there (below, and `OptimizerConfig` in `stages/base.py`), which
+registers its own config dataclasses there (below, and the stage config groups in `stages/base.py`), which
 checkpoints carry in their hyperparameters. Everything else is refused before it runs.
 
 Lightning's own loads (`--ckpt_path` resumes, `load_from_checkpoint`) go through `torch.load` with

@@ -71,9 +71,9 @@ def test_wrong_key_or_type_fails_with_a_clear_message(capsys) -> None:
 
 def test_the_model_takes_feature_width_units_and_tokenizer_from_the_data(tmp_path) -> None:
     """LightningCLI links them (`main.MostCLI`): set once, on the data module."""
-    args = ["--config", str(ROOT / "conf/quickstart.yaml"), "--config", str(ROOT / "conf/data/embedded.yaml"),
-            "--data.init_args.corpus_dir", str(tmp_path / "corpus"), "--data.init_args.features.frame_stack", "2",
-            "--data.init_args.corpus.units.num_units", "24"]
+    args = ["--model", "lightning_most.stages.Stage1Module", "--data", "datamodules.EmbeddedDataModule",
+            "--data.init_args.corpus_dir", str(tmp_path / "corpus"), "--data.init_args.features.num_mel_bins", "80",
+            "--data.init_args.features.frame_stack", "2", "--data.init_args.corpus.units.num_units", "24"]
     cli = MostCLI(model_class=StageModule, datamodule_class=pl.LightningDataModule, subclass_mode_model=True,
                   subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"}, run=False, args=args)
     assert cli.model.config.audio_feature_dim == 160  # 80 fbank bins x 2 stacked frames

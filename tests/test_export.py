@@ -140,6 +140,8 @@ def test_state_dict_file_exports_with_the_printed_preset_and_refuses_without(tmp
           "--backbone_overrides", json.dumps(overrides), "--dtype", "bfloat16"])
     back = torch.load(convert_hf_checkpoint(tmp_path / "hf", tmp_path / "back.pt"), weights_only=True)
     _assert_same_state(back, {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    main(["convert", "--src", str(tmp_path / "hf"), "--out", str(tmp_path / "again.pt")])
+    assert "was written by export: its own config and audio parts were used" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["export", "--ckpt", str(tmp_path / "backbone.pt"), "--out", str(tmp_path / "x")])
     assert "holds backbone tensors only: give --backbone and --backbone_overrides" in capsys.readouterr().err

@@ -119,10 +119,9 @@ def stage2_run(trained_run: TrainedRun, tmp_path_factory) -> Path:
     main([
         "fit", "--config", str(ROOT / "conf/stage2_quickstart.yaml"),
         "--model.init_args.init_from", str(trained_run.checkpoint),
-        "--model.init_args.asr_decoding.max_new_tokens", "24", "--model.init_args.tts_max_new_tokens", "40",
-        "--model.init_args.answer_max_new_tokens", "8", "--model.init_args.asr_decoding.beam_size", "1",
-        "--model.init_args.asr_decoding.word_lm.wordfreq_words", "0",  # a word LM of the tiny text only: fast
-        "--model.init_args.asr_decoding.word_lm.wordfreq_weight", "0",
+        # (jsonargparse cannot set a nested optional dataclass to null by dot key: the group is given as a dict)
+        "--model.init_args.asr_decoding", '{"max_new_tokens": 24, "beam_size": 1, "word_lm": null}',
+        "--model.init_args.tts_max_new_tokens", "40", "--model.init_args.answer_max_new_tokens", "8",
         "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1.0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),

@@ -107,3 +107,27 @@ def test_command_writes_weights_and_config_that_a_stage_loads(tmp_path: Path) ->
     moe_stage.configure_model()
     assert moe_stage.backbone.config.is_moe_layer(1)
     torch.testing.assert_close(_logits(moe_stage.backbone.eval()), _logits(stage.backbone.eval()), atol=1e-5, rtol=1e-5)
+
+
+def test_a_text_lm_start_leaves_the_audio_encoder_fresh(tmp_path: Path) -> None:
+    """init_from a text LM (no audio encoder / CTC head) into a stage that has them: those start fresh, the rest loads."""
+    from lightning_most.stages import Stage1Module
+
+    dense, state = _dense()
+    spec = UpcyclingConfig(num_routed_experts=4, top_k=1, first_k_dense=1)
+    config = upcycled_config(dense.config, state, spec)
+    torch.save(upcycle_state_dict(state, config, spec), tmp_path / "moe.pt")
+    overrides = {"num_layers": 3, "first_k_dense": 1, "intermediate_size": 64, "num_audio_units": UNITS,
+                 "moe": {"num_routed_experts": 4, "top_k": 1, "expert_intermediate_size": 64,
+                         "routed_scaling_factor": config.moe.routed_scaling_factor},
+                 "audio_encoder": {"num_layers": 1, "ctc_head": True}}
+    stage = Stage1Module(backbone="tiny", backbone_overrides=overrides, init_from=str(tmp_path / "moe.pt"))
+    stage.configure_model()
+    saved = torch.load(tmp_path / "moe.pt")
+    torch.testing.assert_close(stage.backbone.layers[1].mlp.experts.down_proj, saved["layers.1.mlp.experts.down_proj"])
+    assert stage.backbone.audio_encoder is not None and stage.backbone.ctc_head is not None
+    # A file that lacks other parts is still refused.
+    bad = {k: v for k, v in torch.load(tmp_path / "moe.pt").items() if not k.startswith("layers.2.")}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="missing"):
+        Stage1Module(backbone="tiny", backbone_overrides=overrides, init_from=str(tmp_path / "bad.pt")).configure_model()

@@ -169,5 +169,5 @@ def speak(speaker: Speaker | Voice, items: list[tuple[str, Path]], peak_db: floa
             effects += ["tempo", "-s", f"{speaker.tempo:g}"]
         for (_, raw_path), (_, out_path) in zip(raw, items):
             Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-            _run(["sox", str(raw_path), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out_path), *effects])
+            _run(["sox", "-R", str(raw_path), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out_path), *effects])
 

@@ -6,8 +6,8 @@ import argparse
 
 import torch
 
+from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.commands.common import CommandError, add_checkpoint_arguments, load_inference, read_audio, run
-from lightning_most.evaluation.protocols import SAMPLING_RATE
 from lightning_most.inference import MostInference
 
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def longest_audio_seconds(inference: MostInference) -> float:
     """The longest audio whose input frames and transcript budget fit the backbone's positions."""
-    frames_per_second = inference.input_features(torch.zeros(SAMPLING_RATE)).shape[0]  # 1 s of silence
+    frames_per_second = inference.input_features(torch.zeros(SAMPLE_RATE)).shape[0]  # 1 s of silence
     prompt_tokens = 8  # <bos>, <audio_start>, <audio_end>, <asr>, ... (a few specials around the frames)
     room = inference.module.config.max_position - inference.module.asr_decoding.max_new_tokens - prompt_tokens
     return max(room, 0) / frames_per_second
@@ -46,9 +46,9 @@ def transcribe(args: argparse.Namespace) -> None:
                 f"audio file {path} holds {waveform.numel()} samples at 16 kHz; the model needs at least "
                 f"{inference.min_input_samples}"
             )
-        if waveform.numel() > max_seconds * SAMPLING_RATE:
+        if waveform.numel() > max_seconds * SAMPLE_RATE:
             raise CommandError(
-                f"audio file {path} lasts {waveform.numel() / SAMPLING_RATE:.0f} s; this model transcribes at most "
+                f"audio file {path} lasts {waveform.numel() / SAMPLE_RATE:.0f} s; this model transcribes at most "
                 f"{int(max_seconds)} s at once (its {inference.module.config.max_position} positions hold the audio frames "
                 f"and up to {inference.module.asr_decoding.max_new_tokens} transcript tokens): split it, e.g. "
                 f"`sox {path} part.wav trim 0 {int(max_seconds)} : newfile : restart`"

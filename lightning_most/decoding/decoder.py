@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.batch import TASKS
 from lightning_most.decoding.beam_search import beam_search
 from lightning_most.decoding.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.decoding.word_lm import WordLMConfig, WordLMFusion, counted_word_lm
-from lightning_most.layouts import TASKS
 from lightning_most.positions import decoding_positions
 from lightning_most.tokenizer import SpecialTokens, TextTokenizer
 
@@ -170,7 +170,7 @@ class Decoder:
             log_probs = ctc_logits.float().log_softmax(-1).repeat_interleave(beam, dim=0)  # (B * beam, L, V + 1)
             scorer = CTCPrefixScorer(log_probs, ctc_lengths.repeat_interleave(beam), blank=self.backbone.config.text_vocab_size)
             rescorer = JointCTCRescorer(scorer, ctc_weight, self.specials.base_vocab_size, self.specials.eos)
-        ratio = config.max_tokens_per_frame
+        ratio = config.max_tokens_per_frame if asr else None  # an ASR cap: answers are not transcripts of the audio
         frames = prompt["feature_mask"].sum(dim=1)  # (B,)
         word_lm = self._word_lm_fusion(prompt["input_ids"].shape[0] * beam) if asr else None
         if beam > 1 or word_lm is not None:

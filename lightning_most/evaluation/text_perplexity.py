@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from lightning_most.backbone import next_token_loss
-from lightning_most.layouts import IGNORE_INDEX, collate, text_lm_example
+from lightning_most.batch import IGNORE_INDEX
+from lightning_most.layouts import collate, text_lm_example
 
 
 @dataclass

@@ -44,6 +44,9 @@ from lightning_most.stages.losses import CTCConfig, ctc_loss, task_losses
 from lightning_most.stages.optimizer import OptimizerConfig, configure_adamw, fill_missing_adamw_state
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 
+FRESH_AUDIO_MODULES = ("audio_encoder.", "ctc_head.")
+"""Backbone parts that `init_from` leaves freshly initialised when the file has none of them (a text LM)."""
+
 # Checkpoints carry these config classes in their hyperparameters: let torch's weights_only loading
 # (the default of torch.load, used by sharded FSDP2 resumes) rebuild them without unpickling code.
 torch.serialization.add_safe_globals([
@@ -162,6 +165,9 @@ class StageModule(StageEvaluation):
         weights = state.get("state_dict", state)
         weights = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")} or weights
         missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
+        # A text LM (converted / upcycled) has no audio encoder or CTC head: those start fresh, as its audio rows do.
+        if not any(k.startswith(FRESH_AUDIO_MODULES) for k in weights):
+            missing = [k for k in missing if not k.startswith(FRESH_AUDIO_MODULES)]
         if missing or unexpected:
             raise ValueError(
                 f"init_from={path} does not fit backbone '{self.hparams.backbone}': "

@@ -15,8 +15,9 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import WordErrorRate
 
 from lightning_most.audio import build_vocoder
+from lightning_most.batch import TASKS
 from lightning_most.evaluation.normalize import normalize_text
-from lightning_most.layouts import TASKS, collate, tts_example
+from lightning_most.layouts import collate, tts_example
 from lightning_most.parallel import reshard_after_evaluation, unshard_for_evaluation
 from lightning_most.stages.losses import asr_segments, ctc_loss, task_losses
 

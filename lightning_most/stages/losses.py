@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_most.backbone import next_token_loss
-from lightning_most.layouts import IGNORE_INDEX, TASKS
+from lightning_most.batch import IGNORE_INDEX, TASKS
 
 
 @dataclass

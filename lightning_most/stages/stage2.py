@@ -35,8 +35,6 @@ class Stage2Module(StageModule):
     Args are `StageModule`'s, plus `answer_max_new_tokens`: the decoding budget of a dev/test answer.
     """
 
-    TASKS = ("speech_instruct", "text_instruct", "asr", "tts", "text_lm")
-
     def __init__(self, answer_max_new_tokens: int = 32, **kwargs) -> None:
         super().__init__(**kwargs)
         if answer_max_new_tokens < 1:
@@ -46,9 +44,9 @@ class Stage2Module(StageModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         weights = getattr(self.trainer.datamodule, "task_weights", None) or {}
-        unknown = sorted(t for t, w in weights.items() if w > 0 and t not in self.TASKS)
+        unknown = sorted(t for t, w in weights.items() if w > 0 and t not in TASKS)  # stage 2 trains on every task
         if unknown:
-            raise ValueError(f"stage 2 trains on {self.TASKS}; data.init_args.task_weights names {unknown}")
+            raise ValueError(f"stage 2 trains on {', '.join(TASKS)}; data.init_args.task_weights names {unknown}")
         if not self.hparams.init_from:
             log.warning("Stage2Module starts from a fresh backbone: set model.init_args.init_from to a stage-1 .ckpt")
 

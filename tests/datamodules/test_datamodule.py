@@ -11,7 +11,7 @@ import torch
 from lhotse import CutSet, MonoCut, SupervisionSegment
 from lhotse.testing.dummies import dummy_recording
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.dataset import MostDataset
 from datamodules.mixing import SourceConfig, tag_cut
 from lightning_most.audio.features import FeatureConfig
@@ -59,7 +59,8 @@ def test_exact_batch_layout_of_a_tiny_manifest(frame_stack):
 
 
 def _module(sources, **kwargs) -> MostDataModule:
-    return MostDataModule(train_sources=sources, num_workers=0, max_duration=40.0, max_cut_duration=20.0, **kwargs)
+    return MostDataModule(train_sources=sources,
+        loader=LoaderConfig(num_workers=0, max_duration=40.0, max_cut_duration=20.0), **kwargs)
 
 
 def _sampled(loader, num_cuts: int) -> list[CutSet]:
@@ -108,7 +109,8 @@ def test_two_ranks_see_disjoint_data(sources):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resumed_loader_continues_where_it_stopped(sources, num_workers):
     def module() -> MostDataModule:
-        return MostDataModule(train_sources=sources, num_workers=num_workers, max_duration=20.0, max_cut_duration=20.0)
+        return MostDataModule(train_sources=sources,
+            loader=LoaderConfig(num_workers=num_workers, max_duration=20.0, max_cut_duration=20.0))
 
     reference = [b["cut_ids"] for _, b in zip(range(7), module().train_dataloader())]
     interrupted = module()
@@ -160,14 +162,15 @@ def test_bad_sources_fail_at_construction(sources):
     with pytest.raises(ValueError, match="unknown task"):
         _module([*sources, SourceConfig("x", "speech_translation", "x.jsonl.gz")])
     with pytest.raises(ValueError, match="max_cut_duration"):
-        MostDataModule(train_sources=sources, max_duration=10.0, max_cut_duration=20.0)
+        MostDataModule(train_sources=sources, loader=LoaderConfig(max_duration=10.0, max_cut_duration=20.0))
 
 
 def test_embedded_data_module_reads_the_corpus_and_describes_its_audio(tiny_corpus):
     from datamodules.embedded_datamodule import EmbeddedDataModule
     from tests.datamodules.conftest import TINY
 
-    module = EmbeddedDataModule(str(tiny_corpus.root), TINY, num_workers=0, max_duration=20.0, max_cut_duration=20.0)
+    module = EmbeddedDataModule(str(tiny_corpus.root), TINY,
+        loader=LoaderConfig(num_workers=0, max_duration=20.0, max_cut_duration=20.0))
     module.prepare_data()  # already built with this config: reused
     assert module.num_units == 16
     audio_io = module.audio_io()

@@ -9,6 +9,7 @@ import torch
 from lhotse import CutSet
 
 from datamodules import EmbeddedDataModule, encoder_features
+from datamodules.datamodule import LoaderConfig
 from datamodules.dataset import WHISPER_FEATURE_TYPE, MostDataset
 from datamodules.encoder_features import prepare_whisper_features, store_whisper_features
 from lightning_most.audio.features import FeatureConfig, InputFeatures
@@ -53,8 +54,8 @@ def test_unreadable_audio_is_counted_and_left_without_states(tiny_corpus, tmp_pa
 def test_embedded_datamodule_trains_on_stored_states_and_reuses_them(tiny_corpus, monkeypatch):
     data = EmbeddedDataModule(
         corpus_dir=str(tiny_corpus.root), corpus=TINY, features=WHISPER,
-        task_weights={"asr": 1.0, "tts": 0.0, "text_lm": 0.0}, max_duration=20.0, max_cut_duration=20.0,
-        num_buckets=2, num_workers=0,
+        task_weights={"asr": 1.0, "tts": 0.0, "text_lm": 0.0},
+            loader=LoaderConfig(max_duration=20.0, max_cut_duration=20.0, num_buckets=2, num_workers=0),
     )  # fmt: skip
     data.prepare_data()
     assert data.feature_dim == 768

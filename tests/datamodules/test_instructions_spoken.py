@@ -8,15 +8,15 @@ from collections import Counter
 import pytest
 from lhotse import load_manifest
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.dataset import MostDataset
 from datamodules.generated_instructions import GeneratedInstructionsConfig
 from datamodules.instruction_datamodule import EmbeddedInstructionDataModule
 from datamodules.instructions import InstructionPair, write_instructions
 from datamodules.mixing import STAGE2_TASK_WEIGHTS, SourceConfig, open_source
 from datamodules.spoken_instructions import SpokenInstructionsConfig, prepare_spoken_instructions
+from lightning_most.batch import IGNORE_INDEX, TASKS
 from lightning_most.evaluation.spoken_qa import load_spoken_qa
-from lightning_most.layouts import IGNORE_INDEX, TASKS
 from tests.datamodules.conftest import TINY as TINY_CORPUS
 
 TINY = SpokenInstructionsConfig(
@@ -115,8 +115,8 @@ def test_stage2_task_mix_is_realised_over_3000_samples(spoken, tiny_corpus):
         SourceConfig("embedded", "asr", train),
         SourceConfig("embedded", "tts", train),
     ]
-    module = MostDataModule(sources, task_weights=STAGE2_TASK_WEIGHTS, num_workers=0, max_duration=40.0,
-                            max_cut_duration=20.0)
+    module = MostDataModule(sources, task_weights=STAGE2_TASK_WEIGHTS,
+        loader=LoaderConfig(num_workers=0, max_duration=40.0, max_cut_duration=20.0))
     tasks: Counter = Counter()
     for cuts in module.make_train_loader().sampler:
         tasks.update(c.custom["task"] for c in cuts)
@@ -130,7 +130,7 @@ def test_stage2_task_mix_is_realised_over_3000_samples(spoken, tiny_corpus):
 def test_embedded_instruction_data_module_mixes_stage2_tasks(spoken, tiny_corpus):
     module = EmbeddedInstructionDataModule(
         corpus_dir=str(tiny_corpus.root), corpus=TINY_CORPUS, instructions_dir=str(spoken.root), instructions=TINY,
-        num_workers=0, max_duration=20.0, max_cut_duration=20.0,
+        loader=LoaderConfig(num_workers=0, max_duration=20.0, max_cut_duration=20.0),
     )
     stamp = spoken.summary.stat().st_mtime_ns
     module.prepare_data()  # both folders are built with these configs: reused
@@ -143,7 +143,7 @@ def test_embedded_instruction_data_module_mixes_stage2_tasks(spoken, tiny_corpus
     assert tasks == {"asr", "tts", "speech_instruct", "text_instruct"}
     with_lm = EmbeddedInstructionDataModule(
         corpus_dir=str(tiny_corpus.root), corpus=TINY_CORPUS, instructions_dir=str(spoken.root), instructions=TINY,
-        task_weights={**STAGE2_TASK_WEIGHTS, "text_lm": 0.1}, num_workers=0,
+        task_weights={**STAGE2_TASK_WEIGHTS, "text_lm": 0.1}, loader=LoaderConfig(num_workers=0),
     )
     assert "text_lm" in {s.task for s in with_lm.train_sources}
 

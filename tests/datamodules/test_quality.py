@@ -10,7 +10,7 @@ from collections import Counter
 
 from lhotse import CutSet
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.mixing import SourceConfig
 
 
@@ -53,7 +53,8 @@ def test_each_kind_of_bad_data_is_skipped_and_counted(tiny_corpus, tmp_path, cap
         SourceConfig("bad", "tts", str(tts_manifest)),
         SourceConfig("bad", "text_lm", str(text_shard)),
     ]
-    module = MostDataModule(train_sources=sources, num_workers=0, max_duration=40.0, max_cut_duration=20.0)
+    module = MostDataModule(train_sources=sources,
+        loader=LoaderConfig(num_workers=0, max_duration=40.0, max_cut_duration=20.0))
     with caplog.at_level(logging.WARNING, logger="datamodules"):
         loader = module.make_eval_loader(sources)
         kept = [cut_id for batch in loader for cut_id in batch["cut_ids"]]
@@ -72,11 +73,7 @@ def test_train_loader_counts_skips_seen_by_workers(tiny_corpus, tmp_path):
     module = MostDataModule(
         train_sources=[SourceConfig("bad", "asr", str(manifest))],
         task_weights={"asr": 1.0},
-        infinite=False,
-        num_buckets=2,
-        num_workers=2,
-        max_duration=40.0,
-        max_cut_duration=20.0,
+        loader=LoaderConfig(infinite=False, num_buckets=2, num_workers=2, max_duration=40.0, max_cut_duration=20.0),
     )
     ids = [i for batch in module.train_dataloader() for i in batch["cut_ids"]]
     assert sorted(ids) == sorted([c[1].id, c[2].id])
@@ -88,7 +85,8 @@ def test_text_shard_helper_lines(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"text": "No id here, just words."}) + "\n\n")
     module = MostDataModule(
-        train_sources=[SourceConfig("t", "text_lm", str(path))], task_weights={"text_lm": 1.0}, num_workers=0
+        train_sources=[SourceConfig("t", "text_lm", str(path))], task_weights={"text_lm": 1.0},
+            loader=LoaderConfig(num_workers=0),
     )
     batch = next(iter(module.make_eval_loader(module.train_sources)))
     assert batch["cut_ids"] == ["t-1"] and batch["texts"] == ["No id here, just words."]

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.mixing import SourceConfig
 from datamodules.recipes import RecipeConfig, prepare_recipe
 from datamodules.units import main as units_main
@@ -37,7 +37,8 @@ def speak(text: str, path: Path, rate: int = 16000) -> float:
 
 def _batch_texts(manifest: Path) -> list[str]:
     sources = [SourceConfig("corpus", "asr", str(manifest))]
-    module = MostDataModule(train_sources=sources, task_weights={"asr": 1.0}, num_workers=0, max_duration=60.0)
+    module = MostDataModule(train_sources=sources, task_weights={"asr": 1.0},
+        loader=LoaderConfig(num_workers=0, max_duration=60.0))
     batches = list(module.make_eval_loader(sources))
     assert module.make_eval_loader(sources).skipped == {}
     for batch in batches:
@@ -61,8 +62,7 @@ def test_librispeech_then_units_for_tts(tmp_path):
     module = MostDataModule(
         train_sources=sources,
         task_weights={"tts": 1.0},
-        num_workers=0,
-        max_duration=60.0,
+        loader=LoaderConfig(num_workers=0, max_duration=60.0),
         unit_quantizer=str(tmp_path / "units" / "unit_quantizer.safetensors"),
     )
     batch = next(iter(module.make_eval_loader(sources)))

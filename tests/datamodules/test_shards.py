@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from lhotse import CutSet
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.mixing import SourceConfig
 from datamodules.shards import export_shar, read_shar, write_text_shards
 from datamodules.text import text_cuts
@@ -38,9 +38,7 @@ def test_data_module_streams_from_shar_and_text_shards(tiny_corpus, tmp_path):
             SourceConfig("shar", "tts", str(tmp_path / "train")),
             SourceConfig("text", "text_lm", str(tmp_path / "text" / "text.*.jsonl.gz")),
         ],
-        num_workers=0,
-        max_duration=20.0,
-        max_cut_duration=20.0,
+        loader=LoaderConfig(num_workers=0, max_duration=20.0, max_cut_duration=20.0),
     )
     batch = next(iter(module.train_dataloader()))
     assert batch["input_ids"].shape[0] == len(batch["cut_ids"]) > 0

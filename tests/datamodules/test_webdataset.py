@@ -16,7 +16,7 @@ import yaml
 from lhotse import CutSet
 from webdataset import TarWriter
 
-from datamodules.datamodule import MostDataModule
+from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.mixing import SourceConfig, open_source
 from datamodules.shards import export_shar
 from datamodules.webdataset_shards import (
@@ -213,7 +213,8 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path, caplog):
     _truncated_shard(tmp_path / "shard-000001.tar", ["ok-before-cut", "ok-before-cut-2", "cut-short"])
     wds = str(tmp_path / "shard-{000000..000001}.tar")
     sources = [SourceConfig("bad", "asr", wds)]
-    module = MostDataModule(train_sources=sources, task_weights={"asr": 1.0}, num_workers=0, max_duration=40.0)
+    module = MostDataModule(train_sources=sources, task_weights={"asr": 1.0},
+        loader=LoaderConfig(num_workers=0, max_duration=40.0))
     with caplog.at_level(logging.WARNING, logger="datamodules"):
         loader = module.make_eval_loader(sources)
         kept = sorted(cut_id for batch in loader for cut_id in batch["cut_ids"])
@@ -231,7 +232,7 @@ def test_shards_with_nothing_usable_fail_clearly(tmp_path):
     ])
     module = MostDataModule(
         train_sources=[SourceConfig("bad", "asr", str(tmp_path / "only-bad.tar"))], task_weights={"asr": 1.0},
-        num_workers=0, max_duration=40.0,
+        loader=LoaderConfig(num_workers=0, max_duration=40.0),
     )
     with pytest.raises(ValueError, match=r"only-bad\.tar.*hold no usable example.*'missing_audio': 1"):
         next(iter(module.train_dataloader()))
