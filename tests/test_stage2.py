@@ -82,8 +82,8 @@ def test_a_few_steps_drive_a_fixed_instruction_batch_loss_down():
 
 def test_a_stage1_checkpoint_loads_into_stage2(trained_run: TrainedRun):
     hparams = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
-    module = Stage2Module(backbone=hparams["backbone"], backbone_overrides=hparams["backbone_overrides"],
-                          init_from=str(trained_run.checkpoint))
+    shape = {k: hparams[k] for k in ("backbone", "backbone_overrides", "audio_feature_dim", "num_audio_units")}
+    module = Stage2Module(**shape, init_from=str(trained_run.checkpoint))
     module.configure_model()
     stage1 = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     for name, value in module.backbone.state_dict().items():
