@@ -143,9 +143,9 @@ def stage2_run(trained_run: TrainedRun, tmp_path_factory) -> Path:
         "--data.init_args.instructions.variants", "[[1.0, 0], [1.1, 150]]",
         "--data.init_args.instructions.num_test_speakers", "1",
     ])  # fmt: skip
-    checkpoints = sorted(root.glob("tensorboard/version_*/checkpoints/last.ckpt"))
-    assert checkpoints, f"the stage-2 fit wrote no last.ckpt under {root}"
-    return checkpoints[-1]
+    checkpoint = root / "checkpoints" / "last.ckpt"  # RunCheckpoint: default_root_dir/checkpoints
+    assert checkpoint.is_file(), f"the stage-2 fit wrote no {checkpoint}"
+    return checkpoint
 
 
 def test_fit_stage2_quickstart_smoke_logs_task_losses_qa_accuracy_and_wer(stage2_run: Path):
