@@ -46,6 +46,7 @@ from lightning_most.convert import (
     _interleaved_to_halves,
 )
 from lightning_most.safe_loading import load_checkpoint
+from lightning_most.stages.hparams import stage_model_config
 
 
 class ExportError(ValueError):
@@ -73,7 +74,7 @@ def load_backbone(
         if backbone is not None or backbone_overrides is not None:
             raise ExportError(f"--ckpt {file} is a Lightning checkpoint: it names its backbone, drop --backbone*")
         hparams = saved["hyper_parameters"]
-        config = build_config(hparams.get("backbone", "tiny"), hparams.get("backbone_overrides"))
+        config = stage_model_config(hparams)
         state = {k.removeprefix("backbone."): v for k, v in saved["state_dict"].items() if k.startswith("backbone.")}
     else:
         if backbone is None:

@@ -16,6 +16,7 @@ from lightning_most.config import ModelConfig, build_config
 from lightning_most.convert import CheckpointError, config_from_hf, convert_hf_checkpoint
 from lightning_most.export import ExportError, export_backbone, hf_architecture, transformers_caveats
 from lightning_most.main import main
+from lightning_most.stages.hparams import stage_model_config
 
 transformers = pytest.importorskip("transformers")
 pytest_plugins = ["tests.fixtures_checkpoint"]
@@ -127,7 +128,7 @@ def test_lightning_checkpoint_exports_through_the_command(trained_run, tmp_path:
     assert "transformers cannot run the modality mask" in capsys.readouterr().out
     saved = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=True)
     hparams = saved["hyper_parameters"]
-    assert config_from_hf(tmp_path / "hf") == build_config(hparams["backbone"], hparams["backbone_overrides"])
+    assert config_from_hf(tmp_path / "hf") == stage_model_config(hparams)  # the data-linked width and units too
     expected = {k.removeprefix("backbone."): v for k, v in saved["state_dict"].items() if k.startswith("backbone.")}
     _assert_same_state(torch.load(convert_hf_checkpoint(tmp_path / "hf", tmp_path / "back.pt"), weights_only=True), expected)
 

@@ -151,10 +151,11 @@ def stage2_run(trained_run: TrainedRun, tmp_path_factory) -> Path:
 def test_fit_stage2_quickstart_smoke_logs_task_losses_qa_accuracy_and_wer(stage2_run: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    checkpoint = torch.load(stage2_run, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(stage2_run, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 3
     assert checkpoint["hyper_parameters"]["_class_path"] == "lightning_most.stages.Stage2Module"
-    events = EventAccumulator(str(stage2_run.parent.parent)).Reload()
+    root = stage2_run.parent.parent  # default_root_dir: checkpoints/ and tensorboard/version_0/
+    events = EventAccumulator(str(root / "tensorboard" / "version_0")).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"val/spoken_qa_accuracy", "val/text_qa_accuracy", "val/asr_wer", "val/loss_speech_instruct",
             "val/loss_text_instruct", "val/loss_asr", "val/loss_tts"} <= tags, tags

@@ -114,7 +114,7 @@ def write_config(corpus_dir: Path, root: Path, max_steps: int, checkpoint_every:
             "init_args": {
                 "corpus_dir": str(corpus_dir), "corpus": _as_yaml(CORPUS),
                 "features": {"num_mel_bins": 80, "frame_stack": 4},
-                "max_duration": 8.0, "max_cut_duration": 8.0, "num_buckets": 2, "buffer_size": 50, "num_workers": 1,
+                "loader": {"max_duration": 8.0, "max_cut_duration": 8.0, "num_buckets": 2, "buffer_size": 50, "num_workers": 1},
             },
         },
     }

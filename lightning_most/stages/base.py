@@ -31,7 +31,6 @@ from lightning_most.config import (
     ModelConfig,
     ModelOverrides,
     MoEOverrides,
-    build_config,
 )
 from lightning_most.decoding import ASRDecodingConfig, Decoder, WordLMConfig
 from lightning_most.decoding.word_lm import counted_word_lm
@@ -40,7 +39,7 @@ from lightning_most.positions import TranscriptPositionsConfig, teacher_forced_p
 from lightning_most.routing_logging import log_routing
 from lightning_most.safe_loading import load_checkpoint
 from lightning_most.stages.evaluation import StageEvaluation
-from lightning_most.stages.hparams import as_config, with_data_fields
+from lightning_most.stages.hparams import as_config, stage_model_config
 from lightning_most.stages.losses import CTCConfig, ctc_loss, task_losses
 from lightning_most.stages.optimizer import OptimizerConfig, configure_adamw, fill_missing_adamw_state
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
@@ -111,9 +110,7 @@ class StageModule(StageEvaluation):
                 "asr_decoding.word_lm fuses a word LM into byte-level decoding: it needs tokenizer='byte' "
                 "(or asr_decoding.word_lm: null)"
             )
-        self.config: ModelConfig = build_config(
-            backbone, with_data_fields(backbone_overrides, audio_feature_dim=audio_feature_dim, num_audio_units=num_audio_units)
-        )
+        self.config: ModelConfig = stage_model_config(self.hparams)
         self.tokenizer = build_tokenizer(tokenizer)
         self.specials = SpecialTokens(self.tokenizer.base_vocab_size)
         if self.specials.text_vocab_size > self.config.text_vocab_size:

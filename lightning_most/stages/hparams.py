@@ -4,7 +4,10 @@ the flat keys of checkpoints saved before the config groups."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
+
+from lightning_most.config import ModelConfig, build_config
 
 
 def as_config(value: Any, cls: type) -> Any:
@@ -30,6 +33,16 @@ def with_data_fields(overrides: Any, **linked: int | None) -> Any:
             )
         values[name] = value
     return values
+
+
+def stage_model_config(hparams: Mapping[str, Any]) -> ModelConfig:
+    """The backbone config that a stage's hyperparameters build: the preset, its overrides and the fields linked
+    from the data module (`audio_feature_dim`, `num_audio_units`)."""
+    overrides = with_data_fields(
+        hparams.get("backbone_overrides"),
+        audio_feature_dim=hparams.get("audio_feature_dim"), num_audio_units=hparams.get("num_audio_units"),
+    )
+    return build_config(hparams.get("backbone", "tiny"), overrides)
 
 
 LEGACY_HPARAMS = {  # flat hyperparameter of checkpoints before the config groups -> (group, field)

@@ -146,7 +146,7 @@ def _mixed_module(tiny_corpus, wds_dir: Path, **kwargs) -> MostDataModule:
     ]
     options = {"num_workers": 0, "max_duration": 20.0, "max_cut_duration": 20.0, "num_buckets": 2, "buffer_size": 50,
                "num_cuts_for_bins_estimate": 200}
-    return MostDataModule(train_sources=sources, **{**options, **kwargs})
+    return MostDataModule(train_sources=sources, loader=LoaderConfig(**{**options, **kwargs}))
 
 
 @pytest.fixture
