@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 import soundfile
 import torch
 
+from lightning_most.commands.evaluate import HELD_OUT_QA
+from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
 from lightning_most.main import main
 
 if TYPE_CHECKING:
@@ -99,7 +102,7 @@ def test_evaluate_tts_and_spoken_qa_with_the_whisper_judge(trained_run: TrainedR
     argv = [
         "evaluate", "--ckpt", str(trained_run.checkpoint), "--suites", "tts,spoken_qa", "--judge", "whisper",
         "--corpus_dir", str(trained_run.corpus_dir), "--max_utterances", "2", "--miniature_questions", "2",
-        "--temperature", "1.0", "--out_dir", str(out_dir),
+        "--temperature", "1.0", "--out_dir", str(out_dir), "--instructions_dir", str(tmp_path / "not_built"),
     ]  # fmt: skip
     assert exit_code(argv) == 0
     metrics = json.loads((out_dir / "evaluation.json").read_text())["metrics"]
@@ -112,6 +115,24 @@ def test_evaluate_tts_and_spoken_qa_with_the_whisper_judge(trained_run: TrainedR
     assert tts["num_utterances"] == 2 and tts["wer"] >= 0
     assert tts["judge_reference_wer"] < 0.5  # Whisper hears the flite recordings; the untrained model is the problem
     assert metrics["spoken_qa/spoken_qa_miniature/speech_to_text"]["num_questions"] == 2
+
+
+def test_evaluate_spoken_qa_defaults_to_the_held_out_generated_questions(
+    trained_run: TrainedRun, tmp_path: Path, capsys
+) -> None:
+    """With stage 2's instructions built, `--suites spoken_qa` scores their held-out test file by default."""
+    built = build_spoken_qa_miniature(tmp_path / "qa", SpokenQaMiniatureConfig(num_questions=2))
+    instructions = tmp_path / "instructions"
+    shutil.copytree(built.parent, instructions)
+    (instructions / "questions.jsonl").rename(instructions / HELD_OUT_QA)
+    argv = [
+        "evaluate", "--ckpt", str(trained_run.checkpoint), "--suites", "spoken_qa", "--instructions_dir",
+        str(instructions), "--out_dir", str(tmp_path / "eval"),
+    ]  # fmt: skip
+    assert exit_code(argv) == 0
+    metrics = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["metrics"]
+    assert metrics["spoken_qa/generated_test/speech_to_text"]["num_questions"] == 2
+    assert "miniature" not in capsys.readouterr().out
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:

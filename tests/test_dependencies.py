@@ -84,3 +84,10 @@ def test_evaluate_reads_the_test_split_prepare_writes(tmp_path: Path):
     from lightning_most.commands.evaluate import EMBEDDED_TEST_CUTS
 
     assert corpus_paths(tmp_path).cuts["test"] == tmp_path / EMBEDDED_TEST_CUTS
+
+
+def test_evaluate_reads_the_held_out_questions_prepare_instructions_writes(tmp_path: Path):
+    from datamodules.spoken_instructions import spoken_instruction_paths
+    from lightning_most.commands.evaluate import HELD_OUT_QA
+
+    assert spoken_instruction_paths(tmp_path).qa["test"] == tmp_path / HELD_OUT_QA

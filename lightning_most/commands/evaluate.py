@@ -6,7 +6,10 @@ prints the Markdown table. Data, when not given:
 
     asr, tts    the embedded corpus test split (`--corpus_dir`, default data/embedded)
     spoken_lm   the miniature sWUGGY / sBLIMP / sStoryCloze / tStoryCloze sets, built once into `--cache_dir`
-    spoken_qa   the miniature spoken QA set, built once into `--cache_dir`
+    spoken_qa   the held-out generated questions of stage 2 (`--instructions_dir`, default data/instructions:
+                spoken_qa_test.jsonl, held-out voices, wordings and operands), written by `prepare_instructions`
+                or the first stage-2 fit; if they are not built, the miniature spoken QA set (said so on stdout);
+                `--spoken_qa_jsonl miniature` asks for the miniature set
     text        perplexity on the fortunes' held-out dev split (`lightning_most/text_corpus.py`, written into data/text)
 
 Every input is resolved (files checked, miniatures built, judge loaded) before the model runs.
@@ -63,6 +66,9 @@ SUITES = ("asr", "tts", "spoken_lm", "spoken_qa", "text")
 EMBEDDED_TEST_CUTS = "embedded_cuts_test.jsonl.gz"
 """The test split's manifest in a corpus folder written by `prepare` (checked against `datamodules.embedded`)."""
 STORY_SETS = ("sStoryCloze", "tStoryCloze")
+HELD_OUT_QA = "spoken_qa_test.jsonl"
+"""The held-out spoken QA file in a folder written by `prepare_instructions` (checked against datamodules)."""
+MINIATURE = "miniature"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--spoken_lm_root", help="folder with lexical/<split>, syntactic/<split>, sStoryCloze/, tStoryCloze/"
     )
     data.add_argument("--spoken_lm_split", default="dev", help="ZeroSpeech split (default: dev)")
-    data.add_argument("--spoken_qa_jsonl", help="spoken QA JSON Lines file (id, audio, question, answers)")
+    data.add_argument(
+        "--spoken_qa_jsonl",
+        help="spoken QA JSON Lines file (id, audio, question, answers), or 'miniature' (default: the held-out "
+        "generated questions in --instructions_dir if built, else the miniature set)",
+    )
+    data.add_argument(
+        "--instructions_dir", default="data/instructions", help="stage 2's spoken instructions (prepare_instructions)"
+    )
     data.add_argument("--text_jsonl", help="held-out text (.jsonl(.gz) with \"text\") for the text suite's perplexity")
     data.add_argument("--max_texts", type=int, default=200, help="texts scored by the text suite (default 200)")
     data.add_argument("--cache_dir", help="where miniature sets are built and reused (default: OUT_DIR/cache)")
@@ -186,9 +199,16 @@ def spoken_lm_sets(args: argparse.Namespace, cache_dir: Path) -> list[PairSet]:
 
 
 def spoken_qa_set(args: argparse.Namespace, cache_dir: Path) -> QaSet:
-    """The given spoken QA set, or the miniature one (built into the cache once)."""
-    if args.spoken_qa_jsonl:
+    """The given spoken QA set, else the held-out generated questions if built, else the miniature set."""
+    if args.spoken_qa_jsonl and args.spoken_qa_jsonl != MINIATURE:
         return load_spoken_qa(args.spoken_qa_jsonl)
+    held_out = Path(args.instructions_dir) / HELD_OUT_QA
+    if args.spoken_qa_jsonl is None:
+        if held_out.is_file():
+            return load_spoken_qa(held_out, name="generated_test")
+        print(f"spoken QA: {held_out} is not built (`python -m lightning_most prepare_instructions --out_dir "
+              f"{args.instructions_dir}`); scoring the {args.miniature_questions}-question miniature set instead",
+              flush=True)
     config = SpokenQaMiniatureConfig(num_questions=args.miniature_questions)
     folder = _build_once(
         cache_dir / f"spoken_qa_miniature_{config.num_questions}", lambda out: build_spoken_qa_miniature(out, config)
