@@ -24,10 +24,10 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from lhotse import CutSet, load_manifest_lazy
+from lhotse import CutSet
 from lhotse.cut import Cut
 
-from datamodules.shards import read_shar
+from datamodules.shards import read_manifest, read_shar
 from datamodules.text import text_cuts
 from datamodules.webdataset_shards import is_webdataset_path, read_webdataset
 from lightning_most.batch import TASKS, TEXT_ONLY_TASKS, Task
@@ -113,7 +113,7 @@ def open_source(
     elif Path(source.path).is_dir():
         cuts = read_shar(source.path, seed=seed, shuffle_shards=shuffle_shards)
     elif "://" in source.path or Path(source.path).is_file():
-        cuts = load_manifest_lazy(source.path)
+        cuts = read_manifest(source.path)
     else:
         raise FileNotFoundError(
             f"source {source.name!r} ({source.task}): {source.path} is neither a cut manifest file, a Shar folder nor webdataset .tar shards; "

@@ -9,10 +9,13 @@ Reasons (keys of every `skipped` Counter):
     missing_audio     the audio file does not exist
     unreadable_audio  the audio exists but cannot be decoded (corrupt, truncated, unknown format)
     missing_units     a TTS cut without the `units` custom field, or whose units cannot be read
+    unreadable_manifest  the rest of a cut manifest (`.jsonl.gz`, a Shar `cuts.*` file) that ends early or
+                      is corrupt: one per torn file and pass (the cuts it still held are unknown)
 
 The first four are read from the manifest, before batching (`CutChecker`, a sampler filter in the
 main process); the rest show up when a worker loads the cut (`dataset.py`), or, for a source that
-decodes its examples while streaming them (webdataset shards), as a placeholder cut whose
+decodes its examples while streaming them (webdataset shards, Shar shards and manifests read to
+their end, `shards.py`), as a placeholder cut (`unusable_cut`) whose
 `custom["skip_reason"]` and `custom["skip_detail"]` the sampler filter counts. Each skip is counted
 every time it happens (an infinite loader meets the same bad cut every pass) and logged as a warning
 naming the cut id and the reason: once per cut id and reason by the sampler filter, once per batch
@@ -26,6 +29,7 @@ import logging
 import unicodedata
 from collections import Counter
 
+from lhotse import MonoCut
 from lhotse.cut import Cut
 
 SKIP_REASONS: tuple[str, ...] = (
@@ -36,6 +40,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "missing_audio",
     "unreadable_audio",
     "missing_units",
+    "unreadable_manifest",
 )
 log = logging.getLogger("datamodules")
 
@@ -56,6 +61,11 @@ class SkipLog:
             self._warned.add((cut_id, reason))
             detail = detail.strip().splitlines()[0][:300] if detail.strip() else ""
             log.warning("skipping cut %s: %s%s", cut_id, reason, f" ({detail})" if detail else "")
+
+
+def unusable_cut(cut_id: str, reason: str, detail: str) -> MonoCut:
+    """A placeholder for an example that cannot be read: the sampler filter counts it under `reason`."""
+    return MonoCut(id=cut_id, start=0.0, duration=0.0, channel=0, custom={"skip_reason": reason, "skip_detail": detail})
 
 
 def cut_text(cut: Cut) -> object:

@@ -70,6 +70,7 @@ def fit_and_attach_units(
         seed=seed,
         max_frames=config.max_frames,
         iterations=config.iterations,
+        progress=True,
     )
     quantizer_path = out_dir / QUANTIZER_FILE
     quantizer.save(quantizer_path)
@@ -84,7 +85,7 @@ def fit_and_attach_units(
     _progress(f"units: fitted in {fit_seconds:.0f} s")
     for split, split_cuts in cuts.items():
         _progress(f"units: quantizing the {split} split")
-        attach_units(split_cuts, encoder, quantizer, out_dir / "units" / split).to_file(outputs[split])
+        attach_units(split_cuts, encoder, quantizer, out_dir / "units" / split, progress=True).to_file(outputs[split])
     _progress(f"units: done in {time.perf_counter() - start:.0f} s")
     return {
         "num_units": config.num_units,

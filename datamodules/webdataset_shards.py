@@ -66,7 +66,7 @@ from webdataset import ShardWriter
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import tarfile_samples
 
-from datamodules.quality import cut_text, text_problem
+from datamodules.quality import cut_text, text_problem, unusable_cut
 from datamodules.shards import read_shar
 
 AUDIO_EXTENSIONS: tuple[str, ...] = ("flac", "wav", "mp3", "ogg", "opus")
@@ -105,11 +105,6 @@ def resolve_webdataset_shards(path: str) -> list[str]:
             "pattern (shard-{000000..000009}.tar); write shards with `python -m lightning_most export_webdataset`."
         )
     return shards
-
-
-def unusable_cut(cut_id: str, reason: str, detail: str) -> MonoCut:
-    """A placeholder for an example that cannot be read: the sampler filter counts it under `reason` (`quality.py`)."""
-    return MonoCut(id=cut_id, start=0.0, duration=0.0, channel=0, custom={"skip_reason": reason, "skip_detail": detail})
 
 
 def _decode_text(sample: dict, meta: dict, where: str) -> tuple[object, str | None]:

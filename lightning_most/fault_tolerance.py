@@ -1,6 +1,6 @@
 """Checkpoints that survive kills, a clean stop on preemption, and a guard against non-finite steps.
 
-`RunCheckpoint` is Lightning's `ModelCheckpoint` with three changes:
+`RunCheckpoint` is Lightning's `ModelCheckpoint` with these changes:
 
 - its folder defaults to `<default_root_dir>/checkpoints` (not the logger's `version_N/checkpoints`, which
   is new in every run), so running the same command again finds the run's checkpoints;
@@ -10,7 +10,7 @@
   removed after);
 - `ckpt_path: last` resolves to the newest checkpoint of the folder that reads back whole (a zip whose
   members match their CRCs; a folder with its `.metadata` and a whole `meta.pt`), with a warning
-  naming the one it skipped.
+  naming the one it skipped; and `last.ckpt` holds the final step when fit ends.
 
 `DivergenceGuard` catches a non-finite loss or gradient norm on its step (skip and count it, or stop with
 a checkpoint and a message naming the step, tasks and cut ids).
@@ -149,6 +149,13 @@ class RunCheckpoint(ModelCheckpoint):
         if skipped:
             rank_zero_warn(f"no checkpoint in {folder} reads back whole ({', '.join(map(str, skipped))}): starting afresh")
         return set()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Leave `last.ckpt` at the final step. Lightning does not when the run ends between two checkpoint steps, or
+        when it resumed at its final step from a checkpoint newer than `last.ckpt` (a kill between the writes of
+        `epoch=...-step=N.ckpt` and `last.ckpt`): no step is trained then, so nothing is saved."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self.save_last_now(trainer)
 
     def save_last_now(self, trainer: pl.Trainer) -> str:
         """Save `last.ckpt` now (atomically) and return its path."""

@@ -12,16 +12,20 @@ imports `datamodules`; their one-line help is the first line of the command func
 from __future__ import annotations
 
 import ast
+import inspect
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NoReturn
 
 import lightning.pytorch as pl
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_most.commands.common import USAGE_ERROR
 from lightning_most.stages.base import StageModule
@@ -107,18 +111,83 @@ def data_feature_dim(data: pl.LightningDataModule) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class DataLink:
+    """A model init argument the CLI takes from the data module: how, and where the user sets it instead."""
+
+    compute: Callable[[pl.LightningDataModule], object]
+    set_instead: str
+
+
+DATA_LINKS = {
+    "audio_feature_dim": DataLink(
+        data_feature_dim, "the data's features (precomputed ones: model.init_args.backbone_overrides.audio_feature_dim)"
+    ),
+    "num_audio_units": DataLink(
+        lambda data: getattr(data, "num_units", None),
+        "the data's unit count (no unit quantizer: model.init_args.backbone_overrides.num_audio_units)",
+    ),
+    "tokenizer": DataLink(lambda data: getattr(data, "tokenizer", "byte"), "data.init_args.tokenizer"),
+}
+"""model.init_args.<name> -> its link from the data module (`MostCLI`)."""
+
+
 class MostCLI(LightningCLI):
     """LightningCLI whose model takes the data module's feature width, unit count and tokenizer (linked, not typed twice)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         """Link `data.feature_dim` / `data.num_units` / `data.tokenizer` to the model's init arguments."""
-        links = {
-            "audio_feature_dim": data_feature_dim,
-            "num_audio_units": lambda data: getattr(data, "num_units", None),
-            "tokenizer": lambda data: getattr(data, "tokenizer", "byte"),
-        }
-        for target, compute in links.items():
-            parser.link_arguments("data", f"model.init_args.{target}", compute_fn=compute, apply_on="instantiate")
+        for target, link in DATA_LINKS.items():
+            parser.link_arguments("data", f"model.init_args.{target}", compute_fn=link.compute, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse a linked argument given on the model too (jsonargparse would silently replace it by the data's)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        init_args = (config.get("model") or {}).get("init_args") or {}
+        defaults = inspect.signature(StageModule).parameters
+        for target, link in DATA_LINKS.items():
+            value = init_args.get(target)
+            if value is not None and value != defaults[target].default:
+                self.parser.error(
+                    f"model.init_args.{target}={value!r}: this argument comes from the data module (linked); remove "
+                    f"it and set {link.set_instead}"
+                )
+
+
+class ErrorFirstParser(LightningArgumentParser):
+    """Prints a parse error first (the key, what is wrong, the fix), then a pointer to `--help`, instead of
+    after jsonargparse's ~50-line usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Write `error: ...` to stderr and exit 2 (an inner parser, which does not exit, raises as before)."""
+        if not self.exit_on_error:
+            super().error(message, ex)
+        prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        headline = parse_error_headline(message, prog)
+        details = "" if headline == message else "\n" + message
+        sys.stderr.write(f"error: {headline}\n(`{prog} --help` lists the accepted options){details}\n")
+        sys.exit(USAGE_ERROR)
+
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+"""How a parse error names the type a key expected."""
+
+
+def parse_error_headline(message: str, prog: str) -> str:
+    """One line naming the key and the fix for jsonargparse's unknown-key and wrong-type messages; else `message`."""
+    key = re.match(r'Parser key "([^"]+)":', message)
+    unknown = re.search(r"Option '([^']+)' is not accepted", message)
+    class_path = re.search(r"class_path '([^']+)'", message)
+    wrong_type = re.match(r'Parser key "([^"]+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message)
+    if key and unknown and class_path:
+        return (
+            f"{key[1]}.init_args.{unknown[1]}: {class_path[1]} has no argument '{unknown[1]}'; remove it or fix "
+            f"its spelling (`{prog} --{key[1]}.help {class_path[1]}` lists the arguments)"
+        )
+    if wrong_type:
+        kind = TYPE_WORDS.get(wrong_type[2], f"a {wrong_type[2]}")
+        return f"{wrong_type[1]} must be {kind}, got {wrong_type[3]!r}: give {kind} (`--{wrong_type[1]} VALUE`)"
+    return message
 
 
 def main(args: list[str] | None = None) -> LightningCLI | None:
@@ -143,6 +212,7 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
             subclass_mode_data=True,
             seed_everything_default=0,
             parser_kwargs=parser_kwargs,
+            parser_class=ErrorFirstParser,
             save_config_kwargs={"overwrite": True},
             args=args,
         )

@@ -21,6 +21,7 @@ from lightning_most.decoding.word_lm import (
     WordLMConfig,
     WordLMFusion,
     WordNgramLM,
+    counted_word_lm,
     read_sentences,
 )
 from lightning_most.evaluation.normalize import normalize_text
@@ -212,3 +213,12 @@ def test_a_word_lm_without_text_and_without_a_data_module_is_refused_at_setup() 
     module = Stage1Module(asr_decoding=ASRDecodingConfig(word_lm=WordLMConfig()))
     with pytest.raises(ValueError, match="asr_decoding.word_lm.text_files is empty and there is no data module"):
         module.setup("fit")
+
+
+def test_counting_the_word_lm_says_what_it_counts_and_how_long_it_took(tmp_path, capsys) -> None:
+    text = tmp_path / "lm_text.txt"
+    text.write_text("the cat sat\nthe dog ran\n")
+    counted_word_lm(WordLMConfig(text_files=[str(text)], wordfreq_words=0, wordfreq_weight=0.0))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"word LM: counting 2-grams on 1 text file(s): {text}"
+    assert lines[1].startswith("word LM: 6 words counted in ")  # the, cat, sat, dog, ran and </s>

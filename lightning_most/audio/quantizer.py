@@ -10,11 +10,13 @@ Quantizers trained elsewhere (SpiritLM, textless-lib, fairseq) are read in `text
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 ASSIGN_CHUNK = 16384  # frames per distance matrix (ASSIGN_CHUNK, K): bounds memory, not a loop over frames
 
@@ -129,13 +131,13 @@ def _gather(features: Tensor | Iterable[Tensor]) -> Tensor:
     return torch.cat([b.float() for b in blocks])  # (N, F)
 
 
-def _kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+def _kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator, progress: bool = False) -> Tensor:
     """k-means++ seeding: each next centroid drawn with probability proportional to D(x)^2."""
     N = x.shape[0]
     first = int(torch.randint(N, (1,), generator=generator))
     centroids = [x[first]]
     closest = (x - x[first]).pow(2).sum(1)  # (N,)
-    for _ in range(1, k):
+    for _ in tqdm(range(1, k), desc="k-means++ seeding", unit="centroid", disable=not progress, file=sys.stderr):
         weights = closest if float(closest.sum()) > 0 else torch.ones_like(closest)
         pick = int(torch.multinomial(weights.double(), 1, generator=generator))
         centroids.append(x[pick])
@@ -150,6 +152,7 @@ def train_kmeans(
     iterations: int = 50,
     batch_size: int = ASSIGN_CHUNK,
     tolerance: float = 1e-4,
+    progress: bool = False,
 ) -> UnitQuantizer:
     """Fit `num_units` centroids to frames with k-means++ seeding and full-batch Lloyd iterations.
 
@@ -160,17 +163,20 @@ def train_kmeans(
         iterations: maximum Lloyd iterations (0 returns the k-means++ seeding itself).
         batch_size: frames per distance computation (memory bound only; every iteration sees all frames).
         tolerance: stop once an iteration lowers the distortion by less than this fraction.
+        progress: show progress bars on stderr (seeding: per centroid; Lloyd: per iteration, with the distortion).
     """
     x = _gather(features)  # (N, F)
     N, F = x.shape
     if N < num_units:
         raise ValueError(f"k-means needs at least num_units={num_units} frames, got {N}")
     generator = torch.Generator().manual_seed(seed)
-    centroids = _kmeans_plus_plus(x, num_units, generator)  # (K, F)
+    centroids = _kmeans_plus_plus(x, num_units, generator, progress)  # (K, F)
     previous = float("inf")
-    for _ in range(iterations):
+    bar = tqdm(range(iterations), desc=f"k-means on {N} frames", unit="iteration", disable=not progress, file=sys.stderr)
+    for _ in bar:
         ids, dists = _nearest(x, centroids, batch_size)  # (N,), (N,)
         distortion = float(dists.mean())
+        bar.set_postfix(distortion=f"{distortion:.4g}")
         sums = torch.zeros(num_units, F, dtype=torch.float64).index_add_(0, ids, x.double())  # (K, F)
         counts = torch.bincount(ids, minlength=num_units)  # (K,)
         empty = (counts == 0).nonzero().flatten()
@@ -182,4 +188,5 @@ def train_kmeans(
         if previous - distortion <= tolerance * previous:
             break
         previous = distortion
+    bar.close()
     return UnitQuantizer(centroids)

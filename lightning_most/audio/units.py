@@ -11,6 +11,7 @@ skipped with a warning naming it, and a summary warning gives the count.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.features.io import NumpyFilesWriter
 from torch import Tensor
+from tqdm import tqdm
 
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.encoders import WaveformEncoder
@@ -66,6 +68,7 @@ def fit_unit_quantizer(
     seed: int = 0,
     max_frames: int = 200_000,
     iterations: int = 50,
+    progress: bool = False,
 ) -> UnitQuantizer:
     """Train k-means on the encoder frames of `cuts`, reading cuts in order until `max_frames` frames.
 
@@ -76,31 +79,38 @@ def fit_unit_quantizer(
         seed: seeds the k-means++ initialisation.
         max_frames: stop reading cuts once this many frames are collected (the last cut is truncated).
         iterations: maximum Lloyd iterations.
+        progress: show progress bars on stderr (frames collected, then k-means).
     """
     skipped: list[str] = []
     blocks, collected, seen = [], 0, 0
-    for cut, features in _encoded_cuts(cuts, encoder, skipped):
-        seen += 1
-        blocks.append(features[: max_frames - collected])
-        collected += blocks[-1].shape[0]
-        if collected >= max_frames:
-            break
+    with tqdm(total=max_frames, desc="k-means frames", unit="frame", disable=not progress, file=sys.stderr) as bar:
+        for cut, features in _encoded_cuts(cuts, encoder, skipped):
+            seen += 1
+            blocks.append(features[: max_frames - collected])
+            collected += blocks[-1].shape[0]
+            bar.update(blocks[-1].shape[0])
+            if collected >= max_frames:
+                break
     _warn_summary("fit_unit_quantizer", skipped, seen + len(skipped))
     if not blocks:
         raise ValueError(f"fit_unit_quantizer: none of the cuts gave features ({len(skipped)} skipped)")
-    return train_kmeans(blocks, num_units=num_units, seed=seed, iterations=iterations)
+    return train_kmeans(blocks, num_units=num_units, seed=seed, iterations=iterations, progress=progress)
 
 
-def attach_units(cuts: CutSet, encoder: WaveformEncoder, quantizer: UnitQuantizer, storage_dir: str | Path) -> CutSet:
+def attach_units(
+    cuts: CutSet, encoder: WaveformEncoder, quantizer: UnitQuantizer, storage_dir: str | Path, progress: bool = False
+) -> CutSet:
     """Quantize every cut and attach its units (T,) as the custom field `units`, stored under `storage_dir`.
 
-    Returns the cuts that got units; skipped cuts are warned about (by id) and left out.
+    Returns the cuts that got units; skipped cuts are warned about (by id) and left out. `progress` shows a
+    progress bar (cuts) on stderr.
     """
     skipped: list[str] = []
     out: list[Cut] = []
     Path(storage_dir).mkdir(parents=True, exist_ok=True)
     with NumpyFilesWriter(storage_dir) as writer:
-        for cut, features in _encoded_cuts(cuts, encoder, skipped):
+        encoded = _encoded_cuts(cuts, encoder, skipped)
+        for cut, features in tqdm(encoded, desc=f"units -> {storage_dir}", unit="cut", disable=not progress, file=sys.stderr):
             units = quantizer.quantize(features).numpy().astype(np.int32)  # (T,)
             manifest = writer.store_array(
                 cut.id, units, frame_shift=1.0 / encoder.frame_rate, temporal_dim=0, start=cut.start

@@ -27,6 +27,8 @@ import gzip
 import json
 import math
 import re
+import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -241,8 +243,14 @@ def _count(
     text_files: tuple[str, ...], order: int, discount: float, wordfreq_words: int, wordfreq_weight: float
 ) -> tuple[WordNgramLM, LexiconTrie]:
     config = WordLMConfig(list(text_files), order, discount, wordfreq_words, wordfreq_weight)
+    start = time.perf_counter()
+    # on stderr, shown whether or not logging is configured: counting a large text takes minutes
+    print(f"word LM: counting {order}-grams on {len(text_files)} text file(s): {', '.join(text_files[:3])}"
+          + (" ..." if len(text_files) > 3 else ""), file=sys.stderr, flush=True)
     lm = WordNgramLM.from_config(config)
-    return lm, LexiconTrie(lm)
+    lexicon = LexiconTrie(lm)
+    print(f"word LM: {len(lm.words)} words counted in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return lm, lexicon
 
 
 class LexiconTrie:

@@ -74,3 +74,14 @@ def test_dedup_units():
     units, durations = dedup_units(torch.tensor([5, 5, 5, 2, 7, 7, 5]))
     assert units.tolist() == [5, 2, 7, 5]
     assert durations.tolist() == [3, 1, 2, 1]
+
+
+def test_kmeans_shows_its_progress_when_asked(capsys):
+    frames = torch.randn(300, 4, generator=torch.Generator().manual_seed(0))
+    quiet = train_kmeans(frames, num_units=5, seed=0, iterations=3, tolerance=0.0)
+    assert capsys.readouterr().err == ""
+    shown = train_kmeans(frames, num_units=5, seed=0, iterations=3, tolerance=0.0, progress=True)
+    err = capsys.readouterr().err
+    assert "k-means++ seeding" in err and "4/4" in err  # centroids 2..5
+    assert "k-means on 300 frames" in err and "distortion=" in err
+    assert torch.equal(shown.centroids, quiet.centroids)  # progress changes nothing else

@@ -53,3 +53,14 @@ def test_attach_units_round_trips_through_a_saved_manifest(cuts, tmp_path):
         assert torch.equal(torch.from_numpy(cut.load_custom("units")).long(), expected)
     half = reloaded[0].truncate(duration=1.0)
     assert half.load_units().shape == (50,)  # the units are cut with the audio (50 Hz)
+
+
+def test_unit_training_and_quantizing_show_progress_when_asked(cuts, tmp_path, capsys):
+    encoder = FbankEncoder()
+    quantizer = fit_unit_quantizer(cuts, encoder, num_units=4, seed=0, max_frames=100, progress=True)  # 1st cut
+    with pytest.warns(UserWarning, match="broken"):
+        attach_units(cuts, encoder, quantizer, tmp_path / "units", progress=True)
+    err = capsys.readouterr().err
+    assert "k-means frames" in err and "100/100" in err
+    assert "k-means on 100 frames" in err
+    assert f"units -> {tmp_path / 'units'}" in err and "2cut" in err.replace(" ", "")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
+import pytest
 from lhotse import CutSet
 
 from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.mixing import SourceConfig
-from datamodules.shards import export_shar, read_shar, write_text_shards
+from datamodules.shards import export_shar, read_manifest, read_shar, write_text_shards
 from datamodules.text import text_cuts
 
 
@@ -63,3 +68,68 @@ def test_shar_exports_precomputed_features(tmp_path):
         np.testing.assert_allclose(again.load_features(), cut.load_features(), atol=0.1)  # lilcom is lossy
         np.testing.assert_array_equal(again.load_custom_indexes(), cut.load_custom_indexes())
         np.testing.assert_array_equal(again.load_custom_recording(), cut.load_custom_recording())
+
+
+def _cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _read_all(path: Path, caplog) -> tuple[list[str], Counter]:
+    """Cut ids an eval loader over source `path` (asr) delivers, and what it skipped."""
+    sources = [SourceConfig("torn", "asr", str(path))]
+    module = MostDataModule(train_sources=sources, task_weights={"asr": 1.0},
+                            loader=LoaderConfig(num_workers=0, max_duration=40.0, max_cut_duration=40.0))
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        loader = module.make_eval_loader(sources)
+        kept = [cut_id for batch in loader for cut_id in batch["cut_ids"]]
+    return kept, loader.skipped
+
+
+def test_a_torn_shar_recording_tar_is_counted_per_cut_and_named(tiny_corpus, tmp_path, caplog):
+    cuts = CutSet.from_file(tiny_corpus.cuts["dev"]).to_eager()
+    export_shar(cuts, tmp_path / "shar", shard_size=2)
+    _cut_in_half(tmp_path / "shar" / "recording.000000.tar")
+    kept, skipped = _read_all(tmp_path / "shar", caplog)
+    assert set(skipped) == {"unreadable_audio"} and skipped["unreadable_audio"] >= 1
+    assert len(kept) + skipped["unreadable_audio"] == len(cuts)  # every cut delivered or counted
+    assert set(list(cuts.ids)[2:]) <= set(kept)  # the other shard is read whole
+    lost = [record.getMessage() for record in caplog.records if "unreadable_audio" in record.getMessage()]
+    assert len(lost) == skipped["unreadable_audio"]
+    assert all(f"Shar file {tmp_path / 'shar' / 'recording.000000.tar'} ends before" in m for m in lost)
+
+
+def test_a_torn_shar_cut_manifest_keeps_its_first_cuts_and_counts_the_rest(tiny_corpus, tmp_path, caplog):
+    cuts = CutSet.from_file(tiny_corpus.cuts["train"]).to_eager()
+    export_shar(cuts, tmp_path / "shar", shard_size=12)
+    _cut_in_half(tmp_path / "shar" / "cuts.000000.jsonl.gz")
+    kept, skipped = _read_all(tmp_path / "shar", caplog)
+    assert skipped == Counter(unreadable_manifest=1)
+    ids = list(cuts.ids)
+    assert set(ids[12:]) <= set(kept) and len(kept) < len(ids)
+    first = [i for i in kept if i in set(ids[:12])]
+    assert first == ids[: len(first)]  # the cuts before the tear, in order
+    assert any("cuts.000000.jsonl.gz cannot be read past its first" in r.getMessage() for r in caplog.records)
+
+
+def test_a_torn_manifest_source_keeps_its_first_cuts_and_counts_the_rest(tiny_corpus, tmp_path, caplog):
+    manifest = tmp_path / "cuts_train.jsonl.gz"
+    manifest.write_bytes(Path(tiny_corpus.cuts["train"]).read_bytes())
+    _cut_in_half(manifest)
+    kept, skipped = _read_all(manifest, caplog)
+    ids = list(CutSet.from_file(tiny_corpus.cuts["train"]).ids)
+    assert skipped == Counter(unreadable_manifest=1) and 0 < len(kept) < len(ids)
+    assert sorted(kept) == sorted(ids[: len(kept)])
+    assert any(f"cut manifest {manifest} cannot be read past" in r.getMessage() for r in caplog.records)
+
+
+def test_nothing_readable_left_fails_naming_the_file(tiny_corpus, tmp_path):
+    manifest = tmp_path / "cuts.jsonl.gz"
+    manifest.write_bytes(Path(tiny_corpus.cuts["dev"]).read_bytes()[:20])
+    with pytest.raises(ValueError, match=f"cut manifest {manifest} holds no readable cut .* rebuild it"):
+        list(read_manifest(manifest))
+    export_shar(CutSet.from_file(tiny_corpus.cuts["dev"]), tmp_path / "shar", shard_size=10)
+    torn = tmp_path / "shar" / "cuts.000000.jsonl.gz"
+    torn.write_bytes(torn.read_bytes()[:20])
+    with pytest.raises(ValueError, match=f"Shar shards {torn} hold no readable cut .* write them again"):
+        list(read_shar(tmp_path / "shar"))
