@@ -29,6 +29,7 @@ group sits on its own ranks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -109,15 +110,18 @@ def apply_expert_parallel(backbone: nn.Module, data_parallel_mesh: DeviceMesh, c
     keeps its slice of experts as a `DTensor` `Shard(0)` over the `expert_parallel` dimension, and its MoE
     layers exchange tokens with `ExpertParallelExchange`.
     """
+    blocks = moe_blocks(backbone)
+    for block in blocks:
+        if block.config.num_routed_experts % config.size:
+            raise ValueError(
+                f"model.init_args.expert_parallel.size={config.size} must divide "
+                f"moe.num_routed_experts={block.config.num_routed_experts}: choose a divisor"
+            )
     mesh = expert_mesh(data_parallel_mesh, config.size)
     ep_mesh = mesh[EXPERT_PARALLEL]
     rank = ep_mesh.get_local_rank()
-    for block in moe_blocks(backbone):
+    for block in blocks:
         E = block.config.num_routed_experts
-        if E % config.size:
-            raise ValueError(
-                f"model.init_args.expert_parallel.size={config.size} must divide moe.num_routed_experts={E}"
-            )
         E_l = E // config.size
         for name in ("gate_up_proj", "down_proj"):
             full = getattr(block.experts, name)
@@ -127,3 +131,24 @@ def apply_expert_parallel(backbone: nn.Module, data_parallel_mesh: DeviceMesh, c
         block.expert_exchange = ExpertParallelExchange(ep_mesh, E)
     return mesh
 
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> Tensor:
+    """`torch.nn.utils.clip_grad_norm_` for gradients on different meshes (EP experts and FSDP2 weights); the total norm.
+
+    torch's version stacks every parameter's norm into one tensor, which DTensors of two meshes refuse: here
+    each mesh's gradients give one norm, reduced over that mesh's ranks, and those norms are combined.
+    """
+    by_mesh: dict[DeviceMesh | None, list[nn.Parameter]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            by_mesh.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    norms = []
+    for params in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    for params in by_mesh.values():
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total

@@ -5,6 +5,11 @@ backbone in `configure_model` and calls `apply_fsdp2` with the strategy's device
 block is one FSDP2 unit (its parameters are all-gathered just before it runs and freed after), the
 root unit holds the embeddings, the audio projector, the final norm and the heads.
 
+Expert parallelism (`expert_parallel.py`, `conf/strategy/fsdp_ep.yaml`): with `ExpertParallelConfig.size` > 1
+each MoE layer's routed experts are first split by expert over EP groups of that many ranks, then FSDP2
+shards each rank's expert slice over the `expert_data_parallel` dimension only (its own unit inside the
+block's), while every other weight is sharded over all ranks as above.
+
 Evaluation (dev losses, and decoding the dev WER) runs with every unit unsharded and kept so
 (`unshard_for_evaluation` / `reshard_after_evaluation`): its forwards then need no collective, so
 ranks may run different numbers of them, as decoding does (transcripts end at different steps, and
@@ -25,6 +30,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.expert_parallel import EXPERT_DATA_PARALLEL, ExpertParallelConfig, apply_expert_parallel, moe_blocks
 
 
 def fsdp2_param_dtype(precision: str | None) -> torch.dtype | None:
@@ -32,16 +38,29 @@ def fsdp2_param_dtype(precision: str | None) -> torch.dtype | None:
     return torch.bfloat16 if precision is not None and str(precision).startswith("bf16") else None
 
 
-def apply_fsdp2(backbone: MoSTBackbone, device_mesh, precision: str | None = None) -> None:
+def apply_fsdp2(
+    backbone: MoSTBackbone,
+    device_mesh,
+    precision: str | None = None,
+    expert_parallel: ExpertParallelConfig | None = None,
+) -> None:
     """Shard `backbone` over the data-parallel mesh dimension, one FSDP2 unit per decoder block.
 
     Args:
         backbone: the freshly built backbone (not yet moved to the GPU).
         device_mesh: the strategy's mesh; its `data_parallel` dimension is used when present.
         precision: the trainer's precision flag, which decides the `MixedPrecisionPolicy` (module docstring).
+        expert_parallel: split the routed experts over EP groups first (module docstring); None or size 1: no EP.
     """
     mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
     policy = MixedPrecisionPolicy(param_dtype=fsdp2_param_dtype(precision), reduce_dtype=torch.float32)
+    if expert_parallel is not None and expert_parallel.size > 1:
+        expert_mesh = apply_expert_parallel(backbone, mesh, expert_parallel)
+        for block in moe_blocks(backbone):
+            fully_shard(block.experts, mesh=expert_mesh[EXPERT_DATA_PARALLEL], mp_policy=policy)
+            # An expert's gradient sums the losses of all W ranks' tokens (the all-to-all backward brings them),
+            # its reduce-scatter only spans W / ep ranks: divide by W, as every other weight's reduction does.
+            block.experts.set_gradient_divide_factor(mesh.size())
     for block in backbone.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(backbone, mesh=mesh, mp_policy=policy)

@@ -3,7 +3,8 @@
 The tiny backbone (16 routed experts, halves: text 0-7, audio 8-15) runs a global batch of 4 rows; under EP=2
 rank r runs rows [2r, 2r+2) and holds experts [8r, 8r+8). Its outputs, aux loss, routing statistics and
 gradients (rank losses averaged, as data parallelism does) must equal one process's on the whole batch to
-1e-5 (float32 summation order: measured differences ~1e-7). The Lightning run (FSDP2 + EP, sharded
+1e-5 (float32 summation order: measured differences ~1e-7). Bad EP settings fail with errors naming the field.
+The Lightning run (FSDP2 + EP, sharded
 checkpoint, resume) is in `tests/test_distributed.py`.
 """
 
@@ -13,6 +14,7 @@ import os
 import socket
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
@@ -22,8 +24,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.compile import CompileConfig
 from lightning_most.config import build_config
 from lightning_most.expert_parallel import ExpertParallelConfig, apply_expert_parallel, moe_blocks
+from lightning_most.stages import StageModule
 
 WORLD = 2
 ROWS, SEQ_LEN = 4, 16
@@ -144,3 +148,32 @@ def test_expert_parallel_on_two_processes_matches_one_process(tmp_path: Path, te
         assert (ranks[1]["local_expert_grad_sums"] == 0).all()
     else:
         assert all((r["local_expert_grad_sums"] > 0).all() for r in ranks)
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one rank (this process), destroyed after the test."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+    dist.destroy_process_group()
+
+
+def test_an_expert_parallel_size_that_does_not_divide_fails_clearly(one_process_group) -> None:
+    with pytest.raises(ValueError, match=r"expert_parallel.size=3 must divide moe.num_routed_experts=16"):
+        apply_expert_parallel(_backbone(), one_process_group, ExpertParallelConfig(size=3))
+    with pytest.raises(ValueError, match=r"expert_parallel.size=2 must divide the 1 data-parallel ranks"):
+        apply_expert_parallel(_backbone(), one_process_group, ExpertParallelConfig(size=2))
+    with pytest.raises(ValueError, match=r"expert_parallel.size must be >= 1"):
+        ExpertParallelConfig(size=0)
+
+
+def test_expert_parallelism_refuses_compile_and_a_strategy_without_a_device_mesh() -> None:
+    with pytest.raises(ValueError, match="set compile.enabled false under expert parallelism"):
+        StageModule(expert_parallel=ExpertParallelConfig(size=2), compile=CompileConfig(enabled=True))
+    module = StageModule(expert_parallel=ExpertParallelConfig(size=2))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="needs ModelParallelStrategy.*conf/strategy/fsdp_ep.yaml"):
+        trainer.fit(module, train_dataloaders=[{}])
+    module.configure_model()  # outside fit (transcribe, evaluate) the backbone is built whole, every expert local
+    assert all(b.expert_exchange is None for b in moe_blocks(module.backbone))
