@@ -75,9 +75,20 @@ class ExpertParallelExchange:
         self.group = ep_mesh.get_group()
         self.ep_size = ep_mesh.size()
         self.num_local_experts = num_experts // self.ep_size
+        self.gathered: tuple[Tensor, Tensor] | None = None  # every expert's weights, during evaluation
+
+    def gather(self, experts: RoutedExperts) -> None:
+        """All-gather every expert's weights over the EP group; until `release`, forwards run locally (no collective)."""
+        self.gathered = (experts.gate_up_proj.full_tensor(), experts.down_proj.full_tensor())
+
+    def release(self) -> None:
+        """Free the gathered weights: forwards exchange tokens again."""
+        self.gathered = None
 
     def __call__(self, experts: RoutedExperts, x_sorted: Tensor, counts: Tensor) -> Tensor:
         """x_sorted (P, d) pairs sorted by global expert, counts (E,) pairs per expert -> (P, d) unweighted outputs."""
+        if self.gathered is not None:
+            return experts(x_sorted, counts, weights=self.gathered)
         ep, E_l = self.ep_size, self.num_local_experts
         counts_out = counts.reshape(ep, E_l)  # (ep, E_l) pairs this rank sends to each expert of rank j
         counts_in = funcol.all_to_all_single(counts_out.contiguous(), None, None, self.group)  # (ep, E_l) received
@@ -101,6 +112,25 @@ class ExpertParallelExchange:
 def moe_blocks(backbone: nn.Module) -> list[MoEBlock]:
     """The MoE layers of `backbone`, in layer order."""
     return [m for m in backbone.modules() if isinstance(m, MoEBlock)]
+
+
+def gather_experts_for_evaluation(backbone: nn.Module) -> None:
+    """Give every rank all experts of every MoE layer until `release_gathered_experts` (a no-op without EP).
+
+    Evaluation runs a different number of forwards on each rank (decoding), which token all-to-alls cannot:
+    as FSDP2's units stay unsharded for the epoch (`parallel.unshard_for_evaluation`), so do the experts.
+    Every rank must call it at the same point, after the FSDP2 units are unsharded.
+    """
+    for block in moe_blocks(backbone):
+        if block.expert_exchange is not None:
+            block.expert_exchange.gather(block.experts)
+
+
+def release_gathered_experts(backbone: nn.Module) -> None:
+    """Free the experts gathered by `gather_experts_for_evaluation`: MoE layers exchange tokens again."""
+    for block in moe_blocks(backbone):
+        if block.expert_exchange is not None:
+            block.expert_exchange.release()
 
 
 def apply_expert_parallel(backbone: nn.Module, data_parallel_mesh: DeviceMesh, config: ExpertParallelConfig) -> DeviceMesh:

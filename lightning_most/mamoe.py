@@ -145,19 +145,24 @@ class RoutedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden_size, 2 * intermediate_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
 
-    def forward(self, x_sorted: Tensor, counts: Tensor, row_weights: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_sorted: Tensor, counts: Tensor, row_weights: Tensor | None = None,
+        weights: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """x_sorted (N*k, d) sorted by expert, counts (E,) rows per expert -> (N*k, d).
 
         `row_weights` (N*k,) scale each row's output; applied before the (linear) down projection,
-        on the h-wide activation rather than the d-wide output.
+        on the h-wide activation rather than the d-wide output. `weights` (gate_up (E, d, 2h), down (E, h, d))
+        run instead of the module's own (every expert, gathered for evaluation under expert parallelism).
         """
+        gate_up_proj, down_proj = weights if weights is not None else (_local(self.gate_up_proj), _local(self.down_proj))
         offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's slice
-        gate_up = grouped_matmul(x_sorted, _local(self.gate_up_proj), offsets)  # (N*k, 2h)
+        gate_up = grouped_matmul(x_sorted, gate_up_proj, offsets)  # (N*k, 2h)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         hidden = F.silu(gate) * up  # (N*k, h)
         if row_weights is not None:
             hidden = hidden * row_weights[:, None].to(hidden.dtype)
-        return grouped_matmul(hidden, _local(self.down_proj), offsets)  # (N*k, d)
+        return grouped_matmul(hidden, down_proj, offsets)  # (N*k, d)
 
     def expert_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` alone on x (.., d): the reference semantics of one expert."""

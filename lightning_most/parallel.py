@@ -11,7 +11,8 @@ shards each rank's expert slice over the `expert_data_parallel` dimension only (
 block's), while every other weight is sharded over all ranks as above.
 
 Evaluation (dev losses, and decoding the dev WER) runs with every unit unsharded and kept so
-(`unshard_for_evaluation` / `reshard_after_evaluation`): its forwards then need no collective, so
+(`unshard_for_evaluation` / `reshard_after_evaluation`), and under EP with every expert gathered on every
+rank: its forwards then need no collective, so
 ranks may run different numbers of them, as decoding does (transcripts end at different steps, and
 a rank may have no ASR rows in a batch). Each GPU then holds the full weights in the compute dtype
 for the evaluation (DeepSeek-V2-Lite in bf16: ~31 GB).
@@ -30,7 +31,14 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lightning_most.backbone import MoSTBackbone
-from lightning_most.expert_parallel import EXPERT_DATA_PARALLEL, ExpertParallelConfig, apply_expert_parallel, moe_blocks
+from lightning_most.expert_parallel import (
+    EXPERT_DATA_PARALLEL,
+    ExpertParallelConfig,
+    apply_expert_parallel,
+    gather_experts_for_evaluation,
+    moe_blocks,
+    release_gathered_experts,
+)
 
 
 def fsdp2_param_dtype(precision: str | None) -> torch.dtype | None:
@@ -71,7 +79,8 @@ def _fsdp_units(backbone: nn.Module) -> list[FSDPModule]:
 
 
 def unshard_for_evaluation(backbone: nn.Module) -> None:
-    """All-gather every FSDP2 unit of `backbone` and keep it unsharded (a no-op without FSDP2).
+    """All-gather every FSDP2 unit of `backbone` and keep it unsharded (a no-op without FSDP2); under expert
+    parallelism every rank also gathers all experts.
 
     Every rank must call it at the same point (an epoch-start hook); afterwards forwards issue no
     collective until `reshard_after_evaluation`.
@@ -81,11 +90,13 @@ def unshard_for_evaluation(backbone: nn.Module) -> None:
         unit.set_reshard_after_forward(False, recurse=False)
     for unit in units:
         unit.unshard()
+    gather_experts_for_evaluation(backbone)
 
 
 def reshard_after_evaluation(backbone: nn.Module) -> None:
     """Free the unsharded weights again and restore training's resharding: the decoder blocks after their
     forward, the root not (as `fully_shard` sets a root)."""
+    release_gathered_experts(backbone)
     for unit in _fsdp_units(backbone):
         unit.reshard()
         unit.set_reshard_after_forward(unit is not backbone, recurse=False)

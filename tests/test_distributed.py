@@ -79,12 +79,13 @@ def single_validation(runs: Path) -> dict:
     return _run(runs, "validate_single", "--validate", "--strategy", "single", "--devices", "1")["metrics"]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp_ep"])
 def test_validation_on_two_processes_matches_one_process_when_a_rank_decodes_nothing(
     runs: Path, single_validation: dict, strategy: str
 ) -> None:
     # Rank 1's dev batches hold no ASR row: it decodes nothing while rank 0 decodes (under FSDP2 the
-    # weights stay unsharded for the epoch, so their forwards need no collective), and it logs no ASR loss.
+    # weights stay unsharded for the epoch, and under EP every rank gathers all experts, so their forwards
+    # need no collective), and it logs no ASR loss.
     result = _run(runs, f"validate_{strategy}", "--validate", "--strategy", strategy, "--devices", "2")
     assert result["world_size"] == 2
     expected = {"val/loss", "val/loss_asr", "val/loss_tts", "val/loss_text_lm", "val/asr_wer"}
