@@ -68,7 +68,9 @@ def apply_fsdp2(
             fully_shard(block.experts, mesh=expert_mesh[EXPERT_DATA_PARALLEL], mp_policy=policy)
             # An expert's gradient sums the losses of all W ranks' tokens (the all-to-all backward brings them),
             # its reduce-scatter only spans W / ep ranks: divide by W, as every other weight's reduction does.
+            # Summed, then divided (NCCL would pre-multiply in the reduction; gloo has no PREMUL_SUM).
             block.experts.set_gradient_divide_factor(mesh.size())
+            block.experts.set_force_sum_reduction_for_comms(True)
     for block in backbone.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(backbone, mesh=mesh, mp_policy=policy)

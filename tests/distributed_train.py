@@ -5,7 +5,8 @@ re-runs the script (`python tests/distributed_train.py ...`) in a second process
 
     python tests/distributed_train.py --strategy fsdp --devices 2 --out losses.json --root runs/x
 
-`--strategy fsdp_ep` adds expert parallelism over all ranks (each holds half of every MoE layer's experts).
+`--strategy fsdp_ep` adds expert parallelism: EP groups of `--expert-parallel-size` ranks (2: each rank holds half
+of every MoE layer's experts), FSDP2-sharded over the groups when there are several.
 
 The data: `NUM_STEPS` global batches of `GLOBAL_BATCH` rows of the same length, each rank's rows
 holding the same number of target tokens (`global_batches`). Rank r of W trains on rows
@@ -221,7 +222,7 @@ class KillAtStep(pl.Callback):
 
 def strategy_for(name: str, devices: int):
     """Lightning strategy object for `single`, `ddp`, `fsdp` or `fsdp_ep` (FSDP2 through ModelParallelStrategy;
-    `fsdp_ep` adds expert parallelism over all `devices`, set on the module)."""
+    `fsdp_ep` adds expert parallelism, set on the module)."""
     if name == "single":
         return "auto"
     if name == "ddp":
@@ -246,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="first step whose batch has audio frames (before it the audio projector gets no gradient)")
     parser.add_argument("--validate", action="store_true",
                         help="only validate (dev losses and WER) on VAL_BATCHES, and write the logged metrics")
+    parser.add_argument("--expert-parallel-size", type=int, default=2,
+                        help="fsdp_ep: ranks sharing each MoE layer's experts (must divide --devices)")
     parser.add_argument("--root", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         activation_checkpointing=args.activation_checkpointing,
         log_routing_every_n_steps=1000,
         asr_decoding=ASRDecodingConfig(max_new_tokens=6),
-        expert_parallel=ExpertParallelConfig(size=args.devices if args.strategy == "fsdp_ep" else 1),
+        expert_parallel=ExpertParallelConfig(size=args.expert_parallel_size if args.strategy == "fsdp_ep" else 1),
     )
     if args.validate:
         trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy_for(args.strategy, args.devices),

@@ -1,9 +1,9 @@
-"""Expert parallelism on 2 CPU processes (gloo) computes what one process computes.
+"""Expert parallelism on 2 and 4 CPU processes (gloo) computes what one process computes.
 
 The tiny backbone (16 routed experts, halves: text 0-7, audio 8-15) runs a global batch of 4 rows; under EP=2
-rank r runs rows [2r, 2r+2) and holds experts [8r, 8r+8). Its outputs, aux loss, routing statistics and
-gradients (rank losses averaged, as data parallelism does) must equal one process's on the whole batch to
-1e-5 (float32 summation order: measured differences ~1e-7). Bad EP settings fail with errors naming the field.
+on 2 processes rank r runs rows [2r, 2r+2) and holds experts [8r, 8r+8); on 4 processes (FSDP2 + EP=2) each
+rank runs one row and holds a quarter of them. Outputs, aux loss, routing statistics and gradients (rank
+losses averaged, as data parallelism does) must equal one process's on the whole batch to 1e-5 (float32 summation order: measured differences ~1e-7). Bad EP settings fail with errors naming the field.
 The Lightning run (FSDP2 + EP, sharded
 checkpoint, resume) is in `tests/test_distributed.py`.
 """
@@ -27,9 +27,9 @@ from lightning_most.backbone import MoSTBackbone
 from lightning_most.compile import CompileConfig
 from lightning_most.config import build_config
 from lightning_most.expert_parallel import ExpertParallelConfig, apply_expert_parallel, moe_blocks
+from lightning_most.parallel import apply_fsdp2
 from lightning_most.stages import StageModule
 
-WORLD = 2
 ROWS, SEQ_LEN = 4, 16
 TOL = 1e-5
 
@@ -63,13 +63,20 @@ def _step(backbone: MoSTBackbone, batch: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def _full_gradients(backbone: MoSTBackbone, world: int) -> dict[str, torch.Tensor]:
-    """Every parameter's gradient of the mean of the ranks' losses: all-reduced (replicated weights) or gathered (experts)."""
+def _full_gradients(backbone: MoSTBackbone, world: int, fsdp: bool) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient of the mean of the ranks' losses, whole on every rank.
+
+    FSDP2 has averaged them already (its reduce-scatter) and they only need gathering; without it the replicated
+    weights' gradients are averaged here, and an expert's (its rank got the gradients of every rank's tokens)
+    gathered and divided by the number of ranks.
+    """
     grads = {}
     for name, p in backbone.named_parameters():
         if p.grad is None:
             continue
-        if isinstance(p.grad, DTensor):  # this rank's experts got the gradients from every rank's tokens
+        if fsdp:
+            grads[name] = p.grad.full_tensor()
+        elif isinstance(p.grad, DTensor):
             grads[name] = p.grad.full_tensor() / world
         else:
             grad = p.grad.clone()
@@ -78,19 +85,28 @@ def _full_gradients(backbone: MoSTBackbone, world: int) -> dict[str, torch.Tenso
     return grads
 
 
-def _ep_worker(rank: int, port: int, out_dir: str, text_only: bool) -> None:
+def _rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    return {k: v[rank * ROWS // world : (rank + 1) * ROWS // world] for k, v in batch.items()}
+
+
+def _ep_worker(rank: int, world: int, ep: int, fsdp: bool, text_only: bool, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         backbone = _backbone()
-        mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("data_parallel",))
-        apply_expert_parallel(backbone, mesh, ExpertParallelConfig(size=WORLD))
-        batch = {k: v[rank * ROWS // WORLD : (rank + 1) * ROWS // WORLD] for k, v in _batch(backbone.config, text_only).items()}
-        result = _step(backbone, batch)
-        local_expert_grads = [b.experts.gate_up_proj.grad.to_local().abs().sum() for b in moe_blocks(backbone)]
-        result.update(grads=_full_gradients(backbone, WORLD), local_expert_grad_sums=torch.stack(local_expert_grads),
-                      local_expert_shape=tuple(moe_blocks(backbone)[0].experts.gate_up_proj.to_local().shape))
+        mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("data_parallel",))
+        if fsdp:
+            apply_fsdp2(backbone, mesh, expert_parallel=ExpertParallelConfig(size=ep))
+        else:
+            apply_expert_parallel(backbone, mesh, ExpertParallelConfig(size=ep))
+        result = _step(backbone, _rows(_batch(backbone.config, text_only), rank, world))
+        experts = [b.experts for b in moe_blocks(backbone)]
+        result.update(
+            grads=_full_gradients(backbone, world, fsdp),
+            local_expert_grad_sums=torch.stack([e.gate_up_proj.grad.to_local().abs().sum() for e in experts]),
+            local_expert_shape=tuple(experts[0].gate_up_proj.to_local().shape),
+        )
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -102,21 +118,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ep(tmp_path: Path, text_only: bool) -> list[dict]:
-    mp.spawn(_ep_worker, args=(_free_port(), str(tmp_path), text_only), nprocs=WORLD, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+def _run_ep(tmp_path: Path, world: int, ep: int, fsdp: bool, text_only: bool) -> list[dict]:
+    mp.spawn(_ep_worker, args=(world, ep, fsdp, text_only, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
 
-def _single(text_only: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+def _single(world: int, text_only: bool) -> tuple[dict, dict[str, torch.Tensor]]:
     backbone = _backbone()
     batch = _batch(backbone.config, text_only)
     per_rank = []
-    for r in range(WORLD):  # the ranks' losses, averaged: what data parallelism optimises
-        rows = {k: v[r * ROWS // WORLD : (r + 1) * ROWS // WORLD] for k, v in batch.items()}
+    for r in range(world):  # the ranks' losses, averaged: what data parallelism optimises
         backbone.zero_grad()
-        per_rank.append(_step(backbone, rows))
+        per_rank.append(_step(backbone, _rows(batch, r, world)))
         per_rank[-1]["grads"] = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
-    grads = {n: sum(r["grads"][n] for r in per_rank) / WORLD for n in per_rank[0]["grads"]}
+    grads = {n: sum(r["grads"][n] for r in per_rank) / world for n in per_rank[0]["grads"]}
     backbone.zero_grad()
     whole = _step(backbone, batch)  # the whole batch in one forward (routing is per token, aux per sequence)
     return whole, grads
@@ -126,14 +141,23 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("text_only", [False, True], ids=["text_and_audio", "text_only"])
-def test_expert_parallel_on_two_processes_matches_one_process(tmp_path: Path, text_only: bool) -> None:
-    ranks = _run_ep(tmp_path, text_only)
-    whole, grads = _single(text_only)
-    assert ranks[0]["local_expert_shape"][0] == 8  # each rank holds half of the 16 experts
+CASES = {  # world size, EP size, FSDP2, text only
+    "ep2": (2, 2, False, False),
+    "ep2_text_only": (2, 2, False, True),
+    # 2 EP groups of 2: each expert slice FSDP2-sharded over 2 ranks, its gradient divided by all 4
+    "fsdp4_ep2": (4, 2, True, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_expert_parallelism_matches_one_process(tmp_path: Path, case: str) -> None:
+    world, ep, fsdp, text_only = CASES[case]
+    ranks = _run_ep(tmp_path, world, ep, fsdp, text_only)
+    whole, grads = _single(world, text_only)
+    assert ranks[0]["local_expert_shape"][0] == 16 // ep // (world // ep if fsdp else 1)  # experts split, then sharded
     _close(torch.cat([r["logits"] for r in ranks]), whole["logits"])
-    _close(sum(r["ce"] for r in ranks) / WORLD, whole["ce"])  # equal token counts: mean of rank means
-    _close(sum(r["aux"] for r in ranks) / WORLD, whole["aux"])  # mean over sequences
+    _close(sum(r["ce"] for r in ranks) / world, whole["ce"])  # equal token counts: mean of rank means
+    _close(sum(r["aux"] for r in ranks) / world, whole["aux"])  # mean over sequences
     assert whole["aux"] > 0
     _close(sum(r["load"] for r in ranks), whole["load"])
     _close(sum(r["tokens"] for r in ranks), whole["tokens"])
@@ -141,7 +165,8 @@ def test_expert_parallel_on_two_processes_matches_one_process(tmp_path: Path, te
     assert set(ranks[0]["grads"]) == set(grads)
     for name, grad in grads.items():
         torch.testing.assert_close(ranks[0]["grads"][name], grad, rtol=TOL, atol=TOL, msg=name)
-        torch.testing.assert_close(ranks[1]["grads"][name], ranks[0]["grads"][name], rtol=0, atol=0, msg=name)
+        for other in ranks[1:]:
+            torch.testing.assert_close(other["grads"][name], ranks[0]["grads"][name], rtol=0, atol=0, msg=name)
     if text_only:
         # Text tokens reach only the text experts (0-7, on rank 0): rank 1's audio experts get no row, no gradient.
         assert (ranks[0]["local_expert_grad_sums"] > 0).all()
