@@ -162,7 +162,6 @@ def apply_expert_parallel(backbone: nn.Module, data_parallel_mesh: DeviceMesh, c
     return mesh
 
 
-
 @torch.no_grad()
 def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> Tensor:
     """`torch.nn.utils.clip_grad_norm_` for gradients on different meshes (EP experts and FSDP2 weights); the total norm.

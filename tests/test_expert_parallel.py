@@ -3,9 +3,10 @@
 The tiny backbone (16 routed experts, halves: text 0-7, audio 8-15) runs a global batch of 4 rows; under EP=2
 on 2 processes rank r runs rows [2r, 2r+2) and holds experts [8r, 8r+8); on 4 processes (FSDP2 + EP=2) each
 rank runs one row and holds a quarter of them. Outputs, aux loss, routing statistics and gradients (rank
-losses averaged, as data parallelism does) must equal one process's on the whole batch to 1e-5 (float32 summation order: measured differences ~1e-7). Bad EP settings fail with errors naming the field.
-The Lightning run (FSDP2 + EP, sharded
-checkpoint, resume) is in `tests/test_distributed.py`.
+losses averaged, as data parallelism does; under FSDP2 also their norm over both meshes, as clipping takes it)
+must equal one process's on the whole batch to 1e-5 (they differ only in float32 summation order).
+Bad EP settings fail with errors naming the field. The Lightning run (FSDP2 + EP, sharded checkpoint,
+resume) is in `tests/test_distributed.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from lightning_most.backbone import MoSTBackbone
 from lightning_most.compile import CompileConfig
 from lightning_most.config import build_config
-from lightning_most.expert_parallel import ExpertParallelConfig, apply_expert_parallel, moe_blocks
+from lightning_most.expert_parallel import ExpertParallelConfig, apply_expert_parallel, clip_grad_norm_, moe_blocks
 from lightning_most.parallel import apply_fsdp2
 from lightning_most.stages import StageModule
 
@@ -102,6 +103,8 @@ def _ep_worker(rank: int, world: int, ep: int, fsdp: bool, text_only: bool, port
             apply_expert_parallel(backbone, mesh, ExpertParallelConfig(size=ep))
         result = _step(backbone, _rows(_batch(backbone.config, text_only), rank, world))
         experts = [b.experts for b in moe_blocks(backbone)]
+        if fsdp:  # the norm of the averaged gradients, over both meshes (a max_norm that clips nothing)
+            result["grad_norm"] = clip_grad_norm_(backbone.parameters(), max_norm=1e9)
         result.update(
             grads=_full_gradients(backbone, world, fsdp),
             local_expert_grad_sums=torch.stack([e.gate_up_proj.grad.to_local().abs().sum() for e in experts]),
@@ -168,6 +171,8 @@ def test_expert_parallelism_matches_one_process(tmp_path: Path, case: str) -> No
         torch.testing.assert_close(ranks[0]["grads"][name], grad, rtol=TOL, atol=TOL, msg=name)
         for other in ranks[1:]:
             torch.testing.assert_close(other["grads"][name], ranks[0]["grads"][name], rtol=0, atol=0, msg=name)
+    if fsdp:
+        _close(ranks[0]["grad_norm"], torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()])))
     if text_only:
         # Text tokens reach only the text experts (0-7, on EP rank 0): EP rank 1's audio experts get no row and
         # no gradient (under FSDP2 their zero gradient is still reduced, so the collectives stay matched).
