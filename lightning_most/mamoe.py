@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from lightning_most.config import MoEConfig
 
@@ -125,8 +126,17 @@ def grouped_matmul(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     return _grouped_mm(x, w, offsets)
 
 
+def _local(weight: Tensor) -> Tensor:
+    """This rank's experts of a stacked expert weight: its `Shard(0)` slice under expert parallelism, else all of it."""
+    return weight.to_local() if isinstance(weight, DTensor) else weight
+
+
 class RoutedExperts(nn.Module):
-    """E SwiGLU experts stored as stacked weights, run on expert-sorted tokens."""
+    """E SwiGLU experts stored as stacked weights, run on expert-sorted tokens.
+
+    Under expert parallelism (`expert_parallel.py`) the weights are DTensors split by expert, and `forward`
+    runs this rank's slice of them (`counts` then has one entry per local expert).
+    """
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
@@ -135,19 +145,24 @@ class RoutedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden_size, 2 * intermediate_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
 
-    def forward(self, x_sorted: Tensor, counts: Tensor, row_weights: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_sorted: Tensor, counts: Tensor, row_weights: Tensor | None = None,
+        weights: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """x_sorted (N*k, d) sorted by expert, counts (E,) rows per expert -> (N*k, d).
 
         `row_weights` (N*k,) scale each row's output; applied before the (linear) down projection,
-        on the h-wide activation rather than the d-wide output.
+        on the h-wide activation rather than the d-wide output. `weights` (gate_up (E, d, 2h), down (E, h, d))
+        run instead of the module's own (every expert, gathered for evaluation under expert parallelism).
         """
+        gate_up_proj, down_proj = weights if weights is not None else (_local(self.gate_up_proj), _local(self.down_proj))
         offsets = torch.cumsum(counts, 0).to(torch.int32)  # (E,) end row of each expert's slice
-        gate_up = grouped_matmul(x_sorted, self.gate_up_proj, offsets)  # (N*k, 2h)
+        gate_up = grouped_matmul(x_sorted, gate_up_proj, offsets)  # (N*k, 2h)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         hidden = F.silu(gate) * up  # (N*k, h)
         if row_weights is not None:
             hidden = hidden * row_weights[:, None].to(hidden.dtype)
-        return grouped_matmul(hidden, self.down_proj, offsets)  # (N*k, d)
+        return grouped_matmul(hidden, down_proj, offsets)  # (N*k, d)
 
     def expert_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` alone on x (.., d): the reference semantics of one expert."""
@@ -232,6 +247,7 @@ class MoEBlock(nn.Module):
         self.experts = RoutedExperts(config.num_routed_experts, hidden_size, config.expert_intermediate_size)
         n_shared = config.shared_experts
         self.shared_experts = SwiGLU(hidden_size, n_shared * config.expert_intermediate_size) if n_shared else None
+        self.expert_exchange = None  # set by `expert_parallel.apply_expert_parallel`: experts on other ranks too
 
     def forward(self, h: Tensor, modality_ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, RoutingStats]:
         """h (B, T, d), modality_ids (B, T), valid (B, T) bool -> y (B, T, d), aux loss (), routing stats."""
@@ -248,7 +264,11 @@ class MoEBlock(nn.Module):
             0, expert_of_pair, torch.ones_like(expert_of_pair)
         )  # (E,) pairs per expert (bincount's output size is data-dependent, which breaks compiled graphs)
         pair_weight = weights.reshape(-1)[order]  # (N*k,) combination weight of each sorted pair
-        expert_out = self.experts(flat[token_of_pair], counts, pair_weight)  # (N*k, d), already weighted
+        if self.expert_exchange is None:
+            expert_out = self.experts(flat[token_of_pair], counts, pair_weight)  # (N*k, d), already weighted
+        else:  # expert parallelism: the pairs go to the ranks holding their experts and come back unweighted
+            expert_out = self.expert_exchange(self.experts, flat[token_of_pair], counts)  # (N*k, d)
+            expert_out = expert_out * pair_weight[:, None].to(expert_out.dtype)
         routed = expert_out.new_zeros(flat.shape).index_add_(0, token_of_pair, expert_out)  # (N, d)
 
         y = routed.reshape(B, T, d).to(h.dtype)

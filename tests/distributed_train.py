@@ -5,6 +5,9 @@ re-runs the script (`python tests/distributed_train.py ...`) in a second process
 
     python tests/distributed_train.py --strategy fsdp --devices 2 --out losses.json --root runs/x
 
+`--strategy fsdp_ep` adds expert parallelism: EP groups of `--expert-parallel-size` ranks (2: each rank holds half
+of every MoE layer's experts), FSDP2-sharded over the groups when there are several.
+
 The data: `NUM_STEPS` global batches of `GLOBAL_BATCH` rows of the same length, each rank's rows
 holding the same number of target tokens (`global_batches`). Rank r of W trains on rows
 [r * GLOBAL_BATCH / W, (r + 1) * GLOBAL_BATCH / W) of each global batch; the token-mean loss of the
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +35,7 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from lightning_most.batch import IGNORE_INDEX, TASKS
 from lightning_most.decoding import ASRDecodingConfig
+from lightning_most.expert_parallel import ExpertParallelConfig, moe_blocks
 from lightning_most.layouts import asr_example, collate, text_lm_example, tts_example
 from lightning_most.stages import OptimizerConfig, StageModule
 from lightning_most.tokenizer import ByteTokenizer, SpecialTokens
@@ -216,21 +221,22 @@ class KillAtStep(pl.Callback):
 
 
 def strategy_for(name: str, devices: int):
-    """Lightning strategy object for `single`, `ddp` or `fsdp` (FSDP2 through ModelParallelStrategy)."""
+    """Lightning strategy object for `single`, `ddp`, `fsdp` or `fsdp_ep` (FSDP2 through ModelParallelStrategy;
+    `fsdp_ep` adds expert parallelism, set on the module)."""
     if name == "single":
         return "auto"
     if name == "ddp":
         # as conf/strategy/ddp.yaml: a batch without ASR rows leaves the audio projector unused
         return DDPStrategy(process_group_backend="gloo", find_unused_parameters=True)
-    if name == "fsdp":
+    if name in ("fsdp", "fsdp_ep"):
         return ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
-    raise ValueError(f"unknown strategy {name!r}: single, ddp or fsdp")
+    raise ValueError(f"unknown strategy {name!r}: single, ddp, fsdp or fsdp_ep")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags, train, write {"losses": {step: loss}, ...} from rank 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], required=True)
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp", "fsdp_ep"], required=True)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--activation-checkpointing", action="store_true")
@@ -241,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="first step whose batch has audio frames (before it the audio projector gets no gradient)")
     parser.add_argument("--validate", action="store_true",
                         help="only validate (dev losses and WER) on VAL_BATCHES, and write the logged metrics")
+    parser.add_argument("--expert-parallel-size", type=int, default=2,
+                        help="fsdp_ep: ranks sharing each MoE layer's experts (must divide --devices)")
     parser.add_argument("--root", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -253,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         activation_checkpointing=args.activation_checkpointing,
         log_routing_every_n_steps=1000,
         asr_decoding=ASRDecodingConfig(max_new_tokens=6),
+        expert_parallel=ExpertParallelConfig(size=args.expert_parallel_size if args.strategy == "fsdp_ep" else 1),
     )
     if args.validate:
         trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy_for(args.strategy, args.devices),
@@ -282,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
         trainer.fit(module, datamodule=data, ckpt_path=args.ckpt_path)
     except KilledRun:
         killed = True
+    weight_norms = {} if killed else {  # every rank takes part in gathering the sharded weights
+        name: float(torch.linalg.vector_norm((p.full_tensor() if isinstance(p, DTensor) else p).detach().double()))
+        for name, p in module.backbone.named_parameters()
+    }
     if trainer.is_global_zero:
         last = os.path.join(args.root, "checkpoints", "last.ckpt")
         Path(args.out).write_text(json.dumps({
@@ -291,6 +304,10 @@ def main(argv: list[str] | None = None) -> None:
             "last_checkpoint": last if os.path.exists(last) else None,
             "last_checkpoint_is_dir": os.path.isdir(last),
             "fsdp_wrapped_blocks": sum(type(b).__name__.startswith("FSDP") for b in module.backbone.layers),
+            "expert_exchanges": sum(b.expert_exchange is not None for b in moe_blocks(module.backbone)),
+            "expert_mesh": [list(b.experts.gate_up_proj.device_mesh.mesh_dim_names) for b in moe_blocks(module.backbone)
+                            if isinstance(b.experts.gate_up_proj, DTensor)],
+            "weight_norms": weight_norms,
         }))
 
 

@@ -1,4 +1,5 @@
-"""Distributed training on 2 CPU processes (gloo): DDP and FSDP2 match one process, FSDP2 resumes from shards.
+"""Distributed training on 2 CPU processes (gloo): DDP, FSDP2 and FSDP2 + expert parallelism match one process,
+and FSDP2 (with or without EP) resumes from its shards.
 
 Each run is `tests/distributed_train.py` in a subprocess (Lightning's launcher re-runs that script for
 the second rank). The script trains the tiny backbone for 6 steps on fixed global batches of 4 rows,
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from torch.distributed.checkpoint import FileSystemReader
 
 from lightning_most.main import main
 
@@ -64,17 +66,26 @@ def fsdp_killed(runs: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
+def expert_parallel_killed(runs: Path) -> dict:
+    """FSDP2 + EP=2 (each rank holds 8 of the 16 experts of each MoE layer), activation checkpointing, sharded
+    checkpoint at step 3, killed after step 4."""
+    return _train(runs, "fsdp_ep_killed", "--strategy", "fsdp_ep", "--devices", "2", "--activation-checkpointing",
+                  "--checkpoint-every", "3", "--kill-at", "4")
+
+
+@pytest.fixture(scope="module")
 def single_validation(runs: Path) -> dict:
     """One process validating on all of the script's dev batches."""
     return _run(runs, "validate_single", "--validate", "--strategy", "single", "--devices", "1")["metrics"]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp_ep"])
 def test_validation_on_two_processes_matches_one_process_when_a_rank_decodes_nothing(
     runs: Path, single_validation: dict, strategy: str
 ) -> None:
     # Rank 1's dev batches hold no ASR row: it decodes nothing while rank 0 decodes (under FSDP2 the
-    # weights stay unsharded for the epoch, so their forwards need no collective), and it logs no ASR loss.
+    # weights stay unsharded for the epoch, and under EP every rank gathers all experts, so their forwards
+    # need no collective), and it logs no ASR loss.
     result = _run(runs, f"validate_{strategy}", "--validate", "--strategy", strategy, "--devices", "2")
     assert result["world_size"] == 2
     expected = {"val/loss", "val/loss_asr", "val/loss_tts", "val/loss_text_lm", "val/asr_wer"}
@@ -114,7 +125,37 @@ def test_fsdp2_resumes_from_its_sharded_checkpoint(runs: Path, fsdp_killed: dict
     _same({4: resumed["losses"][4]}, fsdp_killed["losses"])
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_expert_parallelism_on_two_processes_matches_one_process(expert_parallel_killed: dict, single: dict) -> None:
+    run = expert_parallel_killed
+    assert run["world_size"] == 2 and run["killed"] and sorted(run["losses"]) == [1, 2, 3, 4]
+    assert run["expert_exchanges"] == 3  # every MoE layer of the tiny backbone dispatches by all-to-all
+    assert run["expert_mesh"] == [["expert_data_parallel", "expert_parallel"]] * 3
+    _same(run["losses"], single["losses"])
+    # The sharded checkpoint holds each expert weight once, at its global shape (16 experts), written in two halves.
+    shards = Path(run["last_checkpoint"])
+    metadata = FileSystemReader(str(shards)).read_metadata().state_dict_metadata
+    expert_weight = metadata["state_dict.backbone.layers.1.mlp.experts.gate_up_proj"]
+    assert tuple(expert_weight.size) == (16, 128, 2 * 64) and len(expert_weight.chunks) == 2  # (E, d, 2h)
+    assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+
+def test_expert_parallelism_resumes_from_its_sharded_checkpoint(
+    runs: Path, expert_parallel_killed: dict, single: dict
+) -> None:
+    resumed = _train(runs, "fsdp_ep_resumed", "--strategy", "fsdp_ep", "--devices", "2", "--activation-checkpointing",
+                     "--ckpt-path", expert_parallel_killed["last_checkpoint"])
+    assert sorted(resumed["losses"]) == [4, 5, 6]
+    _same(resumed["losses"], single["losses"])
+    # After the last step every weight (experts gathered from both ranks) equals the uninterrupted EP run's.
+    uninterrupted = _train(runs, "fsdp_ep", "--strategy", "fsdp_ep", "--devices", "2", "--activation-checkpointing")
+    assert set(resumed["weight_norms"]) == set(uninterrupted["weight_norms"]) == set(single["weight_norms"])
+    for name, norm in uninterrupted["weight_norms"].items():
+        assert resumed["weight_norms"][name] == pytest.approx(norm, rel=REL), name
+    # Against one process the losses agree to 1e-5, the weights after 6 steps not quite (up to ~2e-4 relative in the
+    # norm of the routed experts and the routers): open, see docs/distributed.md.
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp_ep"])
 def test_strategy_configs_compose_with_a_base_config(strategy: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "conf/quickstart.yaml"),
@@ -125,11 +166,13 @@ def test_strategy_configs_compose_with_a_base_config(strategy: str, capsys: pyte
     assert trainer["accelerator"] == "gpu" and trainer["precision"] == "bf16-mixed"
     base = yaml.safe_load((REPO / "conf/quickstart.yaml").read_text())["trainer"]
     assert trainer["max_steps"] == base["max_steps"] and trainer["default_root_dir"] == base["default_root_dir"]
-    if strategy == "fsdp":
+    if strategy in ("fsdp", "fsdp_ep"):
         assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
         assert trainer["strategy"]["init_args"]["tensor_parallel_size"] == 1
         assert trainer["strategy"]["init_args"]["save_distributed_checkpoint"] is True
         assert config["model"]["init_args"]["activation_checkpointing"] is True
+        expected_ep = 8 if strategy == "fsdp_ep" else None
+        assert (config["model"]["init_args"]["expert_parallel"] or {}).get("size") == expected_ep
     else:
         assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
         assert trainer["strategy"]["init_args"]["find_unused_parameters"] is True

@@ -34,6 +34,7 @@ from lightning_most.config import (
 )
 from lightning_most.decoding import ASRDecodingConfig, Decoder, WordLMConfig
 from lightning_most.decoding.word_lm import counted_word_lm
+from lightning_most.expert_parallel import ExpertParallelConfig, clip_grad_norm_
 from lightning_most.parallel import apply_fsdp2
 from lightning_most.positions import TranscriptPositionsConfig, teacher_forced_positions
 from lightning_most.routing_logging import log_routing
@@ -51,7 +52,7 @@ FRESH_AUDIO_MODULES = ("audio_encoder.", "ctc_head.")
 # (the default of torch.load, used by sharded FSDP2 resumes) rebuild them without unpickling code.
 torch.serialization.add_safe_globals([
     OptimizerConfig, CTCConfig, TranscriptPositionsConfig, ASRDecodingConfig, WordLMConfig, CompileConfig,
-    ModelOverrides, MoEOverrides, AttentionOverrides, AudioEncoderOverrides,
+    ModelOverrides, MoEOverrides, AttentionOverrides, AudioEncoderOverrides, ExpertParallelConfig,
 ])
 
 
@@ -75,6 +76,7 @@ class StageModule(StageEvaluation):
         log_routing_every_n_steps: int = 100,
         num_audio_samples: int = 2,
         compile: CompileConfig | None = None,
+        expert_parallel: ExpertParallelConfig | None = None,
     ) -> None:
         """Build the stage.
 
@@ -97,6 +99,8 @@ class StageModule(StageEvaluation):
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
             num_audio_samples: dev texts spoken (Griffin-Lim) and logged to TensorBoard at each validation.
             compile: `torch.compile` of each decoder block (`lightning_most.compile`); None = eager.
+            expert_parallel: split the routed experts over groups of ranks (`lightning_most.expert_parallel`,
+                `conf/strategy/fsdp_ep.yaml`); needs ModelParallelStrategy. None = every rank holds all experts.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -105,6 +109,12 @@ class StageModule(StageEvaluation):
         self.ctc = as_config(ctc, CTCConfig)
         self.transcript_positions = as_config(transcript_positions, TranscriptPositionsConfig)
         self.asr_decoding = as_config(asr_decoding, ASRDecodingConfig)
+        self.expert_parallel = as_config(expert_parallel, ExpertParallelConfig)
+        if self.expert_parallel.size > 1 and as_config(compile, CompileConfig).enabled:
+            raise ValueError(
+                "model.init_args.expert_parallel.size > 1 with compile.enabled: the expert all-to-alls need the split "
+                "sizes on the host, which fullgraph compilation refuses; set compile.enabled false under expert parallelism"
+            )
         if self.asr_decoding.word_lm is not None and tokenizer != "byte":
             raise ValueError(
                 "asr_decoding.word_lm fuses a word LM into byte-level decoding: it needs tokenizer='byte' "
@@ -142,7 +152,7 @@ class StageModule(StageEvaluation):
 
     # ---- model -------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        """Build the backbone once; shard it with FSDP2 when run under ModelParallelStrategy."""
+        """Build the backbone once; shard it with FSDP2 (and split its experts under EP) when run under ModelParallelStrategy."""
         if self.backbone is not None:
             return
         self.backbone = MoSTBackbone(self.config)
@@ -152,7 +162,12 @@ class StageModule(StageEvaluation):
         compile_backbone(self.backbone, self.hparams.compile or CompileConfig())
         mesh = self.device_mesh  # set by ModelParallelStrategy, None otherwise
         if mesh is not None:
-            apply_fsdp2(self.backbone, mesh, precision=self.trainer.precision)
+            apply_fsdp2(self.backbone, mesh, precision=self.trainer.precision, expert_parallel=self.expert_parallel)
+        elif self.expert_parallel.size > 1 and self._trainer is not None and self.trainer.state.fn == "fit":
+            raise ValueError(
+                f"model.init_args.expert_parallel.size={self.expert_parallel.size} needs ModelParallelStrategy "
+                "(trainer.strategy): use conf/strategy/fsdp_ep.yaml"
+            )
 
     def _load_backbone_weights(self, path: str) -> None:
         file = Path(path)
@@ -237,6 +252,16 @@ class StageModule(StageEvaluation):
 
     def configure_optimizers(self) -> dict:
         return configure_adamw(self.backbone, self.optim, self.trainer.max_steps if self._trainer is not None else None)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, except norm clipping under expert parallelism, whose gradients live on two meshes."""
+        if self.expert_parallel.size > 1 and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            clip_grad_norm_(self.backbone.parameters(), gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         for optimizer in self.trainer.optimizers if self._trainer is not None else []:
