@@ -91,6 +91,7 @@ def beam_search(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     base = (torch.arange(B, device=device) * K)[:, None]  # (B, 1) first row of each example
     forbidden = ~allowed_ids.to(device)  # (V,)
+    step: dict[str, Tensor] = {}  # the inputs of the next step, made at the end of each one
     for t in range(max_new_tokens):
         if t > 0:
             logits = model(
