@@ -136,7 +136,12 @@ LATENT_NORM_EPS = 1e-6
 
 
 class MultiHeadLatentAttention(nn.Module):
-    """DeepSeek-V2 MLA: keys/values from a shared low-rank latent; the cache holds the latent and rope key."""
+    """DeepSeek-V2 MLA: keys/values from a shared low-rank latent.
+
+    The cache holds each position's up-projected keys and (padded) values, so a decoding step projects only
+    its new positions: H * 2 * (nope + rope) numbers per position instead of the latent's r + rope, for
+    O(new) instead of O(cached) up-projections per step (the same keys and values, bit for bit).
+    """
 
     def __init__(self, hidden_size: int, config: AttentionConfig) -> None:
         super().__init__()
@@ -170,15 +175,14 @@ class MultiHeadLatentAttention(nn.Module):
         cos, sin = self.rotary(position_ids)
         q_pe = apply_rotary(q_pe, cos, sin)  # (B, T, H, rope)
         k_pe = apply_rotary(k_pe[:, :, None, :], cos, sin)  # (B, T, 1, rope): one rope key for all heads
-        if cache is not None:
-            latent, k_pe = cache.update(latent, k_pe)  # (B, S, r), (B, S, 1, rope)
-        S = latent.shape[1]
-        k_nope, v = self.kv_b_proj(latent).view(B, S, H, self.nope + self.v_dim).split([self.nope, self.v_dim], dim=-1)
-        k = torch.cat([k_nope, k_pe.expand(B, S, H, self.rope)], dim=-1)  # (B, S, H, nope + rope)
+        k_nope, v = self.kv_b_proj(latent).view(B, T, H, self.nope + self.v_dim).split([self.nope, self.v_dim], dim=-1)
+        k = torch.cat([k_nope, k_pe.expand(B, T, H, self.rope)], dim=-1)  # (B, T, H, nope + rope)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (B, T, H, nope + rope)
         qk_dim = self.nope + self.rope
         if self.v_dim < qk_dim:  # fused (flash) kernels need one head width: pad v with zeros, as transformers does
             v = F.pad(v, (0, qk_dim - self.v_dim))
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, S, H, nope + rope) each
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
             scale=self.scale,

@@ -11,7 +11,7 @@ import torch
 from lightning_most.backbone import MoSTBackbone
 from lightning_most.config import build_config
 from lightning_most.decoding import ASRDecodingConfig
-from lightning_most.decoding.beam_search import beam_search, repeat_prompt
+from lightning_most.decoding.beam_search import beam_search
 from lightning_most.decoding.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.layouts import asr_example, collate
@@ -49,8 +49,7 @@ def _allowed(cfg, ids=FEW) -> torch.Tensor:
 
 def _rescorer(model, prompt, beam: int, weight: float = 0.5) -> JointCTCRescorer:
     logits, lengths = model.ctc_logits(prompt["audio_features"], prompt["feature_mask"])
-    scorer = CTCPrefixScorer(logits.log_softmax(-1).repeat_interleave(beam, 0), lengths.repeat_interleave(beam),
-                             blank=model.config.text_vocab_size)
+    scorer = CTCPrefixScorer(logits.log_softmax(-1), lengths, blank=model.config.text_vocab_size, rows_per_example=beam)
     return JointCTCRescorer(scorer, weight, SPECIALS.base_vocab_size, SPECIALS.eos)
 
 
@@ -113,15 +112,6 @@ def test_beam_search_keeps_the_decoders_order_without_ctc_and_checks_its_argumen
     allowed[SPECIALS.eos] = False
     with pytest.raises(ValueError, match="eos"):
         beam_search(model, prompt, 5, 2, allowed, SPECIALS.eos)
-
-
-def test_repeat_prompt_repeats_each_rows_frames_as_a_block() -> None:
-    cfg = build_config("tiny")
-    prompt = _prompt(cfg, frames=(3, 2))
-    out = repeat_prompt(prompt, 2)
-    rows = torch.split(prompt["audio_features"], [3, 2])
-    torch.testing.assert_close(out["audio_features"], torch.cat([rows[0], rows[0], rows[1], rows[1]]))
-    assert torch.equal(out["input_ids"], prompt["input_ids"].repeat_interleave(2, 0))
 
 
 def asr_batch(module: Stage1Module) -> dict:

@@ -12,8 +12,9 @@ an example is finished once its best ended hypothesis scores at least its best l
 (`word_lm.WordLMFusion`, shallow fusion) adds `lambda log P_lm` of the words being written, and a
 bonus per word; those steps can be positive, and the same stopping rule is then a heuristic.
 
-Each example's prompt is repeated `beam_size` times (rows b * K .. b * K + K - 1); after each step the
-live prefixes are reordered inside their example's rows, the KV cache and the CTC state with them.
+The prompts are run once (B rows); their KV cache is then repeated `beam_size` times (rows b * K ..
+b * K + K - 1), and after each step the live prefixes are reordered inside their example's rows, the KV
+cache and the CTC and word-LM states with them.
 """
 
 from __future__ import annotations
@@ -28,21 +29,6 @@ from lightning_most.decoding.ctc_prefix import JointCTCRescorer
 from lightning_most.decoding.word_lm import WordLMFusion
 
 NEG_INF = float("-inf")
-
-
-def repeat_prompt(prompt: dict, times: int) -> dict:
-    """Repeat every row of a left-padded prompt `times` times in place (row b -> rows b*times .. b*times+times-1).
-
-    `audio_features` holds the frames of all rows flat in row-major order, so each row's frames are
-    repeated as a block.
-    """
-    out = {k: v.repeat_interleave(times, dim=0) for k, v in prompt.items() if k != "audio_features" and isinstance(v, Tensor)}
-    features = prompt.get("audio_features")
-    if features is not None:
-        counts = prompt["feature_mask"].sum(dim=1).tolist()
-        blocks = torch.split(features, counts)
-        out["audio_features"] = torch.cat([block for block in blocks for _ in range(times)], dim=0)
-    return out
 
 
 @torch.no_grad()
@@ -69,8 +55,8 @@ def beam_search(
         eos: the id that ends a hypothesis.
         max_lengths: (B,) a hypothesis that reaches its example's length ends there (None: max_new_tokens).
         positions: as in `generation.generate`, for the B rows (repeated here).
-        rescorer: a `JointCTCRescorer` built over B * K rows (its CTC posteriors repeated like the prompt),
-            or None for the decoder's scores alone.
+        rescorer: a `JointCTCRescorer` over B * K rows (`CTCPrefixScorer(..., rows_per_example=K)`), or None
+            for the decoder's scores alone.
         word_lm: a `WordLMFusion` over the B * K rows whose scores are added to each step's (shallow fusion),
             or None. Its word-end scores can be positive, so the early stop below becomes a heuristic.
 
@@ -87,11 +73,16 @@ def beam_search(
     if max_lengths is None:
         max_lengths = torch.full((B,), max_new_tokens, device=device)
     max_lengths = max_lengths.clamp(1, max_new_tokens).to(device)
-    full = repeat_prompt(prompt, K)
     if positions is not None:
-        prompt_positions, start, stride = (p.repeat_interleave(K, dim=0) for p in positions)
-        full["position_ids"] = prompt_positions
+        start, stride = (p.repeat_interleave(K, dim=0) for p in positions[1:])
     cache = KVCache(len(model.layers))
+    # The prompts once: (B, V) logits, and the cache of their B rows, repeated K times below.
+    logits = model(
+        prompt["input_ids"], prompt["modality_ids"], prompt["attention_mask"], prompt.get("audio_features"),
+        prompt.get("feature_mask"), cache=cache, position_ids=None if positions is None else positions[0],
+    ).logits[:, -1].repeat_interleave(K, dim=0)  # (B*K, V)
+    cache.reorder(torch.arange(B, device=device).repeat_interleave(K))
+    attention_mask = prompt["attention_mask"].repeat_interleave(K, dim=0)  # (B*K, T), grown by a column per step
     # Only the first copy of each example is live at the start, so the first step does not pick K equal prefixes.
     scores = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
@@ -100,12 +91,13 @@ def beam_search(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     base = (torch.arange(B, device=device) * K)[:, None]  # (B, 1) first row of each example
     forbidden = ~allowed_ids.to(device)  # (V,)
-    step = full
+    step: dict[str, Tensor] = {}  # the inputs of the next step, made at the end of each one
     for t in range(max_new_tokens):
-        logits = model(
-            step["input_ids"], step["modality_ids"], full["attention_mask"],
-            step.get("audio_features"), step.get("feature_mask"), cache=cache, position_ids=step.get("position_ids"),
-        ).logits[:, -1]  # (B*K, V)
+        if t > 0:
+            logits = model(
+                step["input_ids"], step["modality_ids"], attention_mask, None, step["feature_mask"], cache=cache,
+                position_ids=step.get("position_ids"),
+            ).logits[:, -1]  # (B*K, V)
         joint = rescorer(logits).double() if rescorer is not None else logits.double().log_softmax(dim=-1)
         if word_lm is not None:
             joint = joint + word_lm.scores()
@@ -151,17 +143,16 @@ def beam_search(
             word_lm.reorder(rows)
             word_lm.advance(next_id)
         # Rows move only inside their example, whose copies share the prompt, its mask and its positions:
-        # only the cache, the prefixes and the CTC state need reordering.
-        new = {
+        # only the cache, the prefixes and the CTC and word-LM states need reordering.
+        step = {
             "input_ids": next_id[:, None],
             "modality_ids": torch.where(next_id >= text_vocab, Modality.AUDIO, Modality.TEXT)[:, None],
             "feature_mask": torch.zeros(B * K, 1, dtype=torch.bool, device=device),
             "attention_mask": torch.ones(B * K, 1, dtype=torch.bool, device=device),
         }
         if positions is not None:
-            new["position_ids"] = (start + t * stride)[:, None].to(full["position_ids"].dtype)
-        full["attention_mask"] = torch.cat([full["attention_mask"], new["attention_mask"]], dim=1)
-        step = new
+            step["position_ids"] = (start + t * stride)[:, None].to(positions[0].dtype)
+        attention_mask = torch.cat([attention_mask, step["attention_mask"]], dim=1)
     out = []
     for b in range(B):
         if not finished[b]:  # the step budget ran out first: the best live prefix

@@ -13,6 +13,12 @@ it is exactly h.
 
 and scores every candidate token at once; `advance` extends each row's prefix by its chosen token.
 The recursions are scans over frames, computed with `logcumsumexp` in float64.
+
+The candidates' scores, log sum_t exp(phi[t-1] + x_t(c)) over frames t for every token c, are one
+matrix product in probability space per step, (rows, T) @ (T, C), each factor scaled by its maximum
+(over frames for x, so `exp(x - max)` is computed once per example). A sum so small that the
+scaling could have flushed its terms to zero (< e^-600) is recomputed with `logsumexp`; the others
+agree with it to float64 rounding (~1e-13), so decoding picks the same tokens as the direct sum.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from torch import Tensor
 
 NEG_INF = float("-inf")
 PAD_LOG_PROB = -1.0e4
+SMALLEST_SCALED_SUM = 1.0e-260
+"""Scaled sums below this (~e^-600) are recomputed directly: their terms may have underflowed (float64: e^-708)."""
 
 
 def _log_scan(start: Tensor, inputs: Tensor, emit: Tensor) -> Tensor:
@@ -39,56 +47,81 @@ class CTCPrefixScorer:
         log_probs: (B, T, V + 1) log-softmax of the CTC head, the blank at index `blank`.
         lengths: (B,) valid frames of each row.
         blank: the blank's index.
+        rows_per_example: R rows share each example's posteriors (a beam of R prefixes): row r scores against
+            example r // R, so the scorer has B * R rows.
     """
 
-    def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int) -> None:
+    def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, rows_per_example: int = 1) -> None:
         B, T, _ = log_probs.shape
-        self.blank = blank
+        self.blank, self.rows_per_example = blank, rows_per_example
         valid = torch.arange(T, device=log_probs.device)[None] < lengths[:, None]  # (B, T)
         x = log_probs.double()
         # Past a row's end: blanks with probability 1, so the forward variables carry over unchanged
         # (a large finite penalty rather than -inf keeps the scans' cumulative sums finite).
         pad = torch.full_like(x, PAD_LOG_PROB)
         pad[..., blank] = 0.0
-        self.x = torch.where(valid[..., None], x, pad)  # (B, T, V + 1)
-        self.last_frame = (lengths - 1).clamp(min=0)
-        self.r_n = torch.full((B, T), NEG_INF, dtype=torch.float64, device=x.device)
-        self.r_b = self.x[..., blank].cumsum(dim=1)  # the empty prefix: blanks only
-        self.last = torch.full((B,), -1, dtype=torch.long, device=x.device)  # last token of each prefix
-        self.empty = torch.ones(B, dtype=torch.bool, device=x.device)
-        self.score = torch.zeros(B, dtype=torch.float64, device=x.device)  # log psi(h)
+        self.x = torch.where(valid[..., None], x, pad)  # (B, T, V + 1) per example
+        self.example = torch.arange(B * rows_per_example, device=x.device) // rows_per_example  # (rows,)
+        self._scaled: tuple[Tensor, Tensor] | None = None  # exp(x - max over frames) and that max, on first use
+        rows = B * rows_per_example
+        self.last_frame = (lengths - 1).clamp(min=0).repeat_interleave(rows_per_example)  # (rows,)
+        self.r_n = torch.full((rows, T), NEG_INF, dtype=torch.float64, device=x.device)
+        self.r_b = self.x[..., blank].cumsum(dim=1).repeat_interleave(rows_per_example, dim=0)  # the empty prefix
+        self.last = torch.full((rows,), -1, dtype=torch.long, device=x.device)  # last token of each prefix
+        self.empty = torch.ones(rows, dtype=torch.bool, device=x.device)
+        self.score = torch.zeros(rows, dtype=torch.float64, device=x.device)  # log psi(h)
+
+    def _scaled_emissions(self, num_tokens: int) -> tuple[Tensor, Tensor]:
+        """exp(x - m) (B, T, C) and m (B, C), m the max over frames of each example's token log-probs x."""
+        if self._scaled is None or self._scaled[0].shape[-1] != num_tokens:
+            x = self.x[..., :num_tokens]
+            top = x.amax(dim=1)  # (B, C)
+            self._scaled = ((x - top[:, None]).exp(), top)
+        return self._scaled
 
     def extension_scores(self, num_tokens: int) -> Tensor:
-        """(B, num_tokens) log psi(h + c) for the tokens c = 0..num_tokens-1 (text ids, no blank)."""
-        tokens = torch.arange(num_tokens, device=self.x.device)
-        is_last = tokens[None, None] == self.last[:, None, None]  # (B, 1, C)
-        # After h, a new c may follow any frame; a repeat of h's last token only a blank.
-        phi = torch.where(is_last, self.r_b[..., None], torch.logaddexp(self.r_n, self.r_b)[..., None])  # (B, T, C)
-        emit = self.x[..., :num_tokens]  # (B, T, C)
-        # c first emitted at frame t: phi[t-1] + x_t(c); at frame 0 only from the empty prefix.
-        first = torch.where(self.empty[:, None], emit[:, 0], torch.full_like(emit[:, 0], NEG_INF))
-        later = phi[:, :-1] + emit[:, 1:]  # (B, T-1, C)
-        return torch.logsumexp(torch.cat([first[:, None], later], dim=1), dim=1)
+        """(rows, num_tokens) log psi(h + c) for the tokens c = 0..num_tokens-1 (text ids, no blank)."""
+        R, C = self.rows_per_example, num_tokens
+        start = torch.where(self.empty, 0.0, NEG_INF).to(self.r_n.dtype)[:, None]  # (rows, 1)
+        # log P(h emitted by frame t - 1), the frame before c's first frame t; at t = 0 only the empty prefix.
+        # After h, a new c may follow any frame; a repeat of h's last token only a blank (fixed below).
+        before = torch.cat([start, torch.logaddexp(self.r_n, self.r_b)[:, :-1]], dim=1)  # (rows, T)
+        before_max = before.amax(dim=1, keepdim=True).nan_to_num(neginf=0.0)  # (rows, 1); all -inf: impossible h
+        emit, emit_max = self._scaled_emissions(C)  # (B, T, C), (B, C)
+        B, T = emit.shape[0], emit.shape[1]
+        sums = torch.bmm((before - before_max).exp().view(B, R, T), emit).view(B * R, C)  # (rows, C)
+        scores = sums.log() + before_max + emit_max.repeat_interleave(R, dim=0)
+        small = (sums < SMALLEST_SCALED_SUM).nonzero(as_tuple=True)  # the sum's terms may have underflowed
+        if small[0].numel():
+            x = self.x[self.example[small[0]], :, small[1]]  # (n, T)
+            scores[small] = torch.logsumexp(before[small[0]] + x, dim=1)
+        repeat = (self.last >= 0) & (self.last < C)  # (rows,) h's last token is a candidate: after a blank only
+        if bool(repeat.any()):
+            rows = repeat.nonzero().flatten()
+            x = self.x[self.example[rows], :, self.last[rows]]  # (n, T)
+            after_blank = torch.cat([start[rows], self.r_b[rows, :-1]], dim=1)  # (n, T)
+            scores[rows, self.last[rows]] = torch.logsumexp(after_blank + x, dim=1)
+        return scores
 
     def end_scores(self) -> Tensor:
-        """(B,) log psi(h + <eos>): the probability that the transcript is exactly h."""
-        at_end = torch.logaddexp(self.r_n, self.r_b)  # (B, T)
+        """(rows,) log psi(h + <eos>): the probability that the transcript is exactly h."""
+        at_end = torch.logaddexp(self.r_n, self.r_b)  # (rows, T)
         return at_end.gather(1, self.last_frame[:, None])[:, 0]
 
     def advance(self, tokens: Tensor, scores: Tensor) -> None:
-        """Extend each row's prefix by `tokens` (B,) whose `extension_scores` were `scores` (B,)."""
-        phi = torch.where((tokens == self.last)[:, None], self.r_b, torch.logaddexp(self.r_n, self.r_b))  # (B, T)
-        emit = self.x.gather(2, tokens[:, None, None].expand(-1, self.x.shape[1], 1))[..., 0]  # (B, T)
+        """Extend each row's prefix by `tokens` (rows,) whose `extension_scores` were `scores` (rows,)."""
+        phi = torch.where((tokens == self.last)[:, None], self.r_b, torch.logaddexp(self.r_n, self.r_b))  # (rows, T)
+        emit = self.x[self.example, :, tokens]  # (rows, T)
         start = torch.where(self.empty, 0.0, NEG_INF).to(emit.dtype)
         r_n = _log_scan(start, phi, emit)
-        blank = self.x[..., self.blank]
+        blank = self.x[self.example, :, self.blank]
         r_b = _log_scan(torch.full_like(start, NEG_INF), r_n, blank)
         self.r_n, self.r_b = r_n, r_b
         self.last, self.score = tokens.clone(), scores.double()
         self.empty = torch.zeros_like(self.empty)
 
     def reorder(self, index: Tensor) -> None:
-        """Row i takes row index[i]'s prefix state (beam search); the posteriors of rows i and index[i] must be equal."""
+        """Row i takes row index[i]'s prefix state (beam search); rows i and index[i] must share their example."""
         self.r_n, self.r_b = self.r_n.index_select(0, index), self.r_b.index_select(0, index)
         self.last, self.empty = self.last.index_select(0, index), self.empty.index_select(0, index)
         self.score = self.score.index_select(0, index)

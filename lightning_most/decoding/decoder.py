@@ -167,8 +167,8 @@ class Decoder:
             lengths = torch.tensor([len(t) for t in ids], dtype=torch.float32, device=device)
             positions = decoding_positions(prompt, torch.ones_like(lengths, dtype=torch.bool), lengths)
         if ctc_weight > 0:
-            log_probs = ctc_logits.float().log_softmax(-1).repeat_interleave(beam, dim=0)  # (B * beam, L, V + 1)
-            scorer = CTCPrefixScorer(log_probs, ctc_lengths.repeat_interleave(beam), blank=self.backbone.config.text_vocab_size)
+            log_probs = ctc_logits.float().log_softmax(-1)  # (B, L, V + 1), shared by the beam's rows of each example
+            scorer = CTCPrefixScorer(log_probs, ctc_lengths, blank=self.backbone.config.text_vocab_size, rows_per_example=beam)
             rescorer = JointCTCRescorer(scorer, ctc_weight, self.specials.base_vocab_size, self.specials.eos)
         ratio = config.max_tokens_per_frame if asr else None  # an ASR cap: answers are not transcripts of the audio
         frames = prompt["feature_mask"].sum(dim=1)  # (B,)

@@ -341,6 +341,7 @@ class WordLMFusion:
         self.context: list[tuple[str, ...]] = [() for _ in range(num_rows)]  # completed words (last order-1)
         self.node: list[int] = [LexiconTrie.ROOT] * num_rows
         self._letters: dict[int, Tensor] = {}  # trie node -> (V,) LM delta of each word byte from it
+        self._ends: dict[tuple[int, tuple[str, ...]], tuple[float, float]] = {}  # (node, context) -> `_end_scores`
 
     # ---- per-node and per-row pieces ---------------------------------------------------------
     def _letter_deltas(self, node: int) -> Tensor:
@@ -381,19 +382,25 @@ class WordLMFusion:
         return (self.context[row] + (word,))[-keep:]
 
     # ---- beam interface ----------------------------------------------------------------------
+    def _end_scores(self, row: int) -> tuple[float, float]:
+        """The row's scores of a delimiter and of <eos> next: weight * LM delta of ending its word (+ word_bonus),
+        and for <eos> also weight * log P(</s>)."""
+        key = (self.node[row], self.context[row])
+        if key not in self._ends:
+            w = self.config.weight
+            end, word = self._completed(row)
+            end_score = w * end + (self.config.word_bonus if self.node[row] != LexiconTrie.ROOT else 0.0)
+            self._ends[key] = end_score, end_score + w * self.lm.log_prob(self._history(row, word), SENTENCE_END)
+        return self._ends[key]
+
     def scores(self) -> Tensor:
         """(rows, V) float64: weight * LM delta (+ word_bonus at word ends) of each next id."""
-        w, bonus = self.config.weight, self.config.word_bonus
-        rows = []
-        for row in range(len(self.node)):
-            delta = w * self._letter_deltas(self.node[row])  # a new tensor: the cached one stays as it is
-            end, word = self._completed(row)
-            in_word = self.node[row] != LexiconTrie.ROOT
-            end_score = w * end + (bonus if in_word else 0.0)
-            delta[self.delimiters] = end_score
-            delta[self.eos] = end_score + w * self.lm.log_prob(self._history(row, word), SENTENCE_END)
-            rows.append(delta)
-        return torch.stack(rows)
+        delta = self.config.weight * torch.stack([self._letter_deltas(node) for node in self.node])  # (rows, V)
+        ends = torch.tensor([self._end_scores(row) for row in range(len(self.node))], dtype=torch.float64,
+                            device=delta.device)  # (rows, 2): delimiter, <eos>
+        delta[:, self.delimiters] = ends[:, :1]
+        delta[:, self.eos] = ends[:, 1]
+        return delta
 
     def reorder(self, index: Tensor) -> None:
         """Row i continues row index[i]'s prefix."""
