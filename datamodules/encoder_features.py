@@ -34,6 +34,7 @@ from tqdm import tqdm
 from datamodules.dataset import CutLoadError, MostDataset, stored_feature_type
 from lightning_most.audio import SAMPLE_RATE
 from lightning_most.audio.features import FeatureConfig, InputFeatures
+from lightning_most.audio.units import array_key
 
 log = logging.getLogger(__name__)
 ENCODER_NAMES = {"whisper": "Whisper", "hubert": "HuBERT"}  # FeatureConfig.kind -> name in progress lines
@@ -67,7 +68,7 @@ def store_encoder_features(
                 out.append(cut)
                 continue
             frames = extractor(audio).numpy().astype(np.float16)  # (T, encoder width)
-            key = writer.write(cut.id, frames)
+            key = writer.write(array_key(cut.id), frames)
             stored = Features(
                 type=feature_type,
                 num_frames=frames.shape[0],

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-HIDDEN_SIZE, NUM_LAYERS = 32, 3
+HIDDEN_SIZE, NUM_LAYERS = 32, 12  # 12 layers: layer 11, the units' layer of SpiritLM and conf/stage1_most.yaml, exists
 
 
 def save_tiny_hubert(path: Path, seed: int = 0) -> Path:
-    """Write a random 3-layer, 32-wide HuBERT with a 320-sample stride (50 Hz, like HuBERT-base/large) to `path`."""
+    """Write a random 12-layer, 32-wide HuBERT with a 320-sample stride (50 Hz, like HuBERT-base/large) to `path`."""
     from transformers import HubertConfig, HubertModel
 
     torch.manual_seed(seed)
