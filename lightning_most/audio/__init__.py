@@ -20,7 +20,12 @@ from lightning_most.audio.encoders import (
 from lightning_most.audio.features import FEATURE_KINDS, FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
 from lightning_most.audio.speechbrain_vocoder import SpeechBrainUnitHifiganConfig, SpeechBrainUnitHifiganVocoder
-from lightning_most.audio.textless import convert_sklearn_kmeans, load_textless_quantizer
+from lightning_most.audio.textless import (
+    SpiritLMLinearQuantizer,
+    convert_sklearn_kmeans,
+    load_spiritlm_linear_quantizer,
+    load_textless_quantizer,
+)
 from lightning_most.audio.units import attach_units, fit_unit_quantizer, load_waveform
 from lightning_most.audio.vocoder import (
     GriffinLimVocoder,
@@ -87,6 +92,7 @@ __all__ = [
     "InputFeatures",
     "SpeechBrainUnitHifiganConfig",
     "SpeechBrainUnitHifiganVocoder",
+    "SpiritLMLinearQuantizer",
     "UnitHifiganConfig",
     "UnitHifiganVocoder",
     "UnitHifiganVocoderConfig",
@@ -101,6 +107,7 @@ __all__ = [
     "convert_sklearn_kmeans",
     "dedup_units",
     "fit_unit_quantizer",
+    "load_spiritlm_linear_quantizer",
     "load_textless_quantizer",
     "load_waveform",
     "save_unit_hifigan",
