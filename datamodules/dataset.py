@@ -9,10 +9,11 @@ the task's layout in `layouts.py`:
     speech_instruct  input features of the spoken instruction, target = the response (supervision text)
     text_instruct    input = `custom["prompt"]` tokens, target = the response (recording-less cut)
 
-Input features follow `lightning_most.audio.features.FeatureConfig` (shared with inference): "fbank"
-and "whisper" frames are computed from the cut's audio (resampled to 16 kHz if needed) by
-`InputFeatures`, except Whisper states stored with the cut (`encoder_features.store_whisper_features`),
-which are read; "precomputed" reads whatever features are stored with the cut (`cut.load_features()`).
+Input features follow `lightning_most.audio.features.FeatureConfig` (shared with inference): "fbank",
+"whisper" and "hubert" frames are computed from the cut's audio (resampled to 16 kHz if needed) by
+`InputFeatures`, except Whisper or HuBERT states stored with the cut (`encoder_features.store_encoder_features`,
+`Features.type` given by `stored_feature_type`, which names the HuBERT layer), which are read; "precomputed" reads whatever features are
+stored with the cut (`cut.load_features()`).
 
 `__getitem__` returns `(batch, skipped)`: `batch` is a `lightning_most.batch.Batch`, or None when
 every cut of the batch was skipped; `skipped` counts the cuts dropped while loading,
@@ -32,7 +33,6 @@ from torch import Tensor
 
 from datamodules.quality import SkipLog, cut_text
 from lightning_most.audio.constants import SAMPLE_RATE
-from lightning_most.audio.encoders import WhisperEncoder
 from lightning_most.audio.features import FeatureConfig, InputFeatures, stack_frames
 from lightning_most.batch import Batch, Task
 from lightning_most.layouts import (
@@ -47,6 +47,17 @@ from lightning_most.layouts import (
 from lightning_most.tokenizer import SpecialTokens, build_tokenizer
 
 WHISPER_FEATURE_TYPE = "whisper_encoder"  # `Features.type` of stored Whisper encoder states
+HUBERT_FEATURE_TYPE = "hubert_encoder_layer{layer}"  # `Features.type` of stored HuBERT states of one layer
+
+
+def stored_feature_type(features: FeatureConfig) -> str | None:
+    """`Features.type` of the encoder states `features` reads when they are stored with a cut (None: computed only)."""
+    if features.kind == "whisper":
+        return WHISPER_FEATURE_TYPE
+    if features.kind == "hubert":
+        return HUBERT_FEATURE_TYPE.format(layer=features.hubert_layer)
+    return None
+
 
 
 class CutLoadError(Exception):
@@ -88,9 +99,10 @@ class MostDataset(torch.utils.data.Dataset):
             if not cut.has_features:
                 raise CutLoadError("missing_audio", "FeatureConfig.kind='precomputed' but the cut has no features")
             frames = self._stored_features(cut)
-        elif kind == "whisper" and cut.has_features and cut.features.type == WHISPER_FEATURE_TYPE:
+        elif cut.has_features and cut.features.type == stored_feature_type(self.features):
             # lhotse pads a stored array to round(duration / frame_shift) frames; keep the encoder's own count
-            frames = self._stored_features(cut)[: WhisperEncoder.frames_for(compute_num_samples(cut.duration, SAMPLE_RATE))]
+            num_samples = compute_num_samples(cut.duration, SAMPLE_RATE)
+            frames = self._stored_features(cut)[: self.extractor.encoder_frames(num_samples)]
         else:
             if cut.sampling_rate != SAMPLE_RATE:
                 cut = cut.resample(SAMPLE_RATE)

@@ -7,7 +7,7 @@ test split (held-out speakers). `prepare_data` builds the corpus with `corpus` (
 
 With `features.kind == "whisper"` the speech sources are the corpus's cuts with stored Whisper
 encoder states (`whisper_features/` under the corpus, written by `prepare_data` through
-`encoder_features.prepare_whisper_features`, about 45 s for the default corpus on 2 cores), so
+`encoder_features.prepare_encoder_features`, about 45 s for the default corpus on 2 cores), so
 training reads the states instead of running the encoder for every batch.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.embedded import SPLITS, EmbeddedCorpusConfig, corpus_paths, prepare_embedded_corpus
-from datamodules.encoder_features import prepare_whisper_features
+from datamodules.encoder_features import prepare_encoder_features
 from datamodules.mixing import SourceConfig
 from lightning_most.audio.features import FeatureConfig
 
@@ -75,4 +75,4 @@ class EmbeddedDataModule(MostDataModule):
         if self.features.kind == "whisper":
             for split in SPLITS:
                 out = self._whisper_cuts(split)
-                prepare_whisper_features(paths.cuts[split], out, out.parent / split, self.features)
+                prepare_encoder_features(paths.cuts[split], out, out.parent / split, self.features)

@@ -23,6 +23,10 @@ the tear and one `unreadable_manifest` placeholder; the sampler filter counts an
 
 Text shards (`write_text_shards`): `out_dir/text.000000.jsonl.gz`, lines `{"id", "text"}`, read by
 `text.py`. Note lhotse's `to_shar` does not create its output folder: `export_shar` does.
+
+Command line (a cut manifest with its audio, stored features and units, as Shar):
+
+    python -m datamodules.shards --cuts data/units/libriheavy_cuts_large.jsonl.gz --out_dir data/shar/libriheavy_large
 """
 
 from __future__ import annotations
@@ -207,3 +211,24 @@ def write_text_shards(records: Iterable[dict], out_dir: str | Path, shard_size: 
         with gzip.open(paths[-1], "wt", encoding="utf-8") as f:
             f.writelines(json.dumps(record) + "\n" for record in chunk)
     return paths
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[str]]:
+    """Command line: `python -m datamodules.shards --cuts CUTS --out_dir DIR [--shard_size N]` (export_shar)."""
+    from jsonargparse import ArgumentParser
+    from lhotse import load_manifest_lazy
+
+    parser = ArgumentParser(prog="datamodules.shards", description=main.__doc__)
+    parser.add_argument("--cuts", type=str, required=True, help="Cut manifest to export.")
+    parser.add_argument("--out_dir", type=str, required=True, help="Folder of the Shar shards.")
+    parser.add_argument("--shard_size", type=int, default=1000, help="Cuts per shard.")
+    parser.add_argument("--audio_format", type=str, default="flac")
+    parser.add_argument("--num_jobs", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not Path(args.cuts).is_file():
+        raise FileNotFoundError(f"--cuts {args.cuts}: no such cut manifest.")
+    return export_shar(load_manifest_lazy(args.cuts), args.out_dir, args.shard_size, args.audio_format, args.num_jobs)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ the data of the stage-2 tasks:
    own encoder, as `units.py` gives the TTS targets);
 5. spoken QA files of dev and test in the layout `lightning_most.evaluation.spoken_qa` reads;
 6. with `features.kind == "whisper"`, the Whisper encoder states of every cut, stored once
-   (`encoder_features.prepare_whisper_features`).
+   (`encoder_features.prepare_encoder_features`).
 
 Layout of `out_dir`:
 
@@ -56,7 +56,7 @@ from lhotse.array import Array
 from lhotse.features.io import NumpyFilesWriter
 from tqdm import tqdm
 
-from datamodules.encoder_features import prepare_whisper_features
+from datamodules.encoder_features import prepare_encoder_features
 from datamodules.generated_instructions import GeneratedInstructionsConfig, generate_instructions
 from datamodules.instructions import InstructionPair, read_instructions, write_instructions
 from datamodules.quality import SkipLog, text_problem
@@ -380,7 +380,7 @@ def prepare_spoken_instructions(
             write_spoken_qa(paths.qa[split], root, split_items)
         if features is not None and features.kind == "whisper":
             out = paths.feature_cuts(split)
-            prepare_whisper_features(paths.cuts[split], out, out.parent / split, features)
+            prepare_encoder_features(paths.cuts[split], out, out.parent / split, features)
         counts[split] = {
             "pairs": len(pairs[split]),
             "spoken": len(split_items),

@@ -5,6 +5,15 @@ the (shuffled) train cuts, then `attach_units`, which stores each cut's units as
 `units/` and adds the custom tensor field `units` (read back with `cut.load_units()` -> (T,)). The
 encoder settings are written beside the quantizer (`unit_quantizer.json`) so a vocoder or a second
 corpus can use the same feature space.
+
+With `units.hubert` set, the frames clustered are the states of one layer of a frozen HuBERT instead
+of the log-mel: MoST's paper-scale units, 500 k-means units of HuBERT layer 11 (as SpiritLM), are
+
+    python -m datamodules.units --train TRAIN --splits '{dev: DEV}' --out_dir OUT \
+        --units.num_units 500 --units.hubert.path checkpoints/hubert-large-ll60k --units.hubert.layer 11
+
+Such units have no log-mel centroids to invert: they are spoken by a unit HiFi-GAN
+(`lightning_most.audio.train_vocoder`).
 """
 
 from __future__ import annotations
@@ -19,7 +28,14 @@ from pathlib import Path
 
 from lhotse import CutSet, load_manifest_lazy
 
-from lightning_most.audio import FbankEncoder, FbankEncoderConfig, attach_units, fit_unit_quantizer
+from lightning_most.audio import (
+    FbankEncoder,
+    FbankEncoderConfig,
+    HubertEncoder,
+    HubertEncoderConfig,
+    attach_units,
+    fit_unit_quantizer,
+)
 
 QUANTIZER_FILE = "unit_quantizer.safetensors"
 
@@ -38,10 +54,24 @@ class UnitsConfig:
     """Maximum Lloyd iterations."""
     encoder: FbankEncoderConfig = field(default_factory=FbankEncoderConfig)
     """Log-mel settings of the frames that are clustered (default 80 mels, 2 stacked = 50 Hz)."""
+    hubert: HubertEncoderConfig | None = None
+    """Cluster this frozen HuBERT layer's states instead of the log-mel (paper scale: layer 11, num_units 500)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = FbankEncoderConfig(**self.encoder)
+        if isinstance(self.hubert, dict):
+            self.hubert = HubertEncoderConfig(**self.hubert)
+
+    def build_encoder(self) -> FbankEncoder | HubertEncoder:
+        """The encoder whose frames are clustered: the HuBERT layer when `hubert` is set, else the log-mel."""
+        return HubertEncoder(self.hubert) if self.hubert is not None else FbankEncoder(self.encoder)
+
+    def describe(self) -> dict:
+        """The encoder part of `unit_quantizer.json`: which frames the centroids live among."""
+        if self.hubert is not None:
+            return {"encoder": "hubert", "encoder_config": {**asdict(self.hubert), "path": str(Path(self.hubert.path).resolve())}}
+        return {"encoder": "fbank", "encoder_config": asdict(self.encoder)}
 
 
 def _progress(line: str) -> None:
@@ -60,7 +90,7 @@ def fit_and_attach_units(
     if "train" not in cuts:
         raise ValueError(f"fit_and_attach_units needs a 'train' split to fit the units on, got {sorted(cuts)}.")
     start = time.perf_counter()
-    encoder = FbankEncoder(config.encoder)
+    encoder = config.build_encoder()
     _progress(f"units: fitting {config.num_units} k-means centroids on at most {config.max_frames} train frames "
               f"({config.iterations} iterations)")
     quantizer = fit_unit_quantizer(
@@ -76,8 +106,7 @@ def fit_and_attach_units(
     quantizer.save(quantizer_path)
     fit_seconds = time.perf_counter() - start
     description = {
-        "encoder": "fbank",
-        "encoder_config": asdict(config.encoder),
+        **config.describe(),
         "num_units": config.num_units,
         "frame_rate": encoder.frame_rate,
     }

@@ -19,7 +19,13 @@ from lightning_most.audio.encoders import (
 )
 from lightning_most.audio.features import FEATURE_KINDS, FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
-from lightning_most.audio.textless import convert_sklearn_kmeans, load_textless_quantizer
+from lightning_most.audio.speechbrain_vocoder import SpeechBrainUnitHifiganConfig, SpeechBrainUnitHifiganVocoder
+from lightning_most.audio.textless import (
+    SpiritLMLinearQuantizer,
+    convert_sklearn_kmeans,
+    load_spiritlm_linear_quantizer,
+    load_textless_quantizer,
+)
 from lightning_most.audio.units import attach_units, fit_unit_quantizer, load_waveform
 from lightning_most.audio.vocoder import (
     GriffinLimVocoder,
@@ -32,7 +38,7 @@ from lightning_most.audio.vocoder import (
 )
 
 ENCODERS = ("fbank", "hubert", "whisper")
-VOCODERS = ("griffin_lim", "hifigan")
+VOCODERS = ("griffin_lim", "hifigan", "speechbrain_hifigan")
 
 
 def _config(config_cls, kind: str, name: str, cfg: dict):
@@ -55,9 +61,10 @@ def build_waveform_encoder(name: str, **cfg) -> WaveformEncoder:
 
 
 def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg) -> Vocoder:
-    """Build a vocoder by name: "griffin_lim" (needs the units' `quantizer`, object or file) or "hifigan".
+    """Build a vocoder by name: "griffin_lim" (needs the units' `quantizer`, object or file), "hifigan" (ours,
+    `train_vocoder`) or "speechbrain_hifigan" (a published speechbrain folder).
 
-    `cfg` holds fields of `GriffinLimVocoderConfig` or `UnitHifiganVocoderConfig`.
+    `cfg` holds fields of `GriffinLimVocoderConfig`, `UnitHifiganVocoderConfig` or `SpeechBrainUnitHifiganConfig`.
     """
     if name == "griffin_lim":
         if quantizer is None:
@@ -67,6 +74,8 @@ def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg
         return GriffinLimVocoder(quantizer, _config(GriffinLimVocoderConfig, "vocoder", name, cfg))
     if name == "hifigan":
         return UnitHifiganVocoder(_config(UnitHifiganVocoderConfig, "vocoder", name, cfg))
+    if name == "speechbrain_hifigan":
+        return SpeechBrainUnitHifiganVocoder(_config(SpeechBrainUnitHifiganConfig, "vocoder", name, cfg))
     raise ValueError(f"unknown vocoder {name!r}; choose one of {VOCODERS}")
 
 
@@ -81,6 +90,9 @@ __all__ = [
     "HubertEncoder",
     "HubertEncoderConfig",
     "InputFeatures",
+    "SpeechBrainUnitHifiganConfig",
+    "SpeechBrainUnitHifiganVocoder",
+    "SpiritLMLinearQuantizer",
     "UnitHifiganConfig",
     "UnitHifiganVocoder",
     "UnitHifiganVocoderConfig",
@@ -95,6 +107,7 @@ __all__ = [
     "convert_sklearn_kmeans",
     "dedup_units",
     "fit_unit_quantizer",
+    "load_spiritlm_linear_quantizer",
     "load_textless_quantizer",
     "load_waveform",
     "save_unit_hifigan",

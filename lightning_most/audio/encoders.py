@@ -126,6 +126,42 @@ class HubertEncoderConfig:
     device: str = "cpu"
 
 
+def read_hubert_config(path: str | Path):
+    """The transformers `HubertConfig` of a local HuBERT folder, checked (no weights are read)."""
+    from transformers import HubertConfig
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"HuBERT folder {path} does not exist: point `path` at a local folder saved with "
+            "HubertModel.save_pretrained (config.json + model.safetensors)."
+        )
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} is missing: {path} is not a transformers checkpoint folder.")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "hubert":
+        raise ValueError(f"{config_file} has model_type={model_type!r}; HubertEncoder needs a 'hubert' checkpoint.")
+    return HubertConfig.from_pretrained(str(path), local_files_only=True)
+
+
+def hubert_num_frames(config, num_samples: int) -> int:
+    """Frames of a HuBERT convolutional front end (`HubertConfig`) for `num_samples` input samples."""
+    n = num_samples
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        n = max((n - kernel) // stride + 1, 0)
+    return n
+
+
+def hubert_min_samples(config, num_frames: int = 1) -> int:
+    """Fewest input samples that give `num_frames` frames: the front end's receptive field plus its strides."""
+    receptive, stride = 1, 1
+    for kernel, s in zip(config.conv_kernel, config.conv_stride):
+        receptive += (kernel - 1) * stride
+        stride *= s
+    return receptive + (num_frames - 1) * stride
+
+
 class HubertEncoder:
     """Frozen HuBERT hidden states of one layer, (T, hidden_size) at 50 Hz."""
 
@@ -134,22 +170,12 @@ class HubertEncoder:
 
         self.config = config
         path = Path(config.path)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"HuBERT folder {path} does not exist: point `path` at a local folder saved with "
-                "HubertModel.save_pretrained (config.json + model.safetensors)."
-            )
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} is missing: {path} is not a transformers checkpoint folder.")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != "hubert":
-            raise ValueError(f"{config_file} has model_type={model_type!r}; HubertEncoder needs a 'hubert' checkpoint.")
-        self.model = HubertModel.from_pretrained(str(path), local_files_only=True).eval().to(config.device)
-        self.model.requires_grad_(False)
-        num_layers = self.model.config.num_hidden_layers
+        model_config = read_hubert_config(path)
+        num_layers = model_config.num_hidden_layers
         if not 0 <= config.layer <= num_layers:
             raise ValueError(f"HuBERT layer {config.layer} requested but {path} has {num_layers} layers.")
+        self.model = HubertModel.from_pretrained(str(path), local_files_only=True).eval().to(config.device)
+        self.model.requires_grad_(False)
         self.normalize = self._reads_normalized_audio(path)
         self.feature_dim = self.model.config.hidden_size
         self.frame_rate = SAMPLE_RATE / self._total_stride()
@@ -168,10 +194,7 @@ class HubertEncoder:
 
     def num_frames(self, num_samples: int) -> int:
         """Output frames of the convolutional front end for `num_samples` input samples."""
-        n = num_samples
-        for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride):
-            n = max((n - kernel) // stride + 1, 0)
-        return n
+        return hubert_num_frames(self.model.config, num_samples)
 
     @torch.no_grad()
     def __call__(self, waveform: Tensor) -> Tensor:

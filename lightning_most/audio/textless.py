@@ -6,8 +6,13 @@ Layouts met in public releases:
   of `{"cluster_centers": numpy (K, F), "n_clusters": K}`. `load_textless_quantizer` reads it with
   `torch.load(weights_only=True)`, allowing only numpy's array-rebuilding functions.
 - SpiritLM's shipped `hubert_25hz/L11_quantizer_500.pt` is *not* k-means: it is a CTC-trained MLP
-  (`{"model_cfg": ..., "model_weight": ...}`, `LinearQuantizerModel`). Its units are not nearest
-  centroids, so `load_textless_quantizer` refuses it with that explanation.
+  (`{"model_cfg": {vocab_size, dim, upstream_dim}, "model_weight": ...}`, `LinearQuantizerModel`): three
+  linear layers with LeakyReLU to K + 1 logits (the last is CTC blank), a frame's unit is the argmax,
+  and a blank frame takes the nearest non-blank unit to its left (cyclically, as SpiritLM's repeated
+  `roll` does). `load_spiritlm_linear_quantizer` reads it (weights only) as a `SpiritLMLinearQuantizer`,
+  which quantizes like a `UnitQuantizer` (`attach_units` takes either) but has no centroids to invert.
+  It reads layer 11 of SpiritLM's 25 Hz mHuBERT, a fairseq checkpoint that `HubertEncoder` reads only
+  once converted to a transformers folder.
 - textless-lib / fairseq GSLM `km.bin`: `joblib.dump` of a scikit-learn (MiniBatch)KMeans, i.e. a
   pickle. `convert_sklearn_kmeans` reads it with an unpickler that resolves only numpy array/dtype
   constructors and the two scikit-learn estimator classes (mapped to an inert record), so no
@@ -17,11 +22,13 @@ Layouts met in public releases:
 from __future__ import annotations
 
 import importlib
+import itertools
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lightning_most.audio.quantizer import UnitQuantizer
 from lightning_most.safe_loading import UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
@@ -68,7 +75,7 @@ def load_textless_quantizer(path: str | Path) -> UnitQuantizer:
     if isinstance(states, dict) and "model_weight" in states:
         raise ValueError(
             f"{path} is SpiritLM's CTC-trained linear quantizer (model_cfg + model_weight), not k-means "
-            "centroids; its units cannot be reproduced by nearest-centroid quantization."
+            "centroids: read it with load_spiritlm_linear_quantizer."
         )
     if not isinstance(states, dict) or "cluster_centers" not in states:
         keys = sorted(states) if isinstance(states, dict) else type(states).__name__
@@ -81,6 +88,54 @@ def load_textless_quantizer(path: str | Path) -> UnitQuantizer:
             f"{path}: n_clusters={int(states['n_clusters'])} but cluster_centers has {centers.shape[0]} rows."
         )
     return UnitQuantizer(centers)
+
+
+class SpiritLMLinearQuantizer:
+    """SpiritLM's CTC-trained MLP quantizer: frames (T, F) -> K + 1 logits -> units (T,), blanks filled from the left."""
+
+    def __init__(self, vocab_size: int, dim: int, upstream_dim: int, weights: dict[str, Tensor]) -> None:
+        mid = upstream_dim - (vocab_size + 1)
+        widths = (dim, dim - mid // 4, dim - mid // 2, vocab_size + 1)
+        layers: list[torch.nn.Module] = []
+        for i, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
+            layers += [torch.nn.Linear(width_in, width_out)] + ([torch.nn.LeakyReLU()] if i < 2 else [])
+        self.mlp = torch.nn.Sequential(*layers).eval().requires_grad_(False)
+        self.mlp.load_state_dict(weights)
+        self.num_units, self.feature_dim = vocab_size, dim
+
+    @torch.no_grad()
+    def quantize(self, features: Tensor) -> Tensor:
+        """Units of frames (T, F) float -> (T,) long in [0, K)."""
+        if features.dim() != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"expected features (T, {self.feature_dim}), got {tuple(features.shape)}")
+        logits = self.mlp(features.float())  # (T, K + 1)
+        units = logits.argmax(dim=-1)  # (T,)
+        kept = (units != self.num_units).nonzero().flatten()  # frames that are not CTC blank
+        if kept.numel() == 0:  # nothing to copy from: the best non-blank unit of each frame
+            return logits[:, : self.num_units].argmax(dim=-1)
+        positions = torch.arange(units.numel())
+        # index into `kept` of the last non-blank at or before each frame; -1 (before the first) wraps to the last
+        source = torch.searchsorted(kept, positions, right=True) - 1  # (T,)
+        return units[kept[source]]
+
+
+def load_spiritlm_linear_quantizer(path: str | Path) -> SpiritLMLinearQuantizer:
+    """Read SpiritLM's `L11_quantizer_500.pt` layout (`{"model_cfg", "model_weight"}`) with weights only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"quantizer file {path} does not exist.")
+    try:
+        states = load_checkpoint(path)
+    except (UnsafeCheckpointError, UnreadableCheckpointError) as e:
+        raise ValueError(f"{path} is not a plain torch file of tensors ({e}).") from e
+    if not isinstance(states, dict) or not {"model_cfg", "model_weight"} <= set(states):
+        keys = sorted(states) if isinstance(states, dict) else type(states).__name__
+        raise ValueError(f"{path} holds {keys}; SpiritLM's linear quantizer has 'model_cfg' and 'model_weight'.")
+    cfg = states["model_cfg"]
+    try:
+        return SpiritLMLinearQuantizer(int(cfg["vocab_size"]), int(cfg["dim"]), int(cfg["upstream_dim"]), states["model_weight"])
+    except (KeyError, RuntimeError) as e:
+        raise ValueError(f"{path}: model_cfg {cfg} does not describe its model_weight ({e}).") from e
 
 
 class _PickledEstimator:

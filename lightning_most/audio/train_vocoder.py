@@ -7,7 +7,13 @@ discriminators with least-squares GAN loss and feature matching (x10). The STFT 
 speechbrain 1.1.2's `MultiScaleSTFTLoss` calls `torch.stft` without `return_complex`, which torch 2.11
 rejects. The result is a folder `UnitHifiganVocoder` reads.
 
+Crops are cut in `num_workers` DataLoader processes (on a GPU the audio loading, and LJSpeech's
+22.05 -> 16 kHz resampling, would otherwise starve it). Every `save_every` steps the generator folder
+and `training_state.pt` (step, both networks, both optimizers) are written; the same command resumes
+from that state. The GPU recipe for an LJSpeech layout is `conf/vocoder/ljspeech_unit_hifigan.yaml`:
+
     python -m lightning_most.audio.train_vocoder --cuts data/cuts_with_units.jsonl.gz --output-dir exp/vocoder
+    python -m lightning_most.audio.train_vocoder --config conf/vocoder/ljspeech_unit_hifigan.yaml
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import json
 import logging
 import random
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+import yaml
 from lhotse import CutSet
 from lhotse.cut import Cut
 from torch import Tensor
@@ -28,8 +35,10 @@ from torch import Tensor
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.units import UNITS_FIELD, load_waveform
 from lightning_most.audio.vocoder import UnitHifiganConfig, save_unit_hifigan
+from lightning_most.safe_loading import load_checkpoint
 
 log = logging.getLogger(__name__)
+TRAINING_STATE_FILE = "training_state.pt"  # step, networks and optimizers, for resuming
 STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))  # (n_fft, hop); window = n_fft
 
 
@@ -66,6 +75,10 @@ class VocoderTrainingConfig:
     save_every: int = 10_000
     seed: int = 0
     device: str = "cpu"
+    num_workers: int = 0
+    """Processes cutting crops (0: in the training process); 4-8 keep a GPU fed."""
+    resume: bool = True
+    """Continue from `output_dir/training_state.pt` when it exists."""
 
 
 class _Crops:
@@ -112,6 +125,20 @@ class _Crops:
         return torch.stack(units), torch.stack(waves)[:, None]
 
 
+class _CropBatches(torch.utils.data.IterableDataset):
+    """An endless stream of `_Crops.batch` batches; each DataLoader worker draws with its own seed."""
+
+    def __init__(self, crops: _Crops, batch_size: int, seed: int) -> None:
+        self.crops, self.batch_size, self.seed = crops, batch_size, seed
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            self.crops.rng = random.Random(self.seed + 1 + worker.id)
+        while True:
+            yield self.crops.batch(self.batch_size)
+
+
 def train_vocoder(config: VocoderTrainingConfig) -> Path:
     """Train the generator and write it to `config.output_dir`; returns that folder."""
     import speechbrain as sb
@@ -144,9 +171,27 @@ def train_vocoder(config: VocoderTrainingConfig) -> Path:
         discriminator_loss = HifiGAN.DiscriminatorLoss(msed_loss=HifiGAN.MSEDLoss())
         optimizer_d = torch.optim.AdamW(discriminator.parameters(), config.learning_rate, betas=(0.8, 0.99))
     output_dir = Path(config.output_dir)
-    for step in range(1, config.steps + 1):
-        units, real = crops.batch(config.batch_size)  # (B, U), (B, 1, U * samples_per_unit)
-        units, real = units.to(device), real.to(device)
+    networks = {"generator": generator, "optimizer_g": optimizer_g}
+    if config.adversarial:
+        networks |= {"discriminator": discriminator, "optimizer_d": optimizer_d}
+    first_step = 1
+    state_path = output_dir / TRAINING_STATE_FILE
+    if config.resume and state_path.is_file():
+        state = load_checkpoint(state_path, map_location=device)
+        missing = sorted(set(networks) - set(state))
+        if missing:
+            raise ValueError(f"{state_path} has no {missing}: it was saved with another `adversarial` setting.")
+        for name, module in networks.items():
+            module.load_state_dict(state[name])
+        first_step = state["step"] + 1
+        log.info("resuming vocoder training from %s at step %d", state_path, first_step)
+    batches = iter(torch.utils.data.DataLoader(
+        _CropBatches(crops, config.batch_size, config.seed), batch_size=None, num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    ))  # fmt: skip
+    for step in range(first_step, config.steps + 1):
+        units, real = next(batches)  # (B, U), (B, 1, U * samples_per_unit)
+        units, real = units.to(device, non_blocking=True), real.to(device, non_blocking=True)
         fake, _ = generator(units[..., None])  # (B, 1, U * samples_per_unit)
         losses = {}
         if config.adversarial:
@@ -166,44 +211,55 @@ def train_vocoder(config: VocoderTrainingConfig) -> Path:
         log.info("step %d: generator loss %.4f", step, g_loss.item())
         if step % config.save_every == 0 or step == config.steps:
             save_unit_hifigan(generator, gen_config, output_dir)
-    if crops.dropped:
+            state = {"step": step, **{name: module.state_dict() for name, module in networks.items()}}
+            torch.save(state, state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)  # atomic: a kill mid-save keeps the previous state
+    if crops.dropped:  # with num_workers > 0 each worker warns about the cuts it dropped, as it drops them
         warnings.warn(f"vocoder training dropped {len(crops.dropped)} cuts: {', '.join(crops.dropped)}", stacklevel=2)
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: `python -m lightning_most.audio.train_vocoder --cuts ... --output-dir ...`."""
+OPTIONS = ("steps", "batch_size", "segment_units", "learning_rate", "save_every", "seed", "device", "num_workers")
+
+
+def _read_config_file(path: str) -> dict:
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    known = {f.name for f in fields(VocoderTrainingConfig)}
+    if not isinstance(values, dict) or set(values) - known:
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else type(values).__name__
+        raise ValueError(f"{path}: {unknown} are not VocoderTrainingConfig fields; its fields are {sorted(known)}.")
+    return values
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Command line: `python -m lightning_most.audio.train_vocoder [--config YAML] --cuts ... --output-dir ...`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cuts", required=True, help="CutSet manifest with units attached")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--config", help="YAML of VocoderTrainingConfig fields (generator: its fields); flags override")
+    parser.add_argument("--cuts", help="CutSet manifest with units attached")
+    parser.add_argument("--output-dir")
     parser.add_argument(
         "--generator-config", help="JSON of UnitHifiganConfig fields (default: the 16 kHz 500-unit one)"
     )
     defaults = VocoderTrainingConfig(cuts="", output_dir="")
-    for name in ("steps", "batch_size", "segment_units", "learning_rate", "save_every", "seed", "device"):
+    for name in OPTIONS:
         value = getattr(defaults, name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"default: {value}")
     parser.add_argument("--no-adversarial", action="store_true", help="spectral losses only, no discriminators")
     args = parser.parse_args(argv)
-    generator = UnitHifiganConfig()
+    values = _read_config_file(args.config) if args.config else {}
+    for name in ("cuts", "output_dir", *OPTIONS):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.no_adversarial:
+        values["adversarial"] = False
     if args.generator_config:
-        generator = UnitHifiganConfig(**json.loads(Path(args.generator_config).read_text()))
+        values["generator"] = json.loads(Path(args.generator_config).read_text())
+    values["generator"] = UnitHifiganConfig(**values.get("generator", {}))
+    missing = [f"--{name.replace('_', '-')}" for name in ("cuts", "output_dir") if not values.get(name)]
+    if missing:
+        parser.error(f"{' and '.join(missing)} required (on the command line or in --config)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train_vocoder(
-        VocoderTrainingConfig(
-            cuts=args.cuts,
-            output_dir=args.output_dir,
-            generator=generator,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            segment_units=args.segment_units,
-            learning_rate=args.learning_rate,
-            adversarial=not args.no_adversarial,
-            save_every=args.save_every,
-            seed=args.seed,
-            device=args.device,
-        )
-    )
+    return train_vocoder(VocoderTrainingConfig(**values))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ from lightning_most.audio.quantizer import UnitQuantizer, train_kmeans
 UNITS_FIELD = "units"
 
 
+def array_key(cut_id: str) -> str:
+    """File name of a cut's array for lhotse's `NumpyFilesWriter`, which makes no sub-folders: '/' (LibriHeavy ids) -> '__'."""
+    return cut_id.replace("/", "__")
+
+
 def load_waveform(cut: Cut) -> Tensor:
     """The cut's audio as a mono 16 kHz waveform (S,) float."""
     if cut.sampling_rate != SAMPLE_RATE:
@@ -113,7 +118,7 @@ def attach_units(
         for cut, features in tqdm(encoded, desc=f"units -> {storage_dir}", unit="cut", disable=not progress, file=sys.stderr):
             units = quantizer.quantize(features).numpy().astype(np.int32)  # (T,)
             manifest = writer.store_array(
-                cut.id, units, frame_shift=1.0 / encoder.frame_rate, temporal_dim=0, start=cut.start
+                array_key(cut.id), units, frame_shift=1.0 / encoder.frame_rate, temporal_dim=0, start=cut.start
             )
             out.append(cut.with_custom(UNITS_FIELD, manifest))
     _warn_summary("attach_units", skipped, len(out) + len(skipped))

@@ -11,7 +11,7 @@ from lhotse import CutSet
 from datamodules import EmbeddedDataModule, encoder_features
 from datamodules.datamodule import LoaderConfig
 from datamodules.dataset import WHISPER_FEATURE_TYPE, MostDataset
-from datamodules.encoder_features import prepare_whisper_features, store_whisper_features
+from datamodules.encoder_features import prepare_encoder_features, store_encoder_features
 from lightning_most.audio.features import FeatureConfig, InputFeatures
 from tests.datamodules.conftest import TINY
 
@@ -25,7 +25,7 @@ def _asr(cut):
 
 def test_stored_states_are_what_the_dataset_would_compute(tiny_corpus, tmp_path):
     cuts = CutSet.from_file(tiny_corpus.cuts["dev"]).to_eager()
-    stored, skipped = store_whisper_features(cuts, tmp_path / "states", WHISPER)
+    stored, skipped = store_encoder_features(cuts, tmp_path / "states", WHISPER)
     assert not skipped
     dataset = MostDataset(features=WHISPER)
     on_the_fly = InputFeatures(WHISPER)
@@ -43,7 +43,7 @@ def test_unreadable_audio_is_counted_and_left_without_states(tiny_corpus, tmp_pa
     cuts = list(CutSet.from_file(tiny_corpus.cuts["dev"]).subset(first=2))
     source = dataclasses.replace(cuts[1].recording.sources[0], source=str(tmp_path / "gone.wav"))
     cuts[1] = dataclasses.replace(cuts[1], recording=dataclasses.replace(cuts[1].recording, sources=[source]))
-    stored, skipped = store_whisper_features(CutSet.from_cuts(cuts), tmp_path / "states", WHISPER)
+    stored, skipped = store_encoder_features(CutSet.from_cuts(cuts), tmp_path / "states", WHISPER)
     assert skipped == {"missing_audio": 1}
     first, second = list(stored)
     assert first.has_features and not second.has_features
@@ -68,10 +68,10 @@ def test_embedded_datamodule_trains_on_stored_states_and_reuses_them(tiny_corpus
     def must_not_encode(*args, **kwargs):
         raise AssertionError("stored states were encoded again")
 
-    monkeypatch.setattr(encoder_features, "store_whisper_features", must_not_encode)
+    monkeypatch.setattr(encoder_features, "store_encoder_features", must_not_encode)
     data.prepare_data()  # up to date: nothing is encoded
     with pytest.raises(FileNotFoundError, match="build the corpus before its features"):
-        prepare_whisper_features(tiny_corpus.root / "missing.jsonl.gz", tiny_corpus.root / "x.jsonl.gz", "x", WHISPER)
+        prepare_encoder_features(tiny_corpus.root / "missing.jsonl.gz", tiny_corpus.root / "x.jsonl.gz", "x", WHISPER)
 
 
 def test_a_dataset_with_a_loaded_encoder_pickles_for_worker_processes(tiny_corpus) -> None:

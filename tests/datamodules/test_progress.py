@@ -8,7 +8,7 @@ import pytest
 from lhotse import CutSet
 
 from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
-from datamodules.encoder_features import store_whisper_features
+from datamodules.encoder_features import store_encoder_features
 from datamodules.units import UnitsConfig
 from lightning_most.audio.features import FeatureConfig
 
@@ -27,6 +27,6 @@ def test_corpus_building_and_whisper_features_print_progress(tmp_path: Path, cap
     assert "units: quantizing the train split" in err and "units: done in" in err
 
     cuts = CutSet.from_file(corpus.cuts["dev"]).to_eager()
-    store_whisper_features(cuts, tmp_path / "states", FeatureConfig(kind="whisper", frame_stack=2))
+    store_encoder_features(cuts, tmp_path / "states", FeatureConfig(kind="whisper", frame_stack=2))
     err = capfd.readouterr().err
     assert "Whisper features" in err and f"{len(cuts)}/{len(cuts)}" in err
