@@ -20,6 +20,7 @@ from lightning_most.audio.encoders import (
 from lightning_most.audio.features import FEATURE_KINDS, FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
 from lightning_most.audio.textless import convert_sklearn_kmeans, load_textless_quantizer
+from lightning_most.audio.unit_to_mel import UnitToMel, UnitToMelConfig, UnitToMelVocoder, UnitToMelVocoderConfig
 from lightning_most.audio.units import attach_units, fit_unit_quantizer, load_waveform
 from lightning_most.audio.vocoder import (
     GriffinLimVocoder,
@@ -32,7 +33,7 @@ from lightning_most.audio.vocoder import (
 )
 
 ENCODERS = ("fbank", "hubert", "whisper")
-VOCODERS = ("griffin_lim", "hifigan")
+VOCODERS = ("griffin_lim", "hifigan", "unit_to_mel")
 
 
 def _config(config_cls, kind: str, name: str, cfg: dict):
@@ -57,7 +58,7 @@ def build_waveform_encoder(name: str, **cfg) -> WaveformEncoder:
 def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg) -> Vocoder:
     """Build a vocoder by name: "griffin_lim" (needs the units' `quantizer`, object or file) or "hifigan".
 
-    `cfg` holds fields of `GriffinLimVocoderConfig` or `UnitHifiganVocoderConfig`.
+    `cfg` holds fields of `GriffinLimVocoderConfig`, `UnitHifiganVocoderConfig` or `UnitToMelVocoderConfig`.
     """
     if name == "griffin_lim":
         if quantizer is None:
@@ -67,7 +68,17 @@ def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg
         return GriffinLimVocoder(quantizer, _config(GriffinLimVocoderConfig, "vocoder", name, cfg))
     if name == "hifigan":
         return UnitHifiganVocoder(_config(UnitHifiganVocoderConfig, "vocoder", name, cfg))
+    if name == "unit_to_mel":
+        return UnitToMelVocoder(_config(UnitToMelVocoderConfig, "vocoder", name, cfg))
     raise ValueError(f"unknown vocoder {name!r}; choose one of {VOCODERS}")
+
+
+def audio_io_vocoder(audio_io: dict) -> Vocoder:
+    """The vocoder a data module's `audio_io()` names: its unit-to-mel `vocoder` folder, else Griffin-Lim over the
+    `unit_quantizer`'s log-mel centroids."""
+    if audio_io.get("vocoder"):
+        return build_vocoder("unit_to_mel", path=audio_io["vocoder"])
+    return build_vocoder("griffin_lim", quantizer=audio_io["unit_quantizer"])
 
 
 __all__ = [
@@ -85,11 +96,16 @@ __all__ = [
     "UnitHifiganVocoder",
     "UnitHifiganVocoderConfig",
     "UnitQuantizer",
+    "UnitToMel",
+    "UnitToMelConfig",
+    "UnitToMelVocoder",
+    "UnitToMelVocoderConfig",
     "Vocoder",
     "WaveformEncoder",
     "WhisperEncoder",
     "WhisperEncoderConfig",
     "attach_units",
+    "audio_io_vocoder",
     "build_vocoder",
     "build_waveform_encoder",
     "convert_sklearn_kmeans",
