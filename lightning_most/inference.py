@@ -8,13 +8,14 @@ module's `audio_io()`):
                      + stack_frames, as in training (`lightning_most.audio.features`) -> asr prompt
                      |bos| |audio_start| F.. |audio_end| |asr|  -> greedy text
     synthesize       text -> tts prompt |bos| |tts| t.. |audio_start| -> greedy units -> vocoder
-    log_likelihood   waveform -> unit encoder (FbankEncoder) + k-means quantizer -> units U, scored as
+    log_likelihood   waveform -> unit encoder (FbankEncoder, or the Whisper encoder) + k-means quantizer -> units U, scored as
                      |bos| |audio_start| U..: sum over units of log p(u_t | u_<t), the softmax taken
                      over the quantizer's K units
     answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
                      -> greedy text
     answer_written   text -> text_instruct prompt |bos| |text_instruct| q.. |answer| -> greedy text
     answer_speech    synthesize(answer_text(waveform))
+    resynthesize     waveform -> units (as log_likelihood) -> vocoder: the ceiling of the model's TTS
 
 Every method takes a list and runs it as one padded batch (generation is batched over the list).
 Waveforms are mono float (S,) at 16 kHz, as in the protocols.
@@ -368,6 +369,10 @@ class MostInference:
     def synthesize(self, texts: list[str]) -> list[Tensor]:
         """One 16 kHz waveform (S,) per text (the `Synthesizer` protocol)."""
         return self.vocode(self.synthesize_units(texts))
+
+    def resynthesize(self, waveforms: list[Tensor]) -> list[Tensor]:
+        """Each 16 kHz waveform (S,) spoken again from its own units through the vocoder (the `Resynthesizer` protocol)."""
+        return self.vocode(self.units(waveforms))
 
     @torch.no_grad()
     def log_likelihood(self, waveforms: list[Tensor]) -> list[tuple[float, int]]:
