@@ -136,7 +136,7 @@ def train_unit_to_mel(
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % config.log_every == 0 or step == config.steps - 1:
             log.info("unit-to-mel step %d/%d: L1 %.3f (%.0f s)", step + 1, config.steps, losses[-1], time.perf_counter() - start)
     return model.eval().requires_grad_(False), losses
