@@ -7,7 +7,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class RunSummary(pl.Callback):
-    """At the end of fit/validate, print the dev ASR WER (and the CTC head's, if any), stage 2's dev QA accuracies and
+    """At the end of fit/validate, print the dev ASR WER (and the CTC head's, if any), the judge's dev TTS WER, stage 2's dev QA accuracies and
     where the TensorBoard logs are."""
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -17,6 +17,10 @@ class RunSummary(pl.Callback):
         decoding = getattr(pl_module, "asr_decoding", None)  # a StageModule's ASRDecodingConfig
         how = f" ({decoding.describe()})" if decoding is not None else ""
         lines = [f"dev ASR WER: {float(wer):.2%}{how}" if wer is not None else "dev ASR WER: not measured (no ASR dev data)"]
+        tts_wer = trainer.callback_metrics.get("val/tts_judge_wer")
+        if tts_wer is not None:  # the stage spoke num_audio_samples dev texts and the judge transcribed them
+            samples = pl_module.hparams.get("num_audio_samples", "?")
+            lines.append(f"dev TTS WER (Whisper tiny.en judge on {samples} spoken dev texts): {float(tts_wer):.2%}")
         ctc_wer = trainer.callback_metrics.get("val/asr_ctc_wer")
         if ctc_wer is not None:
             lines.append(f"dev ASR WER of the audio encoder's CTC head (greedy): {float(ctc_wer):.2%}")

@@ -8,13 +8,14 @@ module's `audio_io()`):
                      + stack_frames, as in training (`lightning_most.audio.features`) -> asr prompt
                      |bos| |audio_start| F.. |audio_end| |asr|  -> greedy text
     synthesize       text -> tts prompt |bos| |tts| t.. |audio_start| -> greedy units -> vocoder
-    log_likelihood   waveform -> unit encoder (FbankEncoder) + k-means quantizer -> units U, scored as
+    log_likelihood   waveform -> unit encoder (FbankEncoder, or the Whisper encoder) + k-means quantizer -> units U, scored as
                      |bos| |audio_start| U..: sum over units of log p(u_t | u_<t), the softmax taken
                      over the quantizer's K units
     answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
                      -> greedy text
     answer_written   text -> text_instruct prompt |bos| |text_instruct| q.. |answer| -> greedy text
     answer_speech    synthesize(answer_text(waveform))
+    resynthesize     waveform -> units (as log_likelihood) -> vocoder: the ceiling of the model's TTS
 
 Every method takes a list and runs it as one padded batch (generation is batched over the list).
 Waveforms are mono float (S,) at 16 kHz, as in the protocols.
@@ -41,10 +42,15 @@ from lightning_most.audio import (
     UnitHifiganVocoder,
     UnitHifiganVocoderConfig,
     UnitQuantizer,
+    UnitToMelVocoder,
+    UnitToMelVocoderConfig,
     Vocoder,
+    WhisperEncoder,
+    WhisperEncoderConfig,
     stack_frames,
 )
 from lightning_most.audio.constants import SAMPLE_RATE
+from lightning_most.audio.unit_to_mel import UNIT_TO_MEL_CONFIG
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
 from lightning_most.layouts import (
     Example,
@@ -72,10 +78,12 @@ class AudioIO:
     """ASR / instruction input features (lhotse fbank or Whisper encoder states, frames stacked)."""
     unit_quantizer: Path
     """k-means centroids (safetensors) of the discrete units."""
-    unit_encoder: FbankEncoderConfig
-    """Log-mel settings the units were quantized from (and that Griffin-Lim inverts)."""
+    unit_encoder: FbankEncoderConfig | WhisperEncoderConfig
+    """The frames the units were quantized from: log-mel settings (that Griffin-Lim inverts) or a Whisper encoder."""
     num_units: int
     """K, the units the data used (the backbone may have more unit slots)."""
+    vocoder: Path | None = None
+    """The data's unit-to-mel vocoder folder (Whisper-state units); None = Griffin-Lim over log-mel centroids."""
 
     @classmethod
     def from_dict(cls, audio_io: dict[str, Any], source: str) -> AudioIO:
@@ -96,16 +104,22 @@ class AudioIO:
                 "from audio, but not features some other tool stored with the cuts"
             )
         encoder = audio_io["unit_encoder"]
-        if encoder.get("encoder") != "fbank":
+        if encoder.get("encoder") == "fbank":
+            unit_encoder = FbankEncoderConfig(**encoder["encoder_config"])
+        elif encoder.get("encoder") == "whisper":
+            settings = encoder["encoder_config"]
+            unit_encoder = WhisperEncoderConfig(path=settings["whisper_path"], compute_type=settings["compute_type"])
+        else:
             raise InferenceError(
-                f"{source}: audio_io.unit_encoder.encoder={encoder.get('encoder')!r}; only 'fbank' units are "
-                "supported here (the unit_quantizer.json written beside the quantizer says which)"
+                f"{source}: audio_io.unit_encoder.encoder={encoder.get('encoder')!r}; only 'fbank' and 'whisper' units "
+                "are supported here (the unit_quantizer.json written beside the quantizer says which)"
             )
         return cls(
             features=features,
             unit_quantizer=Path(audio_io["unit_quantizer"]),
-            unit_encoder=FbankEncoderConfig(**encoder["encoder_config"]),
+            unit_encoder=unit_encoder,
             num_units=int(audio_io.get("num_units", encoder["num_units"])),
+            vocoder=Path(audio_io["vocoder"]) if audio_io.get("vocoder") else None,
         )
 
 
@@ -175,7 +189,8 @@ class MostInference:
         Args:
             module: the stage module.
             audio_io: its audio front and back ends.
-            vocoder: units -> 16 kHz audio; None = Griffin-Lim over the quantizer's log-mel centroids.
+            vocoder: units -> 16 kHz audio; None = the data's unit-to-mel vocoder (`audio_io.vocoder`), else
+                Griffin-Lim over the quantizer's log-mel centroids.
             temperature: unit sampling temperature of synthesis (0 = greedy).
             top_k: sample units among the k most likely only.
             seed: seeds unit sampling, afresh in every call (the same texts give the same speech).
@@ -190,8 +205,13 @@ class MostInference:
                 "rebuild the corpus it came from, or pass unit_quantizer=PATH (CLI: --unit_quantizer PATH)"
             )
         self.quantizer = UnitQuantizer.load(audio_io.unit_quantizer, num_units=audio_io.num_units)
-        self.unit_encoder = FbankEncoder(audio_io.unit_encoder)
+        if isinstance(audio_io.unit_encoder, FbankEncoderConfig):
+            self.unit_encoder = FbankEncoder(audio_io.unit_encoder)
+        else:
+            self.unit_encoder = WhisperEncoder(audio_io.unit_encoder)
         self.input_extractor = InputFeatures(audio_io.features, num_threads=0)
+        if vocoder is None and audio_io.vocoder is not None:
+            vocoder = UnitToMelVocoder(UnitToMelVocoderConfig(path=str(audio_io.vocoder)))
         self.vocoder = vocoder or GriffinLimVocoder(
             self.quantizer, GriffinLimVocoderConfig(fbank=audio_io.unit_encoder)
         )
@@ -228,7 +248,8 @@ class MostInference:
         Args:
             path: the `.ckpt` file.
             device: torch device to run on.
-            vocoder: a unit HiFi-GAN folder (config.json + generator.ckpt); None = Griffin-Lim over the units.
+            vocoder: a unit HiFi-GAN folder (config.json + generator.ckpt) or a unit-to-mel one (unit_to_mel.json +
+                weights); None = the checkpoint data's vocoder (`AudioIO.vocoder`, else Griffin-Lim over the units).
             audio_io: replaces the checkpoint's `audio_io` (for checkpoints saved without one).
             unit_quantizer: replaces the quantizer path of `audio_io` (when the corpus moved).
             max_new_tokens: text decoding budget (default: the module's `asr_decoding.max_new_tokens`).
@@ -267,7 +288,11 @@ class MostInference:
                 f"checkpoint {path} decodes ASR with a word LM that cannot be counted here ({error}): run from the "
                 "folder it was trained in, or decode without the LM (--no_word_lm)"
             ) from error
-        built = UnitHifiganVocoder(UnitHifiganVocoderConfig(path=str(vocoder), device=device)) if vocoder else None
+        built = None
+        if vocoder is not None and (Path(vocoder) / UNIT_TO_MEL_CONFIG).is_file():
+            built = UnitToMelVocoder(UnitToMelVocoderConfig(path=str(vocoder)))
+        elif vocoder is not None:
+            built = UnitHifiganVocoder(UnitHifiganVocoderConfig(path=str(vocoder), device=device))
         inference = cls(module, parsed, built, temperature=temperature, top_k=top_k, seed=seed)
         inference.global_step = int(header.get("global_step", 0))
         return inference
@@ -299,6 +324,8 @@ class MostInference:
         """Discrete units (T,) of each waveform, as the training targets were made (encoder + k-means)."""
         if not waveforms:
             return []
+        if isinstance(self.unit_encoder, WhisperEncoder):  # one utterance at a time: (S,) -> (T, d_model) -> (T,)
+            return [self.quantizer.quantize(self.unit_encoder(w.float().cpu())).cpu() for w in waveforms]
         lengths = torch.tensor([w.numel() for w in waveforms])
         padded = torch.nn.utils.rnn.pad_sequence([w.float().cpu() for w in waveforms], batch_first=True)  # (B, S)
         features, frames = self.unit_encoder.encode_batch(padded, lengths)  # (B, T, F), (B,)
@@ -342,6 +369,10 @@ class MostInference:
     def synthesize(self, texts: list[str]) -> list[Tensor]:
         """One 16 kHz waveform (S,) per text (the `Synthesizer` protocol)."""
         return self.vocode(self.synthesize_units(texts))
+
+    def resynthesize(self, waveforms: list[Tensor]) -> list[Tensor]:
+        """Each 16 kHz waveform (S,) spoken again from its own units through the vocoder (the `Resynthesizer` protocol)."""
+        return self.vocode(self.units(waveforms))
 
     @torch.no_grad()
     def log_likelihood(self, waveforms: list[Tensor]) -> list[tuple[float, int]]:

@@ -19,7 +19,13 @@ from datamodules.dataset import MostDataset
 from datamodules.embedded import corpus_paths
 from lightning_most.audio import load_waveform
 from lightning_most.audio.waveforms import read_wav
-from lightning_most.evaluation.protocols import AudioLikelihoodScorer, SpokenQuestionAnswerer, Synthesizer, Transcriber
+from lightning_most.evaluation.protocols import (
+    AudioLikelihoodScorer,
+    Resynthesizer,
+    SpokenQuestionAnswerer,
+    Synthesizer,
+    Transcriber,
+)
 from lightning_most.inference import InferenceError, MostInference
 from lightning_most.stages.hparams import LEGACY_HPARAMS
 from lightning_most.stages.stage1 import Stage1Module
@@ -79,6 +85,15 @@ def test_units_are_the_training_targets(inference: MostInference, test_cuts: Cut
     units = inference.units([load_waveform(cut) for cut in cuts])
     for cut, u in zip(cuts, units):
         assert torch.equal(u, torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64)))
+
+
+def test_resynthesis_is_the_cuts_own_units_through_the_vocoder(inference: MostInference, test_cuts: CutSet) -> None:
+    assert isinstance(inference, Resynthesizer)
+    cuts = list(test_cuts)[:2]
+    waves = inference.resynthesize([load_waveform(cut) for cut in cuts])
+    for cut, wave in zip(cuts, waves):
+        units = torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64))
+        assert torch.equal(wave, inference.vocoder(units))  # encoder + k-means as in training, then the vocoder
 
 
 def test_transcribe_gives_one_string_per_waveform_independent_of_batching(

@@ -44,6 +44,8 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
     tmp_path, run = quickstart_run
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.search(r"dev ASR WER: \d+\.\d+%", run.stdout), run.stdout[-2000:]
+    # The judge heard the 2 dev texts the model spoke, and its WER is printed beside the ASR WER.
+    assert re.search(r"dev TTS WER \(Whisper tiny.en judge on 2 spoken dev texts\): \d+\.\d+%", run.stdout)
     log_dir = Path(re.search(r"TensorBoard logs: (\S+)", run.stdout).group(1))
     last = tmp_path / "checkpoints" / "last.ckpt"  # RunCheckpoint: the same folder in every run, so a rerun resumes
     assert last.is_file() and f"last checkpoint: {last}" in run.stdout
@@ -57,7 +59,7 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
 
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "audio": 0, "histograms": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("train/loss", "train/aux_loss", "train/tokens_per_sec", "val/asr_wer", "val/loss"):
+    for tag in ("train/loss", "train/aux_loss", "train/tokens_per_sec", "val/asr_wer", "val/loss", "val/tts_judge_wer"):
         assert tag in scalars, sorted(scalars)
     assert any(t.startswith("train/loss_") for t in scalars)  # per-task losses
     assert any(t.startswith("routing/entropy_") for t in scalars)

@@ -26,6 +26,7 @@ from lightning_most.audio.textless import (
     load_spiritlm_linear_quantizer,
     load_textless_quantizer,
 )
+from lightning_most.audio.unit_to_mel import UnitToMel, UnitToMelConfig, UnitToMelVocoder, UnitToMelVocoderConfig
 from lightning_most.audio.units import attach_units, fit_unit_quantizer, load_waveform
 from lightning_most.audio.vocoder import (
     GriffinLimVocoder,
@@ -38,7 +39,7 @@ from lightning_most.audio.vocoder import (
 )
 
 ENCODERS = ("fbank", "hubert", "whisper")
-VOCODERS = ("griffin_lim", "hifigan", "speechbrain_hifigan")
+VOCODERS = ("griffin_lim", "hifigan", "speechbrain_hifigan", "unit_to_mel")
 
 
 def _config(config_cls, kind: str, name: str, cfg: dict):
@@ -62,9 +63,10 @@ def build_waveform_encoder(name: str, **cfg) -> WaveformEncoder:
 
 def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg) -> Vocoder:
     """Build a vocoder by name: "griffin_lim" (needs the units' `quantizer`, object or file), "hifigan" (ours,
-    `train_vocoder`) or "speechbrain_hifigan" (a published speechbrain folder).
+    `train_vocoder`), "speechbrain_hifigan" (a published speechbrain folder) or "unit_to_mel" (`prepare_units`).
 
-    `cfg` holds fields of `GriffinLimVocoderConfig`, `UnitHifiganVocoderConfig` or `SpeechBrainUnitHifiganConfig`.
+    `cfg` holds fields of `GriffinLimVocoderConfig`, `UnitHifiganVocoderConfig`, `SpeechBrainUnitHifiganConfig`
+    or `UnitToMelVocoderConfig`.
     """
     if name == "griffin_lim":
         if quantizer is None:
@@ -76,7 +78,17 @@ def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg
         return UnitHifiganVocoder(_config(UnitHifiganVocoderConfig, "vocoder", name, cfg))
     if name == "speechbrain_hifigan":
         return SpeechBrainUnitHifiganVocoder(_config(SpeechBrainUnitHifiganConfig, "vocoder", name, cfg))
+    if name == "unit_to_mel":
+        return UnitToMelVocoder(_config(UnitToMelVocoderConfig, "vocoder", name, cfg))
     raise ValueError(f"unknown vocoder {name!r}; choose one of {VOCODERS}")
+
+
+def audio_io_vocoder(audio_io: dict) -> Vocoder:
+    """The vocoder a data module's `audio_io()` names: its unit-to-mel `vocoder` folder, else Griffin-Lim over the
+    `unit_quantizer`'s log-mel centroids."""
+    if audio_io.get("vocoder"):
+        return build_vocoder("unit_to_mel", path=audio_io["vocoder"])
+    return build_vocoder("griffin_lim", quantizer=audio_io["unit_quantizer"])
 
 
 __all__ = [
@@ -97,11 +109,16 @@ __all__ = [
     "UnitHifiganVocoder",
     "UnitHifiganVocoderConfig",
     "UnitQuantizer",
+    "UnitToMel",
+    "UnitToMelConfig",
+    "UnitToMelVocoder",
+    "UnitToMelVocoderConfig",
     "Vocoder",
     "WaveformEncoder",
     "WhisperEncoder",
     "WhisperEncoderConfig",
     "attach_units",
+    "audio_io_vocoder",
     "build_vocoder",
     "build_waveform_encoder",
     "convert_sklearn_kmeans",

@@ -52,6 +52,45 @@ class GriffinLimVocoderConfig:
             self.fbank = FbankEncoderConfig(**self.fbank)
 
 
+class LogMelInverse:
+    """Log-mel frames (T, n_mels * stack) of `FbankEncoder` -> linear spectrogram -> Griffin-Lim waveform."""
+
+    def __init__(self, fbank: FbankEncoderConfig, n_iter: int = 32, momentum: float = 0.99) -> None:
+        self.fbank, self.n_iter, self.momentum = fbank, n_iter, momentum
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=fbank.n_fft // 2 + 1,
+            n_mels=fbank.num_mel_bins,
+            sample_rate=SAMPLE_RATE,
+            f_min=fbank.f_min,
+            f_max=fbank.f_max,
+            driver="gelsd",  # least squares that tolerates rank-deficient filterbanks
+        )
+        self.window = torch.hann_window(fbank.n_fft)
+
+    @torch.no_grad()
+    def __call__(self, log_mel: Tensor) -> Tensor:
+        """Invert log-mel frames (T, n_mels * stack) -> waveform (T * stack * hop_length,) float at 16 kHz."""
+        fbank = self.fbank
+        T = log_mel.shape[0]
+        log_mel = log_mel.float().reshape(-1, fbank.num_mel_bins)  # (T * stack, n_mels)
+        power = self.inverse_mel(log_mel.exp().T).clamp_min(0)  # (n_fft // 2 + 1, T * stack)
+        # A centred STFT of T * stack * hop samples has one frame more than the units describe (the
+        # encoder drops it when stacking): repeat the last one so Griffin-Lim sees consistent shapes.
+        power = torch.cat([power, power[:, -1:]], dim=1)  # (n_fft // 2 + 1, T * stack + 1)
+        return torchaudio.functional.griffinlim(
+            power,
+            window=self.window,
+            n_fft=fbank.n_fft,
+            hop_length=fbank.hop_length,
+            win_length=fbank.n_fft,
+            power=2.0,
+            n_iter=self.n_iter,
+            momentum=self.momentum,
+            length=T * fbank.stack * fbank.hop_length,
+            rand_init=False,  # deterministic: the same frames always give the same audio
+        )
+
+
 class GriffinLimVocoder:
     """Units -> log-mel centroids -> linear spectrogram -> Griffin-Lim waveform."""
 
@@ -67,15 +106,7 @@ class GriffinLimVocoder:
                 "Griffin-Lim can only invert units fit on FbankEncoder frames with the same settings."
             )
         self.quantizer = quantizer
-        self.inverse_mel = torchaudio.transforms.InverseMelScale(
-            n_stft=fbank.n_fft // 2 + 1,
-            n_mels=fbank.num_mel_bins,
-            sample_rate=SAMPLE_RATE,
-            f_min=fbank.f_min,
-            f_max=fbank.f_max,
-            driver="gelsd",  # least squares that tolerates rank-deficient filterbanks
-        )
-        self.window = torch.hann_window(fbank.n_fft)
+        self.inverse = LogMelInverse(fbank, self.config.n_iter, self.config.momentum)
 
     def num_samples(self, num_units: int) -> int:
         """Length of the waveform for `num_units` units."""
@@ -84,27 +115,9 @@ class GriffinLimVocoder:
     @torch.no_grad()
     def __call__(self, units: Tensor) -> Tensor:
         """Vocode units (T,) long -> waveform (T * stack * hop_length,) float at 16 kHz."""
-        fbank = self.config.fbank
         if units.numel() == 0:
             return torch.zeros(0)
-        log_mel = self.quantizer.centroid_features(units)  # (T, n_mels * stack)
-        log_mel = log_mel.reshape(-1, fbank.num_mel_bins)  # (T * stack, n_mels)
-        power = self.inverse_mel(log_mel.exp().T).clamp_min(0)  # (n_fft // 2 + 1, T * stack)
-        # A centred STFT of T * stack * hop samples has one frame more than the units describe (the
-        # encoder drops it when stacking): repeat the last one so Griffin-Lim sees consistent shapes.
-        power = torch.cat([power, power[:, -1:]], dim=1)  # (n_fft // 2 + 1, T * stack + 1)
-        return torchaudio.functional.griffinlim(
-            power,
-            window=self.window,
-            n_fft=fbank.n_fft,
-            hop_length=fbank.hop_length,
-            win_length=fbank.n_fft,
-            power=2.0,
-            n_iter=self.config.n_iter,
-            momentum=self.config.momentum,
-            length=self.num_samples(units.numel()),
-            rand_init=False,  # deterministic: the same units always give the same audio
-        )
+        return self.inverse(self.quantizer.centroid_features(units))  # (T, n_mels * stack) -> (S,)
 
 
 @dataclass

@@ -261,8 +261,10 @@ def evaluate(args: argparse.Namespace) -> None:
         results[f"asr/{asr[0]}"] = evaluate_asr(inference, asr[1], AsrConfig(batch_size=args.batch_size))
     if tts is not None:
         results[f"tts/{tts[0]}"] = evaluate_tts(
-            inference, judge, tts[1], TtsConfig(batch_size=args.batch_size, judge_batch_size=args.batch_size)
+            inference, judge, tts[1], TtsConfig(batch_size=args.batch_size, judge_batch_size=args.batch_size),
+            resynthesizer=inference,
         )
+        print(f"TTS ({tts[0]}): {results[f'tts/{tts[0]}'].summary()}", flush=True)
     for name, result in evaluate_spoken_lm(inference, pair_sets, PairScoringConfig(batch_size=args.batch_size)).items():
         results[f"spoken_lm/{name}"] = result
     if qa_set is not None:

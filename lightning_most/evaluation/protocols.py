@@ -31,6 +31,15 @@ class Synthesizer(Protocol):
 
 
 @runtime_checkable
+class Resynthesizer(Protocol):
+    """Speech to units to speech: the model's unit encoder + quantizer, then its vocoder (no language model)."""
+
+    def resynthesize(self, waveforms: list[Tensor]) -> list[Tensor]:
+        """Return each waveform ``(S,)`` spoken again from its own units, in order."""
+        ...
+
+
+@runtime_checkable
 class AudioLikelihoodScorer(Protocol):
     """Speech language model likelihood of an utterance's discrete units."""
 

@@ -2,7 +2,9 @@
 
 When the texts come from a CutSet, the judge also transcribes the cuts' own recordings, and that
 WER is reported beside the model's: a TTS WER means little without the judge's WER on real audio of
-the same sentences (a bad judge cannot pass for a bad model).
+the same sentences (a bad judge cannot pass for a bad model). Given a `Resynthesizer`, the judge also
+hears the recordings resynthesized from their own units through the vocoder: the ceiling any TTS model
+can reach with those units and that vocoder. `TtsResult.summary()` puts the three side by side.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lightning_most.evaluation.asr import (
     load_cuts_with_text,
     transcribe_in_batches,
 )
-from lightning_most.evaluation.protocols import Synthesizer, Transcriber
+from lightning_most.evaluation.protocols import Resynthesizer, Synthesizer, Transcriber
 
 
 @dataclass
@@ -57,13 +59,29 @@ class TtsResult:
     """Per cut: the text and the judge's transcript of the reference recording."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Cut id -> why it was left out (reference audio failed to load, or no supervision text)."""
+    judge_resynthesis_wer: float | None = None
+    """Judge WER on the reference recordings spoken again from their own units; None without a resynthesizer."""
+    resynthesis_utterances: list[UtteranceTranscript] = field(default_factory=list)
+    """Per cut: the text and the judge's transcript of its resynthesis."""
 
     def metrics(self) -> dict[str, float]:
         """Scalar metrics for reports and loggers."""
         metrics = {"wer": self.wer, "num_utterances": float(len(self.utterances))}
         if self.judge_reference_wer is not None:
             metrics["judge_reference_wer"] = self.judge_reference_wer
+        if self.judge_resynthesis_wer is not None:
+            metrics["judge_resynthesis_wer"] = self.judge_resynthesis_wer
         return metrics
+
+    def summary(self) -> str:
+        """One line: the judge's WER on (a) the reference audio, (b) its resynthesis, (c) the model's TTS."""
+        def shown(wer: float | None) -> str:
+            return "not measured" if wer is None else f"{wer:.1%}"
+
+        return (
+            f"judge WER on {len(self.utterances)} utterances: (a) reference audio {shown(self.judge_reference_wer)}, "
+            f"(b) resynthesis from its own units {shown(self.judge_resynthesis_wer)}, (c) the model's TTS {shown(self.wer)}"
+        )
 
 
 def synthesize_in_batches(synthesizer: Synthesizer, texts: Sequence[str], config: TtsConfig) -> list[Tensor]:
@@ -103,11 +121,14 @@ def evaluate_tts(
     judge: Transcriber,
     items: CutSet | Sequence[str],
     config: TtsConfig | None = None,
+    resynthesizer: Resynthesizer | None = None,
 ) -> TtsResult:
-    """Score the judge WER of ``synthesizer`` on the texts of ``items`` (a CutSet or a list of texts)."""
+    """Score the judge WER of ``synthesizer`` on the texts of ``items`` (a CutSet or a list of texts); with a CutSet
+    and a ``resynthesizer``, also the judge WER on the recordings resynthesized from their own units."""
     config = config or TtsConfig()
-    reference_wer = None
+    reference_wer = resynthesis_wer = None
     reference_utterances: list[UtteranceTranscript] = []
+    resynthesis_utterances: list[UtteranceTranscript] = []
     skipped: dict[str, str] = {}
     if isinstance(items, CutSet):
         cuts, reference_audio, skipped = load_cuts_with_text(items)
@@ -117,9 +138,19 @@ def evaluate_tts(
         texts = [cut_reference(cut) for cut in cuts]
         heard_reference = judge_transcripts(judge, reference_audio, config.judge_batch_size)
         reference_wer, _, reference_utterances = _score(ids, texts, heard_reference)
+        if resynthesizer is not None:
+            resynthesized = [
+                to_mono_16k(w.detach().cpu(), config.synthesis_sampling_rate)
+                for start in range(0, len(reference_audio), config.batch_size)
+                for w in resynthesizer.resynthesize(reference_audio[start : start + config.batch_size])
+            ]
+            heard = judge_transcripts(judge, resynthesized, config.judge_batch_size)
+            resynthesis_wer, _, resynthesis_utterances = _score(ids, texts, heard)
     else:
         texts = list(items)
         ids = [f"text-{index:05d}" for index in range(len(texts))]
     synthesized = synthesize_in_batches(synthesizer, texts, config)
     wer, num_words, utterances = _score(ids, texts, judge_transcripts(judge, synthesized, config.judge_batch_size))
-    return TtsResult(wer, reference_wer, num_words, utterances, reference_utterances, skipped)
+    return TtsResult(
+        wer, reference_wer, num_words, utterances, reference_utterances, skipped, resynthesis_wer, resynthesis_utterances
+    )

@@ -75,6 +75,7 @@ class StageModule(StageEvaluation):
         tts_max_new_tokens: int = 600,
         log_routing_every_n_steps: int = 100,
         num_audio_samples: int = 2,
+        judge_audio_samples: bool = True,
         compile: CompileConfig | None = None,
         expert_parallel: ExpertParallelConfig | None = None,
     ) -> None:
@@ -97,7 +98,9 @@ class StageModule(StageEvaluation):
             activation_checkpointing: recompute each decoder block in backward (saves memory).
             tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize, TTS samples).
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
-            num_audio_samples: dev texts spoken (Griffin-Lim) and logged to TensorBoard at each validation.
+            num_audio_samples: dev texts spoken (the data's vocoder) and logged to TensorBoard at each validation.
+            judge_audio_samples: transcribe those samples with the Whisper tiny.en judge and log their WER as
+                `val/tts_judge_wer` (RunSummary prints it beside the ASR WER); ~1 s of CPU per sample.
             compile: `torch.compile` of each decoder block (`lightning_most.compile`); None = eager.
             expert_parallel: split the routed experts over groups of ranks (`lightning_most.expert_parallel`,
                 `conf/strategy/fsdp_ep.yaml`); needs ModelParallelStrategy. None = every rank holds all experts.

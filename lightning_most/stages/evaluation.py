@@ -14,9 +14,12 @@ from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import WordErrorRate
 
-from lightning_most.audio import build_vocoder
+from lightning_most.audio import audio_io_vocoder
 from lightning_most.batch import TASKS
+from lightning_most.evaluation.asr import corpus_wer
+from lightning_most.evaluation.judges import WhisperTinyJudge
 from lightning_most.evaluation.normalize import normalize_text
+from lightning_most.evaluation.tts import judge_transcripts
 from lightning_most.layouts import collate, tts_example
 from lightning_most.parallel import reshard_after_evaluation, unshard_for_evaluation
 from lightning_most.stages.losses import asr_segments, ctc_loss, task_losses
@@ -45,6 +48,7 @@ class StageEvaluation(pl.LightningModule):
         self.eval_loss = torch.nn.ModuleDict({f"{st}_{name}": MeanMetric() for st in ("val", "test") for name in EVAL_LOSSES})
         self._sample_texts: list[str] = []  # dev transcripts spoken at the end of validation
         self._vocoder = None
+        self._judge = None
 
     def _evaluation_step(self, batch: dict, stage: str) -> list[int]:
         """Update `stage`'s losses per task and its WERs; return the batch's ASR rows."""
@@ -126,20 +130,30 @@ class StageEvaluation(pl.LightningModule):
         reshard_after_evaluation(self.backbone)
 
     def _log_tts_samples(self, texts: list[str]) -> None:
-        """Speak dev texts (greedy units, Griffin-Lim) and log the audio to TensorBoard."""
+        """Speak dev texts (greedy units, the data's vocoder), log the audio to TensorBoard and the judge's WER on it."""
         writers = [lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
         if not writers or not self.trainer.is_global_zero:
             return
         if self._vocoder is None:
-            self._vocoder = build_vocoder("griffin_lim", quantizer=self.audio_io["unit_quantizer"])
+            self._vocoder = audio_io_vocoder(self.audio_io)
         V = self.config.text_vocab_size
         examples = [tts_example(self.tokenizer.encode(t), torch.zeros(0, dtype=torch.long), self.specials, V, text=t)
                     for t in texts]
         batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in collate(examples, self.specials.pad).items()}
         num_units = self.audio_io.get("num_units") or self.config.num_audio_units
         units_per_text = self.decoder.units(batch, self.hparams.tts_max_new_tokens, num_units)
+        waves = []
         for i, (text, units) in enumerate(zip(texts, units_per_text)):
-            wave = self._vocoder(units.cpu()) if units.numel() else torch.zeros(320)  # no units: 20 ms of silence
+            waves.append(self._vocoder(units.cpu()) if units.numel() else torch.zeros(320))  # no units: 20 ms of silence
             for writer in writers:
-                writer.add_audio(f"tts_sample/{i}", wave.flatten(), self.global_step, sample_rate=self._vocoder.sample_rate)
+                writer.add_audio(f"tts_sample/{i}", waves[-1].flatten(), self.global_step, sample_rate=self._vocoder.sample_rate)
                 writer.add_text(f"tts_sample/{i}_text", text, self.global_step)
+        if self.hparams.get("judge_audio_samples", False):
+            self._log_judge_wer(texts, waves)
+
+    def _log_judge_wer(self, texts: list[str], waves: list[Tensor]) -> None:
+        """Log `val/tts_judge_wer`: the Whisper tiny.en judge's WER on the spoken dev texts (rank 0 only)."""
+        if self._judge is None:
+            self._judge = WhisperTinyJudge()
+        wer, _ = corpus_wer(texts, judge_transcripts(self._judge, waves, batch_size=len(waves)))
+        self.log("val/tts_judge_wer", wer, rank_zero_only=True)

@@ -96,3 +96,36 @@ def test_synthesizer_output_is_resampled() -> None:
 
     result = evaluate_tts(EightKilohertz(), LengthJudge(), ["16000"], TtsConfig(synthesis_sampling_rate=8000))
     assert result.wer == 0.0
+
+
+class EchoResynthesizer:
+    """Stands in for perfect units and vocoder: the resynthesis is the recording itself."""
+
+    def resynthesize(self, waveforms: list[Tensor]) -> list[Tensor]:
+        return list(waveforms)
+
+
+class NoiseResynthesizer:
+    """Stands in for units nobody can understand: noise as long as each recording."""
+
+    def resynthesize(self, waveforms: list[Tensor]) -> list[Tensor]:
+        generator = torch.Generator().manual_seed(1)
+        return [0.1 * torch.randn(w.numel(), generator=generator) for w in waveforms]
+
+
+def test_resynthesis_is_judged_beside_reference_and_tts(whisper_judge, reference_cuts: CutSet) -> None:
+    echo = evaluate_tts(NoiseSynthesizer(), whisper_judge, reference_cuts, resynthesizer=EchoResynthesizer())
+    assert echo.judge_resynthesis_wer == echo.judge_reference_wer  # the same audio, the same judge
+    assert [u.utterance_id for u in echo.resynthesis_utterances] == ["ref0", "ref1"]
+    assert set(echo.metrics()) == {"wer", "judge_reference_wer", "judge_resynthesis_wer", "num_utterances"}
+    noise = evaluate_tts(NoiseSynthesizer(), whisper_judge, reference_cuts, resynthesizer=NoiseResynthesizer())
+    assert noise.judge_resynthesis_wer >= 0.8 and noise.judge_reference_wer <= 0.3
+    line = noise.summary()
+    assert "(a) reference audio" in line and "(b) resynthesis" in line and "(c) the model's TTS" in line
+    assert f"{noise.judge_resynthesis_wer:.1%}" in line
+
+
+def test_without_a_resynthesizer_it_is_not_measured(reference_cuts: CutSet) -> None:
+    result = evaluate_tts(NoiseSynthesizer(), RecordingJudge(), reference_cuts)
+    assert result.judge_resynthesis_wer is None and "judge_resynthesis_wer" not in result.metrics()
+    assert "(b) resynthesis from its own units not measured" in result.summary()
