@@ -141,16 +141,25 @@ class MostCLI(LightningCLI):
             parser.link_arguments("data", f"model.init_args.{target}", compute_fn=link.compute, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a linked argument given on the model too (jsonargparse would silently replace it by the data's)."""
+        """Note the linked arguments given on the model too (jsonargparse silently replaces them by the data's)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         init_args = (config.get("model") or {}).get("init_args") or {}
         defaults = inspect.signature(StageModule).parameters
-        for target, link in DATA_LINKS.items():
-            value = init_args.get(target)
-            if value is not None and value != defaults[target].default:
+        self._given_links = {
+            target: init_args.get(target)
+            for target in DATA_LINKS
+            if init_args.get(target) is not None and init_args.get(target) != defaults[target].default
+        }
+
+    def instantiate_classes(self) -> None:
+        """Instantiate, then refuse a linked argument given on the model with another value than the data's (a
+        saved config.yaml repeats the linked values, which is fine)."""
+        super().instantiate_classes()
+        for target, value in getattr(self, "_given_links", {}).items():
+            if value != DATA_LINKS[target].compute(self.datamodule):
                 self.parser.error(
                     f"model.init_args.{target}={value!r}: this argument comes from the data module (linked); remove "
-                    f"it and set {link.set_instead}"
+                    f"it and set {DATA_LINKS[target].set_instead}"
                 )
 
 

@@ -26,6 +26,7 @@ import functools
 import gzip
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -244,9 +245,11 @@ def _count(
 ) -> tuple[WordNgramLM, LexiconTrie]:
     config = WordLMConfig(list(text_files), order, discount, wordfreq_words, wordfreq_weight)
     start = time.perf_counter()
-    # on stderr, shown whether or not logging is configured: counting a large text takes minutes
-    print(f"word LM: counting {order}-grams on {len(text_files)} text file(s): {', '.join(text_files[:3])}"
-          + (" ..." if len(text_files) > 3 else ""), file=sys.stderr, flush=True)
+    # on stderr, shown whether or not logging is configured: counting a large text takes minutes (a missing
+    # file is left to from_config's one-line error, with no progress line before it)
+    if all(os.path.isfile(path) for path in text_files):
+        print(f"word LM: counting {order}-grams on {len(text_files)} text file(s): {', '.join(text_files[:3])}"
+              + (" ..." if len(text_files) > 3 else ""), file=sys.stderr, flush=True)
     lm = WordNgramLM.from_config(config)
     lexicon = LexiconTrie(lm)
     print(f"word LM: {len(lm.words)} words counted in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)

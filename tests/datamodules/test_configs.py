@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from jsonargparse import ArgumentParser
 
 from datamodules.datamodule import MostDataModule
@@ -24,9 +25,14 @@ def test_recipe_configs_parse(path):
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_data_sections_build_their_data_module(path):
+    """The `data` section of each conf/data file builds its data module (a file may also set its run folder)."""
     parser = ArgumentParser()
     parser.add_subclass_arguments(MostDataModule, "data")
-    module = parser.instantiate(parser.parse_path(path)).data
+    data = yaml.safe_load(path.read_text())["data"]
+    if f"--config conf/quickstart.yaml --config conf/data/{path.name}" in path.read_text():  # an overlay
+        base = yaml.safe_load((CONF.parent / "quickstart.yaml").read_text())["data"]
+        data = base | {"init_args": base["init_args"] | data["init_args"]}
+    module = parser.instantiate(parser.parse_object({"data": data})).data
     assert isinstance(module, MostDataModule)
     assert abs(sum(module.task_weights.values()) - 1.0) < 1e-9
 
