@@ -47,6 +47,7 @@ from lhotse.lazy import LazyJsonlIterator, LazyManifestIterator
 from lhotse.shar.readers.lazy import LazySharIterator
 
 from datamodules.quality import unusable_cut
+from lightning_most.errors import UnusableDataError
 
 READ_ERRORS = (EOFError, OSError, tarfile.TarError, zlib.error, ValueError, AssertionError)
 """What reading a torn or corrupt gzip / tar / jsonl raises (lhotse asserts that a tar member matches its cut)."""
@@ -141,7 +142,7 @@ class CheckedManifest:
             read += 1
             yield cut
         if error and not read:
-            raise ValueError(
+            raise UnusableDataError(
                 f"cut manifest {self.path} holds no readable cut (truncated or corrupt: {error[0]!r}): rebuild it "
                 "(`python -m lightning_most prepare`, datamodules.recipes) or copy it again"
             )
@@ -193,7 +194,7 @@ class CheckedShar:
                 yield cut
         if not usable:
             names = ", ".join(str(shard["cuts"]) for shard in self.shards[:3]) + (" ..." if len(self.shards) > 3 else "")
-            raise ValueError(
+            raise UnusableDataError(
                 f"Shar shards {names} hold no readable cut (every shard is truncated or corrupt; the warnings name "
                 "them): write them again with export_shar, or copy them again"
             )

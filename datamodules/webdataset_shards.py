@@ -68,6 +68,7 @@ from webdataset.tariterators import tarfile_samples
 
 from datamodules.quality import cut_text, text_problem, unusable_cut
 from datamodules.shards import read_shar
+from lightning_most.errors import UnusableDataError
 
 AUDIO_EXTENSIONS: tuple[str, ...] = ("flac", "wav", "mp3", "ogg", "opus")
 SHARD_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
@@ -214,7 +215,7 @@ class LazyWebdatasetCuts:
         for shard in self.shard_order():
             yield from self._shard_cuts(shard, outcomes)
         if not outcomes["usable"]:
-            raise ValueError(
+            raise UnusableDataError(
                 f"webdataset shards {self.shards[:3]}{' ...' if len(self.shards) > 3 else ''} hold no usable example "
                 f"(keys seen: {dict(outcomes)}): each key needs an audio member ({', '.join(AUDIO_EXTENSIONS)}) and a "
                 "transcript (KEY.txt, or KEY.json with a 'text' field); the skipped keys are named in the warnings."

@@ -28,6 +28,7 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_most.commands.common import USAGE_ERROR
+from lightning_most.errors import UnusableDataError, user_message
 from lightning_most.stages.base import StageModule
 
 COMMAND_GROUP = "lightning_most.commands"
@@ -225,6 +226,9 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
+    except UnusableDataError as error:  # e.g. every shard of a source torn: the source named, not a traceback
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
     except ValueError as error:
         if not _is_rejected_config(error):
             raise

@@ -58,3 +58,22 @@ def test_impossible_combination_names_the_key_and_the_fix(tmp_path, capsys) -> N
     lines = _error(argv, capsys)
     assert len(lines) == 1 and lines[0].startswith("error: ctc.weight=1.0 needs a CTC head: ")
     assert not (tmp_path / "corpus").exists()  # refused before any data work
+
+
+def test_unusable_data_exits_2_with_the_sources_message(monkeypatch, capsys):
+    """Every shard of a source torn (raised in the process or in a DataLoader worker): one line, exit 2."""
+    import lightning_most.main as cli
+    from lightning_most.errors import WORKER_TRACEBACK, UnusableDataError
+
+    message = "Shar shards s/cuts.000000.jsonl.gz hold no readable cut: write them again with export_shar"
+    in_worker = (f"Caught UnusableDataError in DataLoader worker process 0.\n{WORKER_TRACEBACK}\n  File \"x.py\", "
+                 f"line 1, in f\ndatamodules.shards.UnusableDataError: {message}\n")
+    for raised in (UnusableDataError(message), UnusableDataError(in_worker)):
+        def fail(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(cli, "MostCLI", fail)
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["fit", "--config", "conf/quickstart.yaml"])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
