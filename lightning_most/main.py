@@ -141,23 +141,16 @@ class MostCLI(LightningCLI):
         for target, link in DATA_LINKS.items():
             parser.link_arguments("data", f"model.init_args.{target}", compute_fn=link.compute, apply_on="instantiate")
 
-    def before_instantiate_classes(self) -> None:
-        """Note the linked arguments given on the model too (jsonargparse silently replaces them by the data's)."""
+    def instantiate_classes(self) -> None:
+        """Instantiate, then refuse a linked argument given on the model with another value than the data's
+        (jsonargparse would silently replace it; a saved config.yaml repeats the linked values, which is fine)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         init_args = (config.get("model") or {}).get("init_args") or {}
-        defaults = inspect.signature(StageModule).parameters
-        self._given_links = {
-            target: init_args.get(target)
-            for target in DATA_LINKS
-            if init_args.get(target) is not None and init_args.get(target) != defaults[target].default
-        }
-
-    def instantiate_classes(self) -> None:
-        """Instantiate, then refuse a linked argument given on the model with another value than the data's (a
-        saved config.yaml repeats the linked values, which is fine)."""
+        given = {target: init_args.get(target) for target in DATA_LINKS}
         super().instantiate_classes()
-        for target, value in getattr(self, "_given_links", {}).items():
-            if value != DATA_LINKS[target].compute(self.datamodule):
+        defaults = inspect.signature(StageModule).parameters
+        for target, value in given.items():
+            if value not in (None, defaults[target].default) and value != DATA_LINKS[target].compute(self.datamodule):
                 self.parser.error(
                     f"model.init_args.{target}={value!r}: this argument comes from the data module (linked); remove "
                     f"it and set {DATA_LINKS[target].set_instead}"
