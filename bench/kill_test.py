@@ -38,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.embedded import prepare_embedded_corpus
 from lightning_most.fault_tolerance import STAGING_SUFFIX
 from lightning_most.safe_loading import load_checkpoint
-from tests.test_resume import CORPUS
-from tests.tiny_fit import fit_command, read_steps, subprocess_env, write_config
+from tests.tiny_fit import CORPUS, fit_command, read_steps, subprocess_env, write_config
 
 KINDS = ("step", "write", "startup")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,17 @@ def _drop_unimportable_lazy_modules() -> None:
                 getattr(module, "__file__", None)
             except ImportError:
                 del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_fit_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 36-utterance corpus of `tests/tiny_fit.py` (16 units), built once per session."""
+    from datamodules.embedded import prepare_embedded_corpus
+    from tests.tiny_fit import CORPUS
+
+    out = tmp_path_factory.mktemp("tiny_fit_corpus")
+    prepare_embedded_corpus(out, CORPUS)
+    return out
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,19 +1,24 @@
 """A tiny trained stage-1 checkpoint (3 steps of `fit --config conf/quickstart.yaml`), made once per test run.
 
+It trains on the session's `tiny_fit_corpus` (`tests/tiny_fit.py`'s, built once for every test that uses it).
+
 A test module uses it with `pytest_plugins = ["tests.fixtures_checkpoint"]`: registered once as a
 plugin, its session fixture `trained_run` trains once for every module that asks for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from lightning_most.main import main
+from tests.tiny_fit import CORPUS
 
-NUM_UNITS = 16
+NUM_UNITS = CORPUS.units.num_units
 TEXT_BUDGET, UNIT_BUDGET = 24, 40  # decoding budgets saved with the checkpoint: keeps greedy decoding to seconds
 
 
@@ -35,9 +40,8 @@ class TrainedRun:
         return sorted(self.corpus_dir.glob("wav/*/*-test-*.wav"))
 
 
-def train_tiny_checkpoint(root: Path) -> TrainedRun:
-    """Build a 36-utterance corpus (flite voices, 16 units) and train the quickstart model on it for 3 steps."""
-    corpus_dir = root / "corpus"
+def train_tiny_checkpoint(root: Path, corpus_dir: Path) -> TrainedRun:
+    """Train the quickstart model for 3 steps on `tests/tiny_fit.py`'s corpus in `corpus_dir` (built if missing)."""
     main([
         "fit", "--config", "conf/quickstart.yaml",
         "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
@@ -46,14 +50,7 @@ def train_tiny_checkpoint(root: Path) -> TrainedRun:
         "--model.init_args.asr_decoding.max_new_tokens", str(TEXT_BUDGET),
         "--model.init_args.tts_max_new_tokens", str(UNIT_BUDGET),
         "--data.init_args.corpus_dir", str(corpus_dir),
-        "--data.init_args.corpus.num_train", "24", "--data.init_args.corpus.num_dev", "6",
-        "--data.init_args.corpus.num_test", "6", "--data.init_args.corpus.num_text_train", "50",
-        "--data.init_args.corpus.num_text_dev", "10",
-        "--data.init_args.corpus.voices", "[flite_rms, flite_slt]",
-        "--data.init_args.corpus.variants", "[[1.0, 0], [1.1, 150]]",
-        "--data.init_args.corpus.num_test_speakers", "1",
-        "--data.init_args.corpus.units.num_units", str(NUM_UNITS),
-        "--data.init_args.corpus.units.max_frames", "4000", "--data.init_args.corpus.units.iterations", "5",
+        "--data.init_args.corpus", json.dumps(dataclasses.asdict(CORPUS)),
     ])  # fmt: skip
     checkpoint = root / "checkpoints" / "last.ckpt"  # RunCheckpoint's folder
     if not checkpoint.is_file():
@@ -62,6 +59,6 @@ def train_tiny_checkpoint(root: Path) -> TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_fit_corpus: Path) -> TrainedRun:
     """The tiny trained run (trained on first use, 30-60 s on 2 cores)."""
-    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"), tiny_fit_corpus)

@@ -90,27 +90,29 @@ def _rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, to
     return {k: v[rank * ROWS // world : (rank + 1) * ROWS // world] for k, v in batch.items()}
 
 
-def _ep_worker(rank: int, world: int, ep: int, fsdp: bool, text_only: bool, port: int, out_dir: str) -> None:
+def _ep_worker(rank: int, world: int, ep: int, fsdp: bool, port: int, out_dir: str) -> None:
+    """Run both batches (mixed, text only) under this layout in one process group; save `rank{r}_{text_only}.pt`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        backbone = _backbone()
-        mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("data_parallel",))
-        if fsdp:
-            apply_fsdp2(backbone, mesh, expert_parallel=ExpertParallelConfig(size=ep))
-        else:
-            apply_expert_parallel(backbone, mesh, ExpertParallelConfig(size=ep))
-        result = _step(backbone, _rows(_batch(backbone.config, text_only), rank, world))
-        experts = [b.experts for b in moe_blocks(backbone)]
-        if fsdp:  # the norm of the averaged gradients, over both meshes (a max_norm that clips nothing)
-            result["grad_norm"] = clip_grad_norm_(backbone.parameters(), max_norm=1e9)
-        result.update(
-            grads=_full_gradients(backbone, world, fsdp),
-            local_expert_grad_sums=torch.stack([e.gate_up_proj.grad.to_local().abs().sum() for e in experts]),
-            local_expert_shape=tuple(experts[0].gate_up_proj.to_local().shape),
-        )
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        for text_only in (False, True):
+            backbone = _backbone()
+            mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("data_parallel",))
+            if fsdp:
+                apply_fsdp2(backbone, mesh, expert_parallel=ExpertParallelConfig(size=ep))
+            else:
+                apply_expert_parallel(backbone, mesh, ExpertParallelConfig(size=ep))
+            result = _step(backbone, _rows(_batch(backbone.config, text_only), rank, world))
+            experts = [b.experts for b in moe_blocks(backbone)]
+            if fsdp:  # the norm of the averaged gradients, over both meshes (a max_norm that clips nothing)
+                result["grad_norm"] = clip_grad_norm_(backbone.parameters(), max_norm=1e9)
+            result.update(
+                grads=_full_gradients(backbone, world, fsdp),
+                local_expert_grad_sums=torch.stack([e.gate_up_proj.grad.to_local().abs().sum() for e in experts]),
+                local_expert_shape=tuple(experts[0].gate_up_proj.to_local().shape),
+            )
+            torch.save(result, Path(out_dir) / f"rank{rank}_{text_only}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -119,11 +121,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _run_ep(tmp_path: Path, world: int, ep: int, fsdp: bool, text_only: bool) -> list[dict]:
-    mp.spawn(_ep_worker, args=(world, ep, fsdp, text_only, _free_port(), str(tmp_path)), nprocs=world, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
 
 def _single(world: int, text_only: bool) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -144,19 +141,27 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
 
 
-CASES = {  # world size, EP size, FSDP2, text only
-    "ep2": (2, 2, False, False),
-    "ep2_text_only": (2, 2, False, True),
-    # 2 EP groups of 2: each expert slice FSDP2-sharded over 2 ranks, its gradient divided by all 4
-    "fsdp4_ep2": (4, 2, True, False),
-    "fsdp4_ep2_text_only": (4, 2, True, True),  # ranks 1 and 3 (audio experts) receive no row
+LAYOUTS = {  # world size, EP size, FSDP2
+    "ep2": (2, 2, False),
+    "fsdp4_ep2": (4, 2, True),  # 2 EP groups of 2: each expert slice FSDP2-sharded over 2 ranks, its gradient divided by all 4
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_expert_parallelism_matches_one_process(tmp_path: Path, case: str) -> None:
-    world, ep, fsdp, text_only = CASES[case]
-    ranks = _run_ep(tmp_path, world, ep, fsdp, text_only)
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def layout_ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[tuple, dict]:
+    """The layout and what each of its ranks computed, per batch kind ({text_only: [rank 0, rank 1, ...]}): one
+    launch of the processes for both batches."""
+    world, ep, fsdp = LAYOUTS[request.param]
+    out = tmp_path_factory.mktemp(request.param)
+    mp.spawn(_ep_worker, args=(world, ep, fsdp, _free_port(), str(out)), nprocs=world, join=True)
+    return (world, ep, fsdp), {t: [torch.load(out / f"rank{r}_{t}.pt") for r in range(world)] for t in (False, True)}
+
+
+# text only: under fsdp4_ep2 ranks 1 and 3 (audio experts) receive no row
+@pytest.mark.parametrize("text_only", [False, True], ids=["mixed", "text_only"])
+def test_expert_parallelism_matches_one_process(layout_ranks: tuple[tuple, dict], text_only: bool) -> None:
+    (world, ep, fsdp), ranks_of = layout_ranks
+    ranks = ranks_of[text_only]
     whole, grads = _single(world, text_only)
     assert ranks[0]["local_expert_shape"][0] == 16 // ep // (world // ep if fsdp else 1)  # experts split, then sharded
     _close(torch.cat([r["logits"] for r in ranks]), whole["logits"])

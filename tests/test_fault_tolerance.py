@@ -18,20 +18,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from datamodules.embedded import prepare_embedded_corpus
 from lightning_most.fault_tolerance import RunCheckpoint, is_whole_checkpoint, publish
 from lightning_most.safe_loading import load_checkpoint
-from tests.test_resume import CORPUS
 from tests.tiny_fit import fit_command, read_steps, subprocess_env, write_config
 
 MAX_STEPS = 8
-
-
-@pytest.fixture(scope="session")
-def tiny_corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_fit_corpus")
-    prepare_embedded_corpus(out, CORPUS)
-    return out
 
 
 def _save(path: Path, step: int) -> Path:
@@ -94,9 +85,9 @@ def _wait_for_step(root: Path, step: int, process: subprocess.Popen, timeout: fl
         time.sleep(0.2)
 
 
-def test_sigterm_saves_at_the_step_exits_143_and_the_same_command_resumes(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_saves_at_the_step_exits_143_and_the_same_command_resumes(tiny_fit_corpus: Path, tmp_path: Path) -> None:
     root = tmp_path / "run"
-    command = fit_command(write_config(tiny_corpus_dir, root, MAX_STEPS, checkpoint_every=100, step_seconds=0.5))
+    command = fit_command(write_config(tiny_fit_corpus, root, MAX_STEPS, checkpoint_every=100, step_seconds=0.5))
     process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_step(root, 3, process)
     process.send_signal(signal.SIGTERM)
@@ -115,30 +106,29 @@ def test_sigterm_saves_at_the_step_exits_143_and_the_same_command_resumes(tiny_c
     assert load_checkpoint(root / "checkpoints" / "last.ckpt")["global_step"] == MAX_STEPS
 
 
-def test_last_ckpt_holds_the_final_step_after_a_kill_between_the_two_writes(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+def test_last_ckpt_holds_the_final_step_after_a_kill_between_the_two_writes(tiny_fit_corpus: Path, tmp_path: Path) -> None:
     """The 20-kill run's finding: killed after `epoch=0-step=4.ckpt` was published and before `last.ckpt`, the run
-    resumed at its final step from the former, trained nothing, and left `last.ckpt` at step 2."""
+    resumed at its final step from the former, trained nothing, and left `last.ckpt` at step 2. (The runs are in
+    this process: the kill is staged on disk, and the SIGTERM test above runs the command as a process.)"""
+    from lightning_most.main import main
+
     root = tmp_path / "run"
     folder = root / "checkpoints"
-    command = fit_command(write_config(tiny_corpus_dir, root, 4, checkpoint_every=2))
-    first = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
-    assert first.returncode == 0, first.stderr[-3000:]
+    command = ["fit", "--config", str(write_config(tiny_fit_corpus, root, 4, checkpoint_every=2))]
+    main(command)
     final = load_checkpoint(folder / "epoch=0-step=4.ckpt")
     stale = {**final, "global_step": 2}  # what last.ckpt held when the kill came
     torch.save(stale, folder / "last.ckpt")
     newer = (folder / "epoch=0-step=4.ckpt").stat().st_mtime
     os.utime(folder / "last.ckpt", (newer - 60, newer - 60))
 
-    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
-    assert again.returncode == 0, again.stderr[-3000:]
+    main(command)
     assert [r["step"] for r in read_steps(root)] == [1, 2, 3, 4]  # nothing trained again
     last = load_checkpoint(folder / "last.ckpt")
     assert last["global_step"] == 4
     assert all(torch.equal(last["state_dict"][k], final["state_dict"][k]) for k in final["state_dict"])
 
-    command = fit_command(write_config(tiny_corpus_dir, root, 5, checkpoint_every=2))  # ends between checkpoint steps
-    longer = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
-    assert longer.returncode == 0, longer.stderr[-3000:]
+    main(["fit", "--config", str(write_config(tiny_fit_corpus, root, 5, checkpoint_every=2))])  # ends between checkpoints
     assert load_checkpoint(folder / "last.ckpt")["global_step"] == 5
 
 
@@ -150,13 +140,13 @@ def _divergence_run(corpus: Path, root: Path, policy: str, nan_at: int) -> list[
     return ["fit", "--config", str(write_config(corpus, root, 5, checkpoint_every=100, extra_callbacks=extra, logger=logger))]
 
 
-def test_a_nan_step_is_skipped_counted_and_logged(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+def test_a_nan_step_is_skipped_counted_and_logged(tiny_fit_corpus: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from lightning_most.main import main
 
     with pytest.warns(UserWarning, match=r"non-finite loss at step 3: tasks in the batch .*; cut ids: "):
-        cli = main(_divergence_run(tiny_corpus_dir, tmp_path, "skip", nan_at=3))
+        cli = main(_divergence_run(tiny_fit_corpus, tmp_path, "skip", nan_at=3))
     assert cli.trainer.global_step == 5
     weights = {step: torch.load(tmp_path / f"weights-{step}.pt") for step in (2, 3, 4)}
     for name, before in weights[2].items():  # step 3 changed nothing; steps 2 and 4 trained
@@ -168,12 +158,12 @@ def test_a_nan_step_is_skipped_counted_and_logged(tiny_corpus_dir: Path, tmp_pat
     assert logged[max(logged)] == 1.0 and logged[min(logged)] == 0.0
 
 
-def test_a_nan_step_stops_with_a_checkpoint_when_told(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+def test_a_nan_step_stops_with_a_checkpoint_when_told(tiny_fit_corpus: Path, tmp_path: Path) -> None:
     from lightning_most.fault_tolerance import DivergenceError
     from lightning_most.main import main
 
     with pytest.raises(DivergenceError, match=r"non-finite loss at step 3: .*cut ids: .*Stopped with the weights") as info:
-        main(_divergence_run(tiny_corpus_dir, tmp_path, "stop", nan_at=3))
+        main(_divergence_run(tiny_fit_corpus, tmp_path, "stop", nan_at=3))
     checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert str(tmp_path / "checkpoints" / "last.ckpt") in str(info.value)
     assert checkpoint["global_step"] == 3
@@ -183,11 +173,11 @@ def test_a_nan_step_stops_with_a_checkpoint_when_told(tiny_corpus_dir: Path, tmp
 
 
 @pytest.mark.slow  # about 10 minutes on 2 busy cores: 4 runs of 8 steps, each started as a process
-def test_kill_test_script_passes_with_three_kills(tiny_corpus_dir: Path, tmp_path: Path) -> None:
+def test_kill_test_script_passes_with_three_kills(tiny_fit_corpus: Path, tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "bench" / "kill_test.py"
     result = subprocess.run(
         [sys.executable, str(script), "--kills", "3", "--seed", "1", "--max_steps", "8",
-         "--checkpoint_every", "2", "--out", str(tmp_path / "out"), "--corpus_dir", str(tiny_corpus_dir)],
+         "--checkpoint_every", "2", "--out", str(tmp_path / "out"), "--corpus_dir", str(tiny_fit_corpus)],
         env=subprocess_env(), capture_output=True, text=True, timeout=3000, check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

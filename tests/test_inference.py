@@ -17,7 +17,7 @@ from lhotse import CutSet
 
 from datamodules.dataset import MostDataset
 from datamodules.embedded import corpus_paths
-from lightning_most.audio import load_waveform
+from lightning_most.audio import load_cut_waveform
 from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.protocols import (
     AudioLikelihoodScorer,
@@ -71,7 +71,7 @@ def test_input_features_are_the_training_features(
     dataset = MostDataset(features=inference.audio_io.features)
     cut = next(iter(test_cuts))
     on_the_fly = dataset.example(cut.with_custom("task", "asr")).audio_features  # (T, 768): Whisper states x 2
-    computed = inference.input_features(load_waveform(cut))
+    computed = inference.input_features(load_cut_waveform(cut))
     assert computed.shape == on_the_fly.shape == (on_the_fly.shape[0], 768)
     torch.testing.assert_close(computed, on_the_fly)
     # fit read the states stored with the corpus (float16): the same frames
@@ -82,7 +82,7 @@ def test_input_features_are_the_training_features(
 
 def test_units_are_the_training_targets(inference: MostInference, test_cuts: CutSet) -> None:
     cuts = list(test_cuts)[:3]
-    units = inference.units([load_waveform(cut) for cut in cuts])
+    units = inference.units([load_cut_waveform(cut) for cut in cuts])
     for cut, u in zip(cuts, units):
         assert torch.equal(u, torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64)))
 
@@ -90,7 +90,7 @@ def test_units_are_the_training_targets(inference: MostInference, test_cuts: Cut
 def test_resynthesis_is_the_cuts_own_units_through_the_vocoder(inference: MostInference, test_cuts: CutSet) -> None:
     assert isinstance(inference, Resynthesizer)
     cuts = list(test_cuts)[:2]
-    waves = inference.resynthesize([load_waveform(cut) for cut in cuts])
+    waves = inference.resynthesize([load_cut_waveform(cut) for cut in cuts])
     for cut, wave in zip(cuts, waves):
         units = torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64))
         assert torch.equal(wave, inference.vocoder(units))  # encoder + k-means as in training, then the vocoder

@@ -1,7 +1,22 @@
-"""The README's main command, shortened to a few steps on a miniature embedded corpus."""
+"""The README's main command, shortened to 50 steps on a miniature embedded corpus, run as a user runs it.
+
+One run serves three checks: it trains, logs and reports; its first 50 losses equal the recorded ones;
+its checkpoint runs `validate`, `test` and `predict`.
+
+Training is unchanged by refactoring: the golden file (`tests/golden/quickstart_50_steps.json`) says
+where its numbers come from. The comparison is exact, float32 bit for bit: the run is seeded, on CPU in
+one process with one data worker, and its corpus is built fresh in tmp and repeatably (sox speaks with
+-R: without it the 16-bit dither is random per call and two builds differ), so the same code on the
+same machine gives the same numbers. Thread counts are the recording's defaults (OMP_NUM_THREADS
+unset). On another CPU or thread count the features and sums may round differently: regenerate there
+first, on the code before a change. After a change meant to alter training, regenerate too:
+
+    GOLDEN_REGENERATE=1 pytest tests/test_quickstart.py -k recorded
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +27,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lightning_most.main import main
+
 ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden" / "quickstart_50_steps.json"
+STEPS = 50
 
 # The miniature corpus: same builder and voices as the default, a few dozen utterances, 16 units.
 TINY_CORPUS = [
@@ -25,19 +44,26 @@ TINY_CORPUS = [
 
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The quickstart command, 4 steps, on a miniature corpus in tmp (built because it is missing)."""
+    """The quickstart command, STEPS steps, on a miniature corpus in tmp (built because it is missing)."""
     tmp_path = tmp_path_factory.mktemp("quickstart")
     cmd = [
         sys.executable, "-m", "lightning_most", "fit", "--config", "conf/quickstart.yaml",
-        "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
-        "--trainer.log_every_n_steps", "1",
+        "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", str(STEPS),
+        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.init_args.corpus_dir", str(tmp_path / "corpus"),
-        "--model.init_args.log_routing_every_n_steps", "2", "--model.init_args.tts_max_new_tokens", "40",
+        "--model.init_args.log_routing_every_n_steps", "25", "--model.init_args.tts_max_new_tokens", "40",
         *TINY_CORPUS,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"HF_HUB_OFFLINE": "1"}
     return tmp_path, subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900, check=False)
+
+
+def _events(run: subprocess.CompletedProcess) -> EventAccumulator:
+    """The run's TensorBoard events, every scalar kept."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    log_dir = Path(re.search(r"TensorBoard logs: (\S+)", run.stdout).group(1))
+    return EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "audio": 0, "histograms": 0}).Reload()
 
 
 def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
@@ -46,7 +72,6 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
     assert re.search(r"dev ASR WER: \d+\.\d+%", run.stdout), run.stdout[-2000:]
     # The judge heard the 2 dev texts the model spoke, and its WER is printed beside the ASR WER.
     assert re.search(r"dev TTS WER \(Whisper tiny.en judge on 2 spoken dev texts\): \d+\.\d+%", run.stdout)
-    log_dir = Path(re.search(r"TensorBoard logs: (\S+)", run.stdout).group(1))
     last = tmp_path / "checkpoints" / "last.ckpt"  # RunCheckpoint: the same folder in every run, so a rerun resumes
     assert last.is_file() and f"last checkpoint: {last}" in run.stdout
     # The corpus was built because it was missing.
@@ -57,7 +82,7 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
     assert lm_files and all(Path(f).is_file() and str(tmp_path / "corpus") in f and "_train" in f for f in lm_files)
     assert re.search(r"dev ASR WER: \d+\.\d+% \(beam \d+, joint CTC weight [\d.]+, word LM weight [\d.]+\)", run.stdout)
 
-    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "audio": 0, "histograms": 0}).Reload()
+    events = _events(run)
     scalars = set(events.Tags()["scalars"])
     for tag in ("train/loss", "train/aux_loss", "train/tokens_per_sec", "val/asr_wer", "val/loss", "val/tts_judge_wer"):
         assert tag in scalars, sorted(scalars)
@@ -68,18 +93,28 @@ def test_quickstart_command_trains_logs_and_reports(quickstart_run) -> None:
     assert any(t.startswith("tts_sample/") for t in events.Tags()["audio"])
 
 
+def test_quickstart_first_50_losses_equal_the_recorded_ones(quickstart_run) -> None:
+    _, run = quickstart_run
+    scalars = _events(run).Scalars("train/loss")
+    assert [s.step for s in scalars] == list(range(STEPS))
+    losses = [s.value for s in scalars]
+    golden = json.loads(GOLDEN.read_text())
+    if os.environ.get("GOLDEN_REGENERATE") == "1":
+        GOLDEN.write_text(json.dumps({**golden, "train_loss": losses}, indent=1) + "\n")
+    mismatches = [(step, want, got) for step, (want, got) in enumerate(zip(golden["train_loss"], losses)) if want != got]
+    assert len(golden["train_loss"]) == STEPS and not mismatches, f"(step, recorded, now): {mismatches[:5]}"
+
+
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
-def test_checkpoint_runs_validate_test_predict(quickstart_run, subcommand: str) -> None:
+def test_checkpoint_runs_validate_test_predict(quickstart_run, subcommand: str, capsys: pytest.CaptureFixture) -> None:
     tmp_path, run = quickstart_run
     assert run.returncode == 0, run.stderr[-3000:]
     ckpt = re.search(r"last checkpoint: (\S+)", run.stdout).group(1)
     limit = {"validate": "val", "test": "test", "predict": "predict"}[subcommand]
-    cmd = [
-        sys.executable, "-m", "lightning_most", subcommand, "--config", "conf/quickstart.yaml", "--ckpt_path", ckpt,
+    main([
+        subcommand, "--config", str(ROOT / "conf/quickstart.yaml"), "--ckpt_path", ckpt,
         "--trainer.logger", "false", f"--trainer.limit_{limit}_batches", "1",
         "--data.init_args.corpus_dir", str(tmp_path / "corpus"), *TINY_CORPUS,
-    ]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
+    ])  # fmt: skip
     if subcommand != "predict":
-        assert f"{limit}/asr_wer" in out.stdout
+        assert f"{limit}/asr_wer" in capsys.readouterr().out

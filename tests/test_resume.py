@@ -1,8 +1,9 @@
 """Exact resume: a stage-1 run killed mid-epoch and resumed with `--ckpt_path` logs the same losses.
 
-The real pipeline runs end to end: `python -m lightning_most fit` (in-process `main`), the tiny
-backbone, `EmbeddedDataModule` over a tiny embedded corpus (built once per session in tmp) with a
-prefetching worker, AdamW with warmup + cosine, gradient clipping. The stream is infinite, so the
+The real pipeline runs end to end: `python -m lightning_most fit` (in-process `main`) of the tiny run of
+`tests/tiny_fit.py`: the tiny backbone, `EmbeddedDataModule` over a tiny embedded corpus (built once per
+session in tmp) with a prefetching worker, AdamW with warmup + cosine, gradient clipping, `RunCheckpoint`;
+`StepLog` records each step's loss, learning rate and cut ids. The stream is infinite, so the
 whole run is one epoch and the kill lands mid-epoch: the loader position saved with the checkpoint
 is part of what is tested (without it the resumed run would replay the first batches).
 """
@@ -10,151 +11,49 @@ is part of what is tested (without it the resumed run would replay the first bat
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
-import yaml
 
-from datamodules.embedded import EmbeddedCorpusConfig, prepare_embedded_corpus
-from datamodules.units import UnitsConfig
 from lightning_most.main import main
+from tests.tiny_fit import KilledRun, read_steps, write_config
 
-CORPUS = EmbeddedCorpusConfig(
-    num_train=24,
-    num_dev=6,
-    num_test=6,
-    num_text_train=50,
-    num_text_dev=10,
-    voices=("flite_rms", "flite_slt"),  # flite speaks in milliseconds; festival voices would add seconds
-    variants=((1.0, 0), (1.1, 150)),
-    num_test_speakers=1,
-    chunk_size=6,
-    units=UnitsConfig(num_units=16, iterations=5),
-)
 MAX_STEPS = 8
 CHECKPOINT_EVERY = 3  # checkpoints at steps 3 and 6
 KILL_AT_STEP = 5  # dies while running step 6: steps 4-5 are lost, the resumed run redoes them
 
 
-class KilledRun(RuntimeError):
-    """Raised by `KillAtStep` to stand in for a crashed or pre-empted job."""
+def kill_at(step: int) -> dict:
+    """The `KillAtStep` callback of a run that crashes after optimizer step `step`."""
+    return {"class_path": "tests.tiny_fit.KillAtStep", "init_args": {"step": step}}
 
 
-class StepLossRecorder(pl.Callback):
-    """Records the loss (`training_step`'s return, task loss + aux) and the lr of every optimizer step."""
-
-    def __init__(self) -> None:
-        self.losses: dict[int, float] = {}
-        self.lrs: dict[int, float] = {}
-        self.cut_ids: dict[int, list[str]] = {}
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step  # already counts this batch's optimizer step
-        self.losses[step] = float(outputs["loss"])
-        self.lrs[step] = trainer.optimizers[0].param_groups[0]["lr"]
-        self.cut_ids[step] = list(batch["cut_ids"])
-
-
-class KillAtStep(pl.Callback):
-    """Raises `KilledRun` as the batch after optimizer step `step` starts."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
-            raise KilledRun(f"killed at step {self.step}")
-
-
-@pytest.fixture(scope="session")
-def resume_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 36-utterance embedded corpus with 16 units."""
-    out = tmp_path_factory.mktemp("resume_corpus")
-    prepare_embedded_corpus(out, CORPUS)
-    return out
-
-
-def _config(corpus_dir: Path, root: Path, kill_at: int | None) -> Path:
-    callbacks = [
-        {"class_path": "tests.test_resume.StepLossRecorder"},
-        {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(root / "checkpoints"), "every_n_train_steps": CHECKPOINT_EVERY,
-                          "save_last": True, "save_top_k": -1},
-        },
-    ]
-    if kill_at is not None:
-        callbacks.append({"class_path": "tests.test_resume.KillAtStep", "init_args": {"step": kill_at}})
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": MAX_STEPS,
-            "limit_val_batches": 0, "num_sanity_val_steps": 0, "log_every_n_steps": 1, "gradient_clip_val": 1.0,
-            "default_root_dir": str(root), "logger": False, "enable_progress_bar": False,
-            "enable_model_summary": False, "callbacks": callbacks,
-        },
-        "model": {
-            "class_path": "lightning_most.stages.Stage1Module",
-            "init_args": {
-                "backbone": "tiny",
-                "backbone_overrides": {"audio_feature_dim": 320, "num_audio_units": CORPUS.units.num_units},
-                "optimizer": {"lr": 2.0e-3, "warmup_steps": 3, "weight_decay": 0.01},
-                "log_routing_every_n_steps": 1000,
-            },
-        },
-        "data": {
-            "class_path": "datamodules.EmbeddedDataModule",
-            "init_args": {
-                "corpus_dir": str(corpus_dir),
-                "corpus": _as_yaml(CORPUS),
-                "features": {"num_mel_bins": 80, "frame_stack": 4},
-                "loader": {"max_duration": 8.0, "max_cut_duration": 8.0, "num_buckets": 2, "buffer_size": 50,
-                           "num_workers": 1},
-            },
-        },
-    }
-    path = root / "config.yaml"
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _as_yaml(corpus: EmbeddedCorpusConfig) -> dict:
-    """The corpus config as plain YAML values (tuples -> lists), so the data module sees the same config."""
-    return json.loads(json.dumps(dataclasses.asdict(corpus)))
-
-
-def _recorder(cli) -> StepLossRecorder:
-    return next(c for c in cli.trainer.callbacks if isinstance(c, StepLossRecorder))
-
-
-def test_killed_run_resumes_with_identical_losses(resume_corpus: Path, tmp_path: Path) -> None:
-    reference = _recorder(main(["fit", "--config", str(_config(resume_corpus, tmp_path / "full", None))]))
-    assert sorted(reference.losses) == list(range(1, MAX_STEPS + 1))
+def test_killed_run_resumes_with_identical_losses(tiny_fit_corpus: Path, tmp_path: Path) -> None:
+    main(["fit", "--config", str(write_config(tiny_fit_corpus, tmp_path / "full", MAX_STEPS, CHECKPOINT_EVERY))])
+    reference = {r["step"]: r for r in read_steps(tmp_path / "full")}
+    assert sorted(reference) == list(range(1, MAX_STEPS + 1))
 
     killed_root = tmp_path / "killed"
-    config = _config(resume_corpus, killed_root, KILL_AT_STEP)
+    config = write_config(tiny_fit_corpus, killed_root, MAX_STEPS, CHECKPOINT_EVERY, extra_callbacks=(kill_at(KILL_AT_STEP),))
     with pytest.raises(KilledRun):
         main(["fit", "--config", str(config)])
     last = killed_root / "checkpoints" / "last.ckpt"
     assert last.is_file()
 
-    resumed = _recorder(main(["fit", "--config", str(_config(resume_corpus, tmp_path / "resumed", None)),
-                              "--ckpt_path", str(last)]))
+    config = write_config(tiny_fit_corpus, tmp_path / "resumed", MAX_STEPS, CHECKPOINT_EVERY)
+    main(["fit", "--config", str(config), "--ckpt_path", str(last)])
+    resumed = {r["step"]: r for r in read_steps(tmp_path / "resumed")}
     steps = list(range(CHECKPOINT_EVERY + 1, MAX_STEPS + 1))
-    assert sorted(resumed.losses) == steps
+    assert sorted(resumed) == steps
     # The same batches (loader position restored, not replayed from the start of the stream) ...
-    assert [resumed.cut_ids[s] for s in steps] == [reference.cut_ids[s] for s in steps]
-    assert reference.cut_ids[CHECKPOINT_EVERY + 1] != reference.cut_ids[1]
+    assert [resumed[s]["cut_ids"] for s in steps] == [reference[s]["cut_ids"] for s in steps]
+    assert reference[CHECKPOINT_EVERY + 1]["cut_ids"] != reference[1]["cut_ids"]
     # ... the same schedule (the LambdaLR state) and the same losses (weights + AdamW moments).
-    assert [resumed.lrs[s] for s in steps] == pytest.approx([reference.lrs[s] for s in steps], rel=1e-12)
-    assert [resumed.losses[s] for s in steps] == pytest.approx([reference.losses[s] for s in steps], rel=1e-6, abs=1e-7)
+    assert [resumed[s]["lr"] for s in steps] == pytest.approx([reference[s]["lr"] for s in steps], rel=1e-12)
+    assert [resumed[s]["loss"] for s in steps] == pytest.approx([reference[s]["loss"] for s in steps], rel=1e-6, abs=1e-7)
     # The losses move, so equal numbers mean something.
-    assert abs(reference.losses[MAX_STEPS] - reference.losses[CHECKPOINT_EVERY + 1]) > 1e-3
+    assert abs(reference[MAX_STEPS]["loss"] - reference[CHECKPOINT_EVERY + 1]["loss"]) > 1e-3
 
 
 def test_filling_missing_adamw_state_leaves_training_unchanged() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from lightning_most.main import main
 from lightning_most.stages import OptimizerConfig, Stage2Module
 from lightning_most.stages.losses import task_losses
 from tests.fixtures_checkpoint import TrainedRun
+from tests.tiny_fit import CORPUS
 
 pytest_plugins = ["tests.fixtures_checkpoint"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,14 +129,7 @@ def stage2_run(trained_run: TrainedRun, tmp_path_factory) -> Path:
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
         "--data.init_args.corpus_dir", str(trained_run.corpus_dir),
-        "--data.init_args.corpus.num_train", "24", "--data.init_args.corpus.num_dev", "6",
-        "--data.init_args.corpus.num_test", "6", "--data.init_args.corpus.num_text_train", "50",
-        "--data.init_args.corpus.num_text_dev", "10",
-        "--data.init_args.corpus.voices", "[flite_rms, flite_slt]",
-        "--data.init_args.corpus.variants", "[[1.0, 0], [1.1, 150]]",
-        "--data.init_args.corpus.num_test_speakers", "1",
-        "--data.init_args.corpus.units.num_units", "16",
-        "--data.init_args.corpus.units.max_frames", "4000", "--data.init_args.corpus.units.iterations", "5",
+        "--data.init_args.corpus", json.dumps(dataclasses.asdict(CORPUS)),  # the stage-1 run's corpus: reused
         "--data.init_args.instructions_dir", str(root / "instructions"),
         "--data.init_args.instructions.instructions.relations", "[addition, capital_of]",
         "--data.init_args.instructions.instructions.train_per_relation", "6",

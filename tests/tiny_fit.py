@@ -1,15 +1,16 @@
-"""A tiny stage-1 fit run as a separate process, for the tests and the kill test that signal or kill it.
+"""The tiny stage-1 fit run of the resume, fault-tolerance and kill tests: its corpus, config and callbacks.
 
-The run is the one of `tests/test_resume.py` (tiny backbone, 36-utterance embedded corpus with 16
-units, a prefetching loader worker, AdamW with warmup and cosine, gradient clipping), checkpointed by
-`RunCheckpoint` into `<root>/checkpoints` with `Preemption`, and started with `ckpt_path: last`: the
-same command starts it or resumes it. `StepLog` appends one JSON line per optimizer step (step, loss,
-learning rate, cut ids, process id) to `<root>/steps.jsonl`, so that what each process trained can be
-read after it was killed.
+The run: tiny backbone, 36-utterance embedded corpus with 16 units (`CORPUS`), a prefetching loader
+worker, AdamW with warmup and cosine, gradient clipping, checkpointed by `RunCheckpoint` into
+`<root>/checkpoints` with `Preemption`, and started with `ckpt_path: last`: the same command starts it
+or resumes it, in this process (`lightning_most.main.main`) or as a separate one (`fit_command`).
+`StepLog` appends one JSON line per optimizer step (step, loss, learning rate, cut ids, process id) to
+`<root>/steps.jsonl`, so that what each run trained can be read after it ended or was killed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -18,8 +19,21 @@ from pathlib import Path
 import lightning.pytorch as pl
 import yaml
 
-from tests.test_resume import CORPUS, _as_yaml
+from datamodules.embedded import EmbeddedCorpusConfig
+from datamodules.units import UnitsConfig
 
+CORPUS = EmbeddedCorpusConfig(
+    num_train=24,
+    num_dev=6,
+    num_test=6,
+    num_text_train=50,
+    num_text_dev=10,
+    voices=("flite_rms", "flite_slt"),  # flite speaks in milliseconds; festival voices would add seconds
+    variants=((1.0, 0), (1.1, 150)),
+    num_test_speakers=1,
+    units=UnitsConfig(num_units=16, max_frames=4000, iterations=5),
+)
+"""The tiny run's corpus; also the one `tests/fixtures_checkpoint.py` trains on (so a session builds it once)."""
 STEP_LOG = "steps.jsonl"
 
 
@@ -35,6 +49,21 @@ class StepLog(pl.Callback):
         with open(self.path, "a") as log:
             log.write(json.dumps(record) + "\n")
             log.flush()
+
+
+class KilledRun(RuntimeError):
+    """Raised by `KillAtStep` to stand in for a crashed or pre-empted job."""
+
+
+class KillAtStep(pl.Callback):
+    """Raises `KilledRun` as the batch after optimizer step `step` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise KilledRun(f"killed at step {self.step}")
 
 
 class SlowSteps(pl.Callback):
@@ -112,7 +141,7 @@ def write_config(corpus_dir: Path, root: Path, max_steps: int, checkpoint_every:
         "data": {
             "class_path": "datamodules.EmbeddedDataModule",
             "init_args": {
-                "corpus_dir": str(corpus_dir), "corpus": _as_yaml(CORPUS),
+                "corpus_dir": str(corpus_dir), "corpus": json.loads(json.dumps(dataclasses.asdict(CORPUS))),
                 "features": {"num_mel_bins": 80, "frame_stack": 4},
                 "loader": {"max_duration": 8.0, "max_cut_duration": 8.0, "num_buckets": 2, "buffer_size": 50, "num_workers": 1},
             },

@@ -27,7 +27,7 @@ from lightning_most.audio.textless import (
     load_textless_quantizer,
 )
 from lightning_most.audio.unit_to_mel import UnitToMel, UnitToMelConfig, UnitToMelVocoder, UnitToMelVocoderConfig
-from lightning_most.audio.units import attach_units, fit_unit_quantizer, load_waveform
+from lightning_most.audio.units import attach_units, fit_unit_quantizer
 from lightning_most.audio.vocoder import (
     GriffinLimVocoder,
     GriffinLimVocoderConfig,
@@ -37,6 +37,7 @@ from lightning_most.audio.vocoder import (
     Vocoder,
     save_unit_hifigan,
 )
+from lightning_most.audio.waveforms import load_cut_waveform
 
 ENCODERS = ("fbank", "hubert", "whisper")
 VOCODERS = ("griffin_lim", "hifigan", "speechbrain_hifigan", "unit_to_mel")
@@ -124,9 +125,9 @@ __all__ = [
     "convert_sklearn_kmeans",
     "dedup_units",
     "fit_unit_quantizer",
+    "load_cut_waveform",
     "load_spiritlm_linear_quantizer",
     "load_textless_quantizer",
-    "load_waveform",
     "save_unit_hifigan",
     "stack_frames",
     "train_kmeans",

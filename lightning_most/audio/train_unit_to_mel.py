@@ -23,7 +23,8 @@ from torch import Tensor
 
 from lightning_most.audio.encoders import FbankEncoder, FbankEncoderConfig
 from lightning_most.audio.unit_to_mel import UnitToMel, UnitToMelConfig
-from lightning_most.audio.units import UNITS_FIELD, load_waveform
+from lightning_most.audio.units import UNITS_FIELD
+from lightning_most.audio.waveforms import load_cut_waveform
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def unit_to_mel_examples(cuts: CutSet, fbank: FbankEncoderConfig) -> tuple[list[
     for cut in cuts:
         try:
             units = torch.from_numpy(np.asarray(cut.load_custom(UNITS_FIELD), dtype=np.int64))  # (T,)
-            log_mel = encoder(load_waveform(cut))  # (T', n_mels * stack)
+            log_mel = encoder(load_cut_waveform(cut))  # (T', n_mels * stack)
         except Exception as e:  # noqa: BLE001 -- lhotse surfaces missing/corrupt audio or units as many types
             warnings.warn(f"unit-to-mel: skipping cut {cut.id} ({type(e).__name__}: {e})", stacklevel=2)
             skipped.append(cut.id)

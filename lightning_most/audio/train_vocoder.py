@@ -33,8 +33,9 @@ from lhotse.cut import Cut
 from torch import Tensor
 
 from lightning_most.audio.constants import SAMPLE_RATE
-from lightning_most.audio.units import UNITS_FIELD, load_waveform
+from lightning_most.audio.units import UNITS_FIELD
 from lightning_most.audio.vocoder import UnitHifiganConfig, save_unit_hifigan
+from lightning_most.audio.waveforms import load_cut_waveform
 from lightning_most.safe_loading import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class _Crops:
 
     def _crop(self, cut: Cut) -> tuple[Tensor, Tensor]:
         units = torch.from_numpy(cut.load_custom(UNITS_FIELD)).long()  # (T,)
-        waveform = load_waveform(cut)  # (S,)
+        waveform = load_cut_waveform(cut)  # (S,)
         start = self.rng.randrange(units.numel() - self.segment_units + 1)
         units = units[start : start + self.segment_units]
         n = self.segment_units * self.samples_per_unit

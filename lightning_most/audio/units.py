@@ -17,16 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.features.io import NumpyFilesWriter
 from torch import Tensor
 from tqdm import tqdm
 
-from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.encoders import WaveformEncoder
 from lightning_most.audio.quantizer import UnitQuantizer, train_kmeans
+from lightning_most.audio.waveforms import load_cut_waveform
 
 UNITS_FIELD = "units"
 
@@ -36,19 +35,11 @@ def array_key(cut_id: str) -> str:
     return cut_id.replace("/", "__")
 
 
-def load_waveform(cut: Cut) -> Tensor:
-    """The cut's audio as a mono 16 kHz waveform (S,) float."""
-    if cut.sampling_rate != SAMPLE_RATE:
-        cut = cut.resample(SAMPLE_RATE)
-    audio = torch.from_numpy(cut.load_audio())  # (C, S)
-    return audio.float().mean(dim=0)  # (S,)
-
-
 def _encoded_cuts(cuts: CutSet, encoder: WaveformEncoder, skipped: list[str]) -> Iterator[tuple[Cut, Tensor]]:
     """Yield (cut, features (T, F)) for every readable cut; append the id of every other cut to `skipped`."""
     for cut in cuts:
         try:
-            waveform = load_waveform(cut)
+            waveform = load_cut_waveform(cut)
         except Exception as e:  # noqa: BLE001 -- lhotse surfaces missing/corrupt audio as many exception types
             warnings.warn(f"skipping cut {cut.id}: cannot read its audio ({type(e).__name__}: {e})", stacklevel=3)
             skipped.append(cut.id)

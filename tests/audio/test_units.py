@@ -5,7 +5,7 @@ import pytest
 import torch
 from lhotse import CutSet, Recording, RecordingSet
 
-from lightning_most.audio import FbankEncoder, attach_units, fit_unit_quantizer, load_waveform, train_kmeans
+from lightning_most.audio import FbankEncoder, attach_units, fit_unit_quantizer, load_cut_waveform, train_kmeans
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_fit_unit_quantizer_skips_and_names_bad_cuts(cuts):
 def test_fit_unit_quantizer_stops_at_max_frames(cuts):
     encoder = FbankEncoder()
     capped = fit_unit_quantizer(cuts, encoder, num_units=4, seed=0, max_frames=40)
-    first_40 = encoder(load_waveform(cuts[0]))[:40]
+    first_40 = encoder(load_cut_waveform(cuts[0]))[:40]
     assert torch.equal(capped.centroids, train_kmeans(first_40, num_units=4, seed=0).centroids)
 
 
@@ -46,7 +46,7 @@ def test_attach_units_round_trips_through_a_saved_manifest(cuts, tmp_path):
     with_units.to_file(tmp_path / "cuts.jsonl.gz")
     reloaded = CutSet.from_file(tmp_path / "cuts.jsonl.gz")
     for cut in reloaded:
-        expected = quantizer.quantize(encoder(load_waveform(cut)))
+        expected = quantizer.quantize(encoder(load_cut_waveform(cut)))
         units = cut.load_units()
         assert units.dtype == np.int32
         assert torch.equal(torch.from_numpy(units).long(), expected)

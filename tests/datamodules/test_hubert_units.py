@@ -10,7 +10,7 @@ import torch
 from lhotse import CutSet
 
 from datamodules.units import main as units_main
-from lightning_most.audio import HubertEncoder, HubertEncoderConfig, UnitQuantizer, load_waveform
+from lightning_most.audio import HubertEncoder, HubertEncoderConfig, UnitQuantizer, load_cut_waveform
 
 pytest_plugins = ["tests.fixtures_hubert"]
 
@@ -32,7 +32,7 @@ def test_units_are_the_nearest_centroids_of_the_chosen_hubert_layer(tiny_corpus,
     assert len(dev) == len(CutSet.from_file(tiny_corpus.cuts["dev"]))
     for cut in dev:
         units = torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64))
-        torch.testing.assert_close(units, quantizer.quantize(encoder(load_waveform(cut))))
+        torch.testing.assert_close(units, quantizer.quantize(encoder(load_cut_waveform(cut))))
     assert len({int(u) for cut in dev for u in cut.load_units()}) > 1
 
 

@@ -249,10 +249,11 @@ def test_pickled_lhotse_shards_are_refused_not_unpickled(tmp_path):
 def test_killed_fit_on_shards_resumes_with_the_same_batches_and_losses(tiny_corpus, train_shards, tmp_path):
     """`python -m lightning_most fit` killed mid-run and resumed from its checkpoint (tests/test_resume.py's run,
     its data section swapped for webdataset shards) trains on the same batches with the same losses."""
-    from tests.test_resume import CHECKPOINT_EVERY, KILL_AT_STEP, MAX_STEPS, KilledRun, _config, _recorder
+    from tests.test_resume import CHECKPOINT_EVERY, KILL_AT_STEP, MAX_STEPS, kill_at
+    from tests.tiny_fit import KilledRun, read_steps, write_config
 
-    def config(root: Path, kill_at: int | None) -> Path:
-        path = _config(Path(tiny_corpus.root), root, kill_at)
+    def config(root: Path, *extra_callbacks: dict) -> Path:
+        path = write_config(Path(tiny_corpus.root), root, MAX_STEPS, CHECKPOINT_EVERY, extra_callbacks=extra_callbacks)
         run = yaml.safe_load(path.read_text())
         run["data"] = {"class_path": "datamodules.MostDataModule", "init_args": {
             "train_sources": [
@@ -266,12 +267,14 @@ def test_killed_fit_on_shards_resumes_with_the_same_batches_and_losses(tiny_corp
         path.write_text(yaml.safe_dump(run))
         return path
 
-    reference = _recorder(main(["fit", "--config", str(config(tmp_path / "full", None))]))
+    main(["fit", "--config", str(config(tmp_path / "full"))])
+    reference = {r["step"]: r for r in read_steps(tmp_path / "full")}
     with pytest.raises(KilledRun):
-        main(["fit", "--config", str(config(tmp_path / "killed", KILL_AT_STEP))])
+        main(["fit", "--config", str(config(tmp_path / "killed", kill_at(KILL_AT_STEP)))])
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    resumed = _recorder(main(["fit", "--config", str(config(tmp_path / "resumed", None)), "--ckpt_path", str(last)]))
+    main(["fit", "--config", str(config(tmp_path / "resumed")), "--ckpt_path", str(last)])
+    resumed = {r["step"]: r for r in read_steps(tmp_path / "resumed")}
     steps = list(range(CHECKPOINT_EVERY + 1, MAX_STEPS + 1))
-    assert [resumed.cut_ids[s] for s in steps] == [reference.cut_ids[s] for s in steps]
-    assert reference.cut_ids[CHECKPOINT_EVERY + 1] != reference.cut_ids[1]
-    assert [resumed.losses[s] for s in steps] == pytest.approx([reference.losses[s] for s in steps], rel=1e-6, abs=1e-7)
+    assert [resumed[s]["cut_ids"] for s in steps] == [reference[s]["cut_ids"] for s in steps]
+    assert reference[CHECKPOINT_EVERY + 1]["cut_ids"] != reference[1]["cut_ids"]
+    assert [resumed[s]["loss"] for s in steps] == pytest.approx([reference[s]["loss"] for s in steps], rel=1e-6, abs=1e-7)
