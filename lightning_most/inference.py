@@ -86,7 +86,7 @@ class AudioIO:
     """How audio became model inputs and targets in training (a checkpoint's `audio_io`)."""
 
     features: FeatureConfig
-    """ASR / instruction input features (lhotse fbank or Whisper encoder states, frames stacked)."""
+    """ASR / instruction input features (lhotse fbank, Whisper encoder states or HuBERT layer states, frames stacked)."""
     unit_quantizer: Path
     """k-means centroids (safetensors) of the discrete units."""
     unit_encoder: FbankEncoderConfig | WhisperEncoderConfig | HubertEncoderConfig
