@@ -94,6 +94,7 @@ class MostDataModule(pl.LightningDataModule):
         features: FeatureConfig | None = None,
         loader: LoaderConfig | None = None,
         unit_quantizer: str | None = None,
+        vocoder: str | None = None,
     ) -> None:
         """Build the data pipeline.
 
@@ -108,6 +109,9 @@ class MostDataModule(pl.LightningDataModule):
             loader: batching, shuffling and workers (`LoaderConfig`).
             unit_quantizer: the safetensors k-means the TTS units came from (its `.json` description beside
                 it, written by `datamodules.units`); recorded in checkpoints through `audio_io()`.
+            vocoder: the folder of the vocoder trained on these units (a unit HiFi-GAN of
+                `lightning_most.audio.train_vocoder`, or a speechbrain unit HiFi-GAN); recorded in checkpoints, so
+                inference speaks through it. None = the one the quantizer's description names, if any.
         """
         super().__init__()
         self.train_sources = list(train_sources)
@@ -122,6 +126,7 @@ class MostDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.loader = loader or LoaderConfig()
         self.unit_quantizer = unit_quantizer
+        self.vocoder = vocoder
         self.dataset = MostDataset(tokenizer, self.features)
         self._train_loader: ResumableLoader | None = None
         self._pending_state: dict | None = None
@@ -156,12 +161,20 @@ class MostDataModule(pl.LightningDataModule):
         return description.get("num_units")
 
     def audio_io(self) -> dict:
-        """How audio became inputs (features) and targets (units): saved in checkpoints for inference."""
+        """How audio became inputs (features) and targets (units), and the vocoder of the units: saved in checkpoints
+        for inference, local paths made absolute."""
+        features = asdict(self.features)
+        for key in ("hubert_path", "whisper_path"):
+            if features[key]:
+                features[key] = str(Path(features[key]).resolve())
+        description = self._unit_description()
+        vocoder = self.vocoder or description.get("vocoder")
         return {
-            "features": asdict(self.features),
+            "features": features,
             "unit_quantizer": str(Path(self.unit_quantizer).resolve()) if self.unit_quantizer else None,
-            "unit_encoder": self._unit_description(),
+            "unit_encoder": description,
             "num_units": self.num_units,
+            "vocoder": str(Path(vocoder).resolve()) if vocoder else None,
         }
 
     def word_lm_text_files(self) -> list[str]:

@@ -9,7 +9,9 @@ is skipped later by the dataset like any unreadable cut.
 
 `prepare_encoder_features(cuts_path, out_path, storage_dir, features)` does it for a manifest file
 and is idempotent: a `.json` stamp beside `out_path` records the source manifest's size and mtime
-and the encoder, and a stamp that matches means the stored features are reused. For a corpus on disk:
+and the encoder, and a stamp that matches means the stored features are reused (`read_stamp` gives
+it to later steps: `datamodules.units` clusters the stored HuBERT states when the stamp names its
+HuBERT folder and layer). For a corpus on disk:
 
     python -m datamodules.encoder_features --cuts data/libriheavy/libriheavy_cuts_small.jsonl.gz \\
         --out data/libriheavy_hubert/libriheavy_cuts_small.jsonl.gz \\
@@ -85,10 +87,22 @@ def store_encoder_features(
     return CutSet.from_cuts(out), skipped
 
 
+def hubert_stamp(path: str | Path, layer: int) -> dict:
+    """Which HuBERT wrote stored states: its folder, layer, and the size and mtime of its weight files (a model
+    replaced in the same folder no longer matches)."""
+    folder = Path(path).resolve()
+    weights = sorted([*folder.glob("model*.safetensors"), *folder.glob("pytorch_model*.bin")])
+    return {
+        "hubert_path": str(folder),
+        "hubert_layer": layer,
+        "hubert_weights": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights],
+    }
+
+
 def _stamp(cuts_path: Path, features: FeatureConfig) -> dict:
     stat = cuts_path.stat()
     if features.kind == "hubert":
-        encoder = {"hubert_path": str(Path(features.hubert_path).resolve()), "hubert_layer": features.hubert_layer}
+        encoder = hubert_stamp(features.hubert_path, features.hubert_layer)
     else:
         encoder = {"whisper_path": features.whisper_path, "whisper_compute_type": features.whisper_compute_type}
     return {
@@ -99,6 +113,21 @@ def _stamp(cuts_path: Path, features: FeatureConfig) -> dict:
     }
 
 
+def stamp_path(out_path: str | Path) -> Path:
+    """The `.json` stamp written beside a manifest with stored states (`x.jsonl.gz` -> `x.json`)."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name.removesuffix(".jsonl.gz") + ".json")
+
+
+def read_stamp(out_path: str | Path) -> dict | None:
+    """The encoder a manifest's stored states were written by (`hubert_path` + `hubert_layer`, or the Whisper
+    settings), from its stamp; None when the manifest has no stamp (states not stored by this module)."""
+    path = stamp_path(out_path)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("stamp")
+
+
 def prepare_encoder_features(
     cuts_path: str | Path, out_path: str | Path, storage_dir: str | Path, features: FeatureConfig
 ) -> Path:
@@ -106,9 +135,8 @@ def prepare_encoder_features(
     cuts_path, out_path = Path(cuts_path), Path(out_path)
     if not cuts_path.is_file():
         raise FileNotFoundError(f"cut manifest {cuts_path} does not exist: build the corpus before its features")
-    stamp_path = out_path.with_name(out_path.name.removesuffix(".jsonl.gz") + ".json")
     stamp = _stamp(cuts_path, features)
-    if out_path.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()).get("stamp") == stamp:
+    if out_path.is_file() and read_stamp(out_path) == stamp:
         log.info("%s features of %s are up to date in %s", features.kind, cuts_path, out_path)
         return out_path
     start = time.perf_counter()
@@ -116,7 +144,7 @@ def prepare_encoder_features(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cuts.to_file(out_path)
     seconds = time.perf_counter() - start
-    stamp_path.write_text(json.dumps({"stamp": stamp, "seconds": round(seconds, 1), "skipped": dict(skipped)}, indent=2))
+    stamp_path(out_path).write_text(json.dumps({"stamp": stamp, "seconds": round(seconds, 1), "skipped": dict(skipped)}, indent=2))
     log.info(
         "%s features of %d cuts of %s in %.1f s (skipped: %s)", features.kind, len(cuts), cuts_path, seconds, dict(skipped)
     )

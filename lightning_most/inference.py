@@ -4,11 +4,11 @@ It implements the evaluation protocols (`lightning_most.evaluation.protocols`) o
 the audio front and back ends the checkpoint was trained with (its `audio_io`, written by the data
 module's `audio_io()`):
 
-    transcribe       waveform -> input features (lhotse Fbank or the frozen Whisper encoder, `InputFeatures`)
-                     + stack_frames, as in training (`lightning_most.audio.features`) -> asr prompt
+    transcribe       waveform -> input features (lhotse Fbank, the frozen Whisper encoder or a HuBERT layer,
+                     `InputFeatures`) + stack_frames, as in training (`lightning_most.audio.features`) -> asr prompt
                      |bos| |audio_start| F.. |audio_end| |asr|  -> greedy text
     synthesize       text -> tts prompt |bos| |tts| t.. |audio_start| -> greedy units -> vocoder
-    log_likelihood   waveform -> unit encoder (FbankEncoder, or the Whisper encoder) + k-means quantizer -> units U, scored as
+    log_likelihood   waveform -> unit encoder (FbankEncoder, the Whisper encoder or a HuBERT layer) + k-means -> units U, scored as
                      |bos| |audio_start| U..: sum over units of log p(u_t | u_<t), the softmax taken
                      over the quantizer's K units
     answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
@@ -19,13 +19,22 @@ module's `audio_io()`):
 
 Every method takes a list and runs it as one padded batch (generation is batched over the list).
 Waveforms are mono float (S,) at 16 kHz, as in the protocols.
+
+The input feature extractor, the unit encoder and the vocoder are built on first use, so a command
+loads only what it needs (transcribe: no vocoder; synthesize: no HuBERT), and a local folder the
+checkpoint names (a HuBERT, a vocoder) that is missing or moved fails, when needed, with an
+`InferenceError` naming the `audio_io` field and the override that fixes it (`hubert_path`,
+`unit_hubert_path`, `vocoder`). A HuBERT read both for the input features and for the units (same
+folder and layer, as in MoST) is loaded once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import io
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +45,23 @@ from lightning_most.audio import (
     FbankEncoder,
     FbankEncoderConfig,
     FeatureConfig,
+    Float16HubertStates,
     GriffinLimVocoder,
     GriffinLimVocoderConfig,
+    HubertEncoder,
+    HubertEncoderConfig,
     InputFeatures,
+    SpeechBrainUnitHifiganVocoder,
     UnitHifiganVocoder,
-    UnitHifiganVocoderConfig,
     UnitQuantizer,
-    UnitToMelVocoder,
-    UnitToMelVocoderConfig,
     Vocoder,
+    WaveformEncoder,
     WhisperEncoder,
     WhisperEncoderConfig,
+    load_vocoder_folder,
     stack_frames,
 )
 from lightning_most.audio.constants import SAMPLE_RATE
-from lightning_most.audio.unit_to_mel import UNIT_TO_MEL_CONFIG
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
 from lightning_most.layouts import (
     Example,
@@ -75,15 +86,17 @@ class AudioIO:
     """How audio became model inputs and targets in training (a checkpoint's `audio_io`)."""
 
     features: FeatureConfig
-    """ASR / instruction input features (lhotse fbank or Whisper encoder states, frames stacked)."""
+    """ASR / instruction input features (lhotse fbank, Whisper encoder states or HuBERT layer states, frames stacked)."""
     unit_quantizer: Path
     """k-means centroids (safetensors) of the discrete units."""
-    unit_encoder: FbankEncoderConfig | WhisperEncoderConfig
-    """The frames the units were quantized from: log-mel settings (that Griffin-Lim inverts) or a Whisper encoder."""
+    unit_encoder: FbankEncoderConfig | WhisperEncoderConfig | HubertEncoderConfig
+    """The frames the units were quantized from: log-mel settings (that Griffin-Lim inverts), a Whisper encoder or a
+    HuBERT layer."""
     num_units: int
     """K, the units the data used (the backbone may have more unit slots)."""
     vocoder: Path | None = None
-    """The data's unit-to-mel vocoder folder (Whisper-state units); None = Griffin-Lim over log-mel centroids."""
+    """The folder of the vocoder made for these units (unit-to-mel, unit HiFi-GAN or speechbrain unit HiFi-GAN);
+    None = Griffin-Lim over the quantizer's log-mel centroids (log-mel units only)."""
 
     @classmethod
     def from_dict(cls, audio_io: dict[str, Any], source: str) -> AudioIO:
@@ -100,8 +113,8 @@ class AudioIO:
         features = FeatureConfig(**audio_io["features"])
         if features.kind == "precomputed":
             raise InferenceError(
-                f"{source}: audio_io.features.kind='precomputed'; inference computes 'fbank' and 'whisper' features "
-                "from audio, but not features some other tool stored with the cuts"
+                f"{source}: audio_io.features.kind='precomputed'; inference computes 'fbank', 'whisper' and 'hubert' "
+                "features from audio, but not features some other tool stored with the cuts"
             )
         encoder = audio_io["unit_encoder"]
         if encoder.get("encoder") == "fbank":
@@ -109,10 +122,13 @@ class AudioIO:
         elif encoder.get("encoder") == "whisper":
             settings = encoder["encoder_config"]
             unit_encoder = WhisperEncoderConfig(path=settings["whisper_path"], compute_type=settings["compute_type"])
+        elif encoder.get("encoder") == "hubert":
+            settings = encoder["encoder_config"]
+            unit_encoder = HubertEncoderConfig(path=settings["path"], layer=int(settings["layer"]))
         else:
             raise InferenceError(
-                f"{source}: audio_io.unit_encoder.encoder={encoder.get('encoder')!r}; only 'fbank' and 'whisper' units "
-                "are supported here (the unit_quantizer.json written beside the quantizer says which)"
+                f"{source}: audio_io.unit_encoder.encoder={encoder.get('encoder')!r}; only 'fbank', 'whisper' and "
+                "'hubert' units are supported here (the unit_quantizer.json written beside the quantizer says which)"
             )
         return cls(
             features=features,
@@ -150,6 +166,38 @@ def _upgraded(path: str | Path, header: dict[str, Any]) -> str | io.BytesIO:
     return buffer
 
 
+def _with_local_folders(
+    audio_io: AudioIO, device: str, hubert_path: str | Path | None, unit_hubert_path: str | Path | None
+) -> AudioIO:
+    """`audio_io` with its HuBERT encoders on `device` and the HuBERT folders replaced where given.
+
+    `hubert_path` replaces the input features' folder and the units' when the checkpoint named the same one;
+    `unit_hubert_path` replaces the units' alone.
+    """
+    features, unit_encoder = audio_io.features, audio_io.unit_encoder
+    units_hubert = isinstance(unit_encoder, HubertEncoderConfig)
+    same_folder = (
+        features.kind == "hubert" and units_hubert and Path(features.hubert_path).resolve() == Path(unit_encoder.path).resolve()
+    )
+    if hubert_path is not None and features.kind != "hubert":
+        raise InferenceError(
+            f"hubert_path (--hubert_path) replaces audio_io.features.hubert_path, but the checkpoint's input features "
+            f"are {features.kind!r}, not HuBERT states (for the units' HuBERT use unit_hubert_path)"
+        )
+    if unit_hubert_path is not None and not units_hubert:
+        raise InferenceError(
+            "unit_hubert_path (--unit_hubert_path) replaces the units' HuBERT folder, but the checkpoint's units are "
+            f"k-means of {audio_io.unit_encoder.__class__.__name__.removesuffix('Config')} frames"
+        )
+    if features.kind == "hubert":
+        path = str(hubert_path) if hubert_path is not None else features.hubert_path
+        features = dataclasses.replace(features, hubert_path=path, hubert_device=device)
+    if units_hubert:
+        path = unit_hubert_path if unit_hubert_path is not None else hubert_path if same_folder else None
+        unit_encoder = dataclasses.replace(unit_encoder, path=str(path or unit_encoder.path), device=device)
+    return dataclasses.replace(audio_io, features=features, unit_encoder=unit_encoder)
+
+
 def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     """The checkpoint's non-tensor entries (memory-mapped read); raises InferenceError if it is not one of ours."""
     path = Path(path)
@@ -172,6 +220,26 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
 
 
+def _check_hubert_folder(path: str, field: str, override: str, role: str) -> None:
+    """InferenceError naming `field` and the `override` unless `path` holds a HuBERT (config.json + weights)."""
+    folder = Path(path)
+    has_weights = any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    if not (folder / "config.json").is_file() or not has_weights:
+        raise InferenceError(
+            f"{field}={path}: no HuBERT folder there (config.json + weights; {role}): pass {override} DIR, the "
+            "HubertModel folder (save_pretrained) the checkpoint was trained with, where it is now"
+        )
+
+
+def _vocoder_units(vocoder: Vocoder) -> int | None:
+    """The unit vocabulary of a HiFi-GAN vocoder (None for vocoders that do not state one)."""
+    if isinstance(vocoder, UnitHifiganVocoder):
+        return vocoder.generator_config.vocab_size
+    if isinstance(vocoder, SpeechBrainUnitHifiganVocoder):
+        return vocoder.num_units
+    return None
+
+
 class MostInference:
     """A stage module in eval mode with its audio front end, unit quantizer and vocoder (see module docstring)."""
 
@@ -189,8 +257,8 @@ class MostInference:
         Args:
             module: the stage module.
             audio_io: its audio front and back ends.
-            vocoder: units -> 16 kHz audio; None = the data's unit-to-mel vocoder (`audio_io.vocoder`), else
-                Griffin-Lim over the quantizer's log-mel centroids.
+            vocoder: units -> 16 kHz audio; None = the vocoder folder of `audio_io.vocoder`, else Griffin-Lim over
+                the quantizer's log-mel centroids (built on first use).
             temperature: unit sampling temperature of synthesis (0 = greedy).
             top_k: sample units among the k most likely only.
             seed: seeds unit sampling, afresh in every call (the same texts give the same speech).
@@ -205,28 +273,75 @@ class MostInference:
                 "rebuild the corpus it came from, or pass unit_quantizer=PATH (CLI: --unit_quantizer PATH)"
             )
         self.quantizer = UnitQuantizer.load(audio_io.unit_quantizer, num_units=audio_io.num_units)
-        if isinstance(audio_io.unit_encoder, FbankEncoderConfig):
-            self.unit_encoder = FbankEncoder(audio_io.unit_encoder)
-        else:
-            self.unit_encoder = WhisperEncoder(audio_io.unit_encoder)
-        self.input_extractor = InputFeatures(audio_io.features, num_threads=0)
-        if vocoder is None and audio_io.vocoder is not None:
-            vocoder = UnitToMelVocoder(UnitToMelVocoderConfig(path=str(audio_io.vocoder)))
-        self.vocoder = vocoder or GriffinLimVocoder(
-            self.quantizer, GriffinLimVocoderConfig(fbank=audio_io.unit_encoder)
-        )
+        self._given_vocoder = vocoder
+
+    @cached_property
+    def input_extractor(self) -> InputFeatures:
+        """Waveform -> input frames, as the data module computed them in training."""
+        features = self.audio_io.features
+        if features.kind == "hubert":
+            _check_hubert_folder(
+                features.hubert_path, "audio_io.features.hubert_path", "hubert_path=PATH (CLI: --hubert_path)",
+                f"the model's input is its layer-{features.hubert_layer} states",
+            )
+        return InputFeatures(features, num_threads=0)
+
+    @cached_property
+    def unit_encoder(self) -> WaveformEncoder:
+        """Waveform -> the frames the units were quantized from (HuBERT: float16-rounded states, its model shared with
+        the input features when the same)."""
+        config = self.audio_io.unit_encoder
+        if isinstance(config, FbankEncoderConfig):
+            return FbankEncoder(config)
+        if isinstance(config, WhisperEncoderConfig):
+            return WhisperEncoder(config)
+        features = self.audio_io.features
         if (
-            isinstance(self.vocoder, UnitHifiganVocoder)
-            and self.vocoder.generator_config.vocab_size < audio_io.num_units
+            features.kind == "hubert"
+            and Path(features.hubert_path).resolve() == Path(config.path).resolve()
+            and features.hubert_layer == config.layer
         ):
+            return Float16HubertStates(self.input_extractor.hubert)
+        _check_hubert_folder(
+            config.path, "audio_io.unit_encoder.encoder_config.path", "unit_hubert_path=PATH (CLI: --unit_hubert_path)",
+            f"the units are k-means of its layer-{config.layer} states",
+        )
+        return Float16HubertStates(HubertEncoder(config))
+
+    @cached_property
+    def vocoder(self) -> Vocoder:
+        """Units -> 16 kHz audio: the given vocoder, the folder `audio_io.vocoder` names, or Griffin-Lim (log-mel units)."""
+        folder, vocoder = self.audio_io.vocoder, self._given_vocoder
+        fix = "pass vocoder=DIR (CLI: --vocoder DIR)"
+        if vocoder is None and folder is not None:
+            if not folder.is_dir():
+                raise InferenceError(
+                    f"audio_io.vocoder={folder}: no such folder (the vocoder the checkpoint's units were made for): {fix} "
+                    "where it is now"
+                )
+            try:
+                vocoder = load_vocoder_folder(folder, str(self.device))
+            except (FileNotFoundError, ValueError, TypeError) as error:
+                raise InferenceError(f"vocoder {folder}: {error}") from error
+        elif vocoder is None and isinstance(self.audio_io.unit_encoder, FbankEncoderConfig):
+            vocoder = GriffinLimVocoder(self.quantizer, GriffinLimVocoderConfig(fbank=self.audio_io.unit_encoder))
+        elif vocoder is None:
+            kind = "HuBERT" if isinstance(self.audio_io.unit_encoder, HubertEncoderConfig) else "Whisper"
             raise InferenceError(
-                f"vocoder {self.vocoder.config.path} knows {self.vocoder.generator_config.vocab_size} units but the "
-                f"model's data has {audio_io.num_units}: train a vocoder on these units"
+                f"the checkpoint's units are k-means of {kind} states, which only a vocoder trained on them speaks, and "
+                f"its audio_io.vocoder is empty: {fix}, a unit HiFi-GAN trained on these units "
+                "(python -m lightning_most.audio.train_vocoder) or a speechbrain unit HiFi-GAN folder"
             )
-        if self.vocoder.sample_rate != SAMPLE_RATE:
+        known = _vocoder_units(vocoder)
+        if known is not None and known < self.audio_io.num_units:
+            source = getattr(getattr(vocoder, "config", None), "path", "the vocoder")
             raise InferenceError(
-                f"the vocoder writes {self.vocoder.sample_rate} Hz audio; the protocols need {SAMPLE_RATE} Hz"
+                f"vocoder {source} knows {known} units but the model's data has {self.audio_io.num_units}: "
+                "train a vocoder on these units"
             )
+        if vocoder.sample_rate != SAMPLE_RATE:
+            raise InferenceError(f"the vocoder writes {vocoder.sample_rate} Hz audio; the protocols need {SAMPLE_RATE} Hz")
+        return vocoder
 
     @classmethod
     def from_checkpoint(
@@ -236,6 +351,8 @@ class MostInference:
         vocoder: str | Path | None = None,
         audio_io: dict[str, Any] | None = None,
         unit_quantizer: str | Path | None = None,
+        hubert_path: str | Path | None = None,
+        unit_hubert_path: str | Path | None = None,
         max_new_tokens: int | None = None,
         max_units: int | None = None,
         temperature: float = 0.0,
@@ -247,11 +364,15 @@ class MostInference:
 
         Args:
             path: the `.ckpt` file.
-            device: torch device to run on.
-            vocoder: a unit HiFi-GAN folder (config.json + generator.ckpt) or a unit-to-mel one (unit_to_mel.json +
-                weights); None = the checkpoint data's vocoder (`AudioIO.vocoder`, else Griffin-Lim over the units).
+            device: torch device to run on (the model, a HuBERT encoder, a HiFi-GAN vocoder).
+            vocoder: a vocoder folder: unit HiFi-GAN (config.json + generator.ckpt), speechbrain unit HiFi-GAN
+                (hyperparams.yaml + generator.ckpt) or unit-to-mel (unit_to_mel.json + weights); replaces the one the
+                checkpoint names (`AudioIO.vocoder`; none: Griffin-Lim over log-mel units).
             audio_io: replaces the checkpoint's `audio_io` (for checkpoints saved without one).
             unit_quantizer: replaces the quantizer path of `audio_io` (when the corpus moved).
+            hubert_path: replaces the HuBERT folder of the input features (`audio_io.features.hubert_path`), and the
+                units' when it was the same folder (when the HuBERT moved).
+            unit_hubert_path: replaces the units' HuBERT folder alone (`audio_io.unit_encoder`).
             max_new_tokens: text decoding budget (default: the module's `asr_decoding.max_new_tokens`).
             max_units: unit decoding budget of synthesis (default: the module's `tts_max_new_tokens`).
             temperature: unit sampling temperature of synthesis (0 = greedy).
@@ -264,7 +385,9 @@ class MostInference:
         raw_audio_io = dict(audio_io if audio_io is not None else header.get("audio_io") or {})
         if unit_quantizer is not None:
             raw_audio_io["unit_quantizer"] = str(unit_quantizer)
-        parsed = AudioIO.from_dict(raw_audio_io, str(path))
+        if vocoder is not None:
+            raw_audio_io["vocoder"] = str(vocoder)
+        parsed = _with_local_folders(AudioIO.from_dict(raw_audio_io, str(path)), device, hubert_path, unit_hubert_path)
         try:
             module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=True)
         except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
@@ -288,12 +411,7 @@ class MostInference:
                 f"checkpoint {path} decodes ASR with a word LM that cannot be counted here ({error}): run from the "
                 "folder it was trained in, or decode without the LM (--no_word_lm)"
             ) from error
-        built = None
-        if vocoder is not None and (Path(vocoder) / UNIT_TO_MEL_CONFIG).is_file():
-            built = UnitToMelVocoder(UnitToMelVocoderConfig(path=str(vocoder)))
-        elif vocoder is not None:
-            built = UnitHifiganVocoder(UnitHifiganVocoderConfig(path=str(vocoder), device=device))
-        inference = cls(module, parsed, built, temperature=temperature, top_k=top_k, seed=seed)
+        inference = cls(module, parsed, temperature=temperature, top_k=top_k, seed=seed)
         inference.global_step = int(header.get("global_step", 0))
         return inference
 
@@ -324,7 +442,7 @@ class MostInference:
         """Discrete units (T,) of each waveform, as the training targets were made (encoder + k-means)."""
         if not waveforms:
             return []
-        if isinstance(self.unit_encoder, WhisperEncoder):  # one utterance at a time: (S,) -> (T, d_model) -> (T,)
+        if not isinstance(self.unit_encoder, FbankEncoder):  # Whisper, HuBERT: one utterance at a time, (S,) -> (T, F) -> (T,)
             return [self.quantizer.quantize(self.unit_encoder(w.float().cpu())).cpu() for w in waveforms]
         lengths = torch.tensor([w.numel() for w in waveforms])
         padded = torch.nn.utils.rnn.pad_sequence([w.float().cpu() for w in waveforms], batch_first=True)  # (B, S)

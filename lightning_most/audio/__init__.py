@@ -6,11 +6,13 @@ Every waveform is mono at `SAMPLE_RATE` (16 kHz).
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.audio.encoders import (
     FbankEncoder,
     FbankEncoderConfig,
+    Float16HubertStates,
     HubertEncoder,
     HubertEncoderConfig,
     WaveformEncoder,
@@ -19,16 +21,27 @@ from lightning_most.audio.encoders import (
 )
 from lightning_most.audio.features import FEATURE_KINDS, FeatureConfig, InputFeatures, stack_frames
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
-from lightning_most.audio.speechbrain_vocoder import SpeechBrainUnitHifiganConfig, SpeechBrainUnitHifiganVocoder
+from lightning_most.audio.speechbrain_vocoder import (
+    HPARAMS_FILE,
+    SpeechBrainUnitHifiganConfig,
+    SpeechBrainUnitHifiganVocoder,
+)
 from lightning_most.audio.textless import (
     SpiritLMLinearQuantizer,
     convert_sklearn_kmeans,
     load_spiritlm_linear_quantizer,
     load_textless_quantizer,
 )
-from lightning_most.audio.unit_to_mel import UnitToMel, UnitToMelConfig, UnitToMelVocoder, UnitToMelVocoderConfig
+from lightning_most.audio.unit_to_mel import (
+    UNIT_TO_MEL_CONFIG,
+    UnitToMel,
+    UnitToMelConfig,
+    UnitToMelVocoder,
+    UnitToMelVocoderConfig,
+)
 from lightning_most.audio.units import attach_units, fit_unit_quantizer
 from lightning_most.audio.vocoder import (
+    CONFIG_FILE,
     GriffinLimVocoder,
     GriffinLimVocoderConfig,
     UnitHifiganConfig,
@@ -84,11 +97,30 @@ def build_vocoder(name: str, quantizer: UnitQuantizer | str | None = None, **cfg
     raise ValueError(f"unknown vocoder {name!r}; choose one of {VOCODERS}")
 
 
-def audio_io_vocoder(audio_io: dict) -> Vocoder:
-    """The vocoder a data module's `audio_io()` names: its unit-to-mel `vocoder` folder, else Griffin-Lim over the
-    `unit_quantizer`'s log-mel centroids."""
+def load_vocoder_folder(path: str | Path, device: str = "cpu") -> Vocoder:
+    """The vocoder saved in folder `path`, told by its files: `unit_to_mel.json` (unit-to-mel), `hyperparams.yaml`
+    (a speechbrain unit HiFi-GAN) or `config.json` (a unit HiFi-GAN written by `train_vocoder`)."""
+    folder = Path(path)
+    if (folder / UNIT_TO_MEL_CONFIG).is_file():
+        return build_vocoder("unit_to_mel", path=str(folder))
+    if (folder / HPARAMS_FILE).is_file():
+        return build_vocoder("speechbrain_hifigan", path=str(folder), device=device)
+    if (folder / CONFIG_FILE).is_file():
+        return build_vocoder("hifigan", path=str(folder), device=device)
+    raise FileNotFoundError(
+        f"{folder} holds no vocoder: expected {UNIT_TO_MEL_CONFIG} (unit-to-mel), {HPARAMS_FILE} + generator.ckpt "
+        f"(speechbrain unit HiFi-GAN) or {CONFIG_FILE} + generator.ckpt (unit HiFi-GAN of train_vocoder)"
+    )
+
+
+def audio_io_vocoder(audio_io: dict, device: str = "cpu") -> Vocoder | None:
+    """The vocoder a data module's `audio_io()` names: its `vocoder` folder, else Griffin-Lim over the
+    `unit_quantizer`'s log-mel centroids; None for units of encoder states (HuBERT, Whisper) without a vocoder folder,
+    which Griffin-Lim cannot speak."""
     if audio_io.get("vocoder"):
-        return build_vocoder("unit_to_mel", path=audio_io["vocoder"])
+        return load_vocoder_folder(audio_io["vocoder"], device)
+    if (audio_io.get("unit_encoder") or {}).get("encoder", "fbank") != "fbank":
+        return None
     return build_vocoder("griffin_lim", quantizer=audio_io["unit_quantizer"])
 
 
@@ -98,6 +130,7 @@ __all__ = [
     "FbankEncoder",
     "FbankEncoderConfig",
     "FeatureConfig",
+    "Float16HubertStates",
     "GriffinLimVocoder",
     "GriffinLimVocoderConfig",
     "HubertEncoder",
@@ -128,6 +161,7 @@ __all__ = [
     "load_cut_waveform",
     "load_spiritlm_linear_quantizer",
     "load_textless_quantizer",
+    "load_vocoder_folder",
     "save_unit_hifigan",
     "stack_frames",
     "train_kmeans",

@@ -207,6 +207,27 @@ class HubertEncoder:
         return outputs.hidden_states[self.config.layer][0].float().cpu()  # (T, hidden_size)
 
 
+class Float16HubertStates:
+    """A `HubertEncoder` whose states are rounded to float16, as `datamodules.encoder_features` stores them.
+
+    HuBERT units are k-means of these frames (`datamodules.units`, and inference's units), so a cut gets the
+    same units whether its states were stored or are encoded.
+    """
+
+    def __init__(self, encoder: HubertEncoder) -> None:
+        self.encoder = encoder
+        self.config = encoder.config
+        self.frame_rate, self.feature_dim = encoder.frame_rate, encoder.feature_dim
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames for `num_samples` input samples."""
+        return self.encoder.num_frames(num_samples)
+
+    def __call__(self, waveform: Tensor) -> Tensor:
+        """(S,) float at 16 kHz -> (T, hidden_size) float, float16-rounded."""
+        return self.encoder(waveform).half().float()
+
+
 @dataclass
 class WhisperEncoderConfig:
     """Which CTranslate2 Whisper model encodes the audio, and how."""

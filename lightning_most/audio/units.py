@@ -7,13 +7,17 @@ cuts the units with the audio.
 
 A cut whose audio cannot be read (missing or corrupt file) or that is too short to give one frame is
 skipped with a warning naming it, and a summary warning gives the count.
+
+`stored_frames` (optional, both functions) returns the encoder frames already stored with a cut (e.g.
+the HuBERT states of `datamodules.encoder_features`, checked by the caller to be the encoder's), or
+None; those cuts are not encoded again.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from lightning_most.audio.quantizer import UnitQuantizer, train_kmeans
 from lightning_most.audio.waveforms import load_cut_waveform
 
 UNITS_FIELD = "units"
+StoredFrames = Callable[[Cut], Tensor | None]  # a cut -> its stored encoder frames (T, F), or None: encode its audio
 
 
 def array_key(cut_id: str) -> str:
@@ -35,9 +40,15 @@ def array_key(cut_id: str) -> str:
     return cut_id.replace("/", "__")
 
 
-def _encoded_cuts(cuts: CutSet, encoder: WaveformEncoder, skipped: list[str]) -> Iterator[tuple[Cut, Tensor]]:
+def _encoded_cuts(
+    cuts: CutSet, encoder: WaveformEncoder, skipped: list[str], stored_frames: StoredFrames | None = None
+) -> Iterator[tuple[Cut, Tensor]]:
     """Yield (cut, features (T, F)) for every readable cut; append the id of every other cut to `skipped`."""
     for cut in cuts:
+        stored = stored_frames(cut) if stored_frames is not None else None
+        if stored is not None and stored.shape[0] > 0:
+            yield cut, stored
+            continue
         try:
             waveform = load_cut_waveform(cut)
         except Exception as e:  # noqa: BLE001 -- lhotse surfaces missing/corrupt audio as many exception types
@@ -65,6 +76,7 @@ def fit_unit_quantizer(
     max_frames: int = 200_000,
     iterations: int = 50,
     progress: bool = False,
+    stored_frames: StoredFrames | None = None,
 ) -> UnitQuantizer:
     """Train k-means on the encoder frames of `cuts`, reading cuts in order until `max_frames` frames.
 
@@ -76,11 +88,12 @@ def fit_unit_quantizer(
         max_frames: stop reading cuts once this many frames are collected (the last cut is truncated).
         iterations: maximum Lloyd iterations.
         progress: show progress bars on stderr (frames collected, then k-means).
+        stored_frames: a cut's frames stored with it (not encoded again), or None (see the module docstring).
     """
     skipped: list[str] = []
     blocks, collected, seen = [], 0, 0
     with tqdm(total=max_frames, desc="k-means frames", unit="frame", disable=not progress, file=sys.stderr) as bar:
-        for cut, features in _encoded_cuts(cuts, encoder, skipped):
+        for cut, features in _encoded_cuts(cuts, encoder, skipped, stored_frames):
             seen += 1
             blocks.append(features[: max_frames - collected])
             collected += blocks[-1].shape[0]
@@ -94,18 +107,23 @@ def fit_unit_quantizer(
 
 
 def attach_units(
-    cuts: CutSet, encoder: WaveformEncoder, quantizer: UnitQuantizer, storage_dir: str | Path, progress: bool = False
+    cuts: CutSet,
+    encoder: WaveformEncoder,
+    quantizer: UnitQuantizer,
+    storage_dir: str | Path,
+    progress: bool = False,
+    stored_frames: StoredFrames | None = None,
 ) -> CutSet:
     """Quantize every cut and attach its units (T,) as the custom field `units`, stored under `storage_dir`.
 
     Returns the cuts that got units; skipped cuts are warned about (by id) and left out. `progress` shows a
-    progress bar (cuts) on stderr.
+    progress bar (cuts) on stderr; `stored_frames` gives frames stored with a cut (see the module docstring).
     """
     skipped: list[str] = []
     out: list[Cut] = []
     Path(storage_dir).mkdir(parents=True, exist_ok=True)
     with NumpyFilesWriter(storage_dir) as writer:
-        encoded = _encoded_cuts(cuts, encoder, skipped)
+        encoded = _encoded_cuts(cuts, encoder, skipped, stored_frames)
         for cut, features in tqdm(encoded, desc=f"units -> {storage_dir}", unit="cut", disable=not progress, file=sys.stderr):
             units = quantizer.quantize(features).numpy().astype(np.int32)  # (T,)
             manifest = writer.store_array(

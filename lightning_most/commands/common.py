@@ -38,6 +38,9 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     group.add_argument("--audio_io", help="JSON file replacing the checkpoint's audio_io (for checkpoints without one)")
     group.add_argument("--unit_quantizer", help="replaces the unit quantizer path stored in the checkpoint")
+    group.add_argument("--hubert_path", help="replaces the HuBERT folder of the checkpoint's input features "
+                       "(audio_io.features.hubert_path), and of its units when they named the same one (the HuBERT moved)")
+    group.add_argument("--unit_hubert_path", help="replaces the units' HuBERT folder alone (audio_io.unit_encoder)")
     group.add_argument("--max_new_tokens", type=int, help="text decoding budget (default: the checkpoint's)")
     group.add_argument("--max_units", type=int, help="unit decoding budget of synthesis (default: the checkpoint's)")
     group.add_argument("--no_word_lm", action="store_true",
@@ -47,7 +50,9 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
     """--vocoder and the unit sampling options."""
     group = parser.add_argument_group("synthesis")
-    group.add_argument("--vocoder", help="unit HiFi-GAN folder (config.json + generator.ckpt); default: Griffin-Lim")
+    group.add_argument("--vocoder", help="vocoder folder: unit HiFi-GAN (config.json + generator.ckpt), speechbrain "
+                       "unit HiFi-GAN (hyperparams.yaml + generator.ckpt) or unit-to-mel; default: the one the checkpoint "
+                       "names (audio_io.vocoder), else Griffin-Lim over log-mel units")
     group.add_argument("--temperature", type=float, default=0.0, help="unit sampling temperature (0 = greedy)")
     group.add_argument("--top_k", type=int, help="sample units among the k most likely only")
     group.add_argument("--seed", type=int, default=0, help="seed of unit sampling")
@@ -66,7 +71,10 @@ def load_inference(args: argparse.Namespace) -> MostInference:
             raise CommandError(f"--audio_io {path} is not valid JSON ({error})") from error
     vocoder = getattr(args, "vocoder", None)
     if vocoder and not Path(vocoder).is_dir():
-        raise CommandError(f"--vocoder {vocoder}: no such folder (it needs config.json and generator.ckpt)")
+        raise CommandError(f"--vocoder {vocoder}: no such folder (a unit HiFi-GAN, speechbrain or unit-to-mel vocoder)")
+    for flag, folder in (("--hubert_path", args.hubert_path), ("--unit_hubert_path", args.unit_hubert_path)):
+        if folder and not Path(folder).is_dir():
+            raise CommandError(f"{flag} {folder}: no such folder (a HubertModel saved with save_pretrained)")
     try:
         return MostInference.from_checkpoint(
             args.ckpt,
@@ -74,6 +82,8 @@ def load_inference(args: argparse.Namespace) -> MostInference:
             vocoder=vocoder,
             audio_io=audio_io,
             unit_quantizer=args.unit_quantizer,
+            hubert_path=args.hubert_path,
+            unit_hubert_path=args.unit_hubert_path,
             max_new_tokens=args.max_new_tokens,
             max_units=args.max_units,
             temperature=getattr(args, "temperature", 0.0),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import WordErrorRate
@@ -135,7 +136,14 @@ class StageEvaluation(pl.LightningModule):
         if not writers or not self.trainer.is_global_zero:
             return
         if self._vocoder is None:
-            self._vocoder = audio_io_vocoder(self.audio_io)
+            try:
+                self._vocoder = audio_io_vocoder(self.audio_io)
+            except FileNotFoundError as error:  # the named vocoder is not trained yet: samples once it is
+                rank_zero_warn(f"no spoken dev samples this validation: {error}")
+                return
+            if self._vocoder is None:
+                rank_zero_warn("no spoken dev samples: these units need a vocoder trained on them (the data's `vocoder`)")
+                return
         V = self.config.text_vocab_size
         examples = [tts_example(self.tokenizer.encode(t), torch.zeros(0, dtype=torch.long), self.specials, V, text=t)
                     for t in texts]
