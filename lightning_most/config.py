@@ -127,6 +127,11 @@ class AttentionConfig:
     """Per-head query/key width with rotary embedding, shared by all heads for keys (mla)."""
     v_head_dim: int = 16
     """Per-head value width (mla)."""
+    cache_latent: bool = False
+    """What the KV cache of decoding holds (mla): True = the latent and rope key (kv_lora_rank + qk_rope_head_dim
+    numbers per position, attention in the latent space, DeepSeek-V2's inference form: the least memory, for
+    long contexts and wide models); False = the up-projected keys and values (num_heads * 2 * (qk_nope_head_dim +
+    qk_rope_head_dim) per position, attention as in training). Training is the same either way."""
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     """Long-context RoPE scaling as in a Hugging Face config.json; None = plain RoPE. {"rope_type": "yarn",
