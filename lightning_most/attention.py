@@ -250,14 +250,22 @@ class MultiHeadLatentAttention(nn.Module):
         B, T, H, _ = q_nope.shape
         r = self.kv_lora_rank
         w_uk, w_uv = self.kv_b_proj.weight.view(H, self.nope + self.v_dim, r).split([self.nope, self.v_dim], dim=1)
-        q = torch.cat([torch.einsum("bthn,hnr->bthr", q_nope, w_uk), q_pe], dim=-1)  # (B, T, H, r + rope)
+        q_latent = torch.matmul(q_nope.transpose(1, 2), w_uk)  # (B, H, T, r): W_uk^T q_nope per head
+        q = torch.cat([q_latent, q_pe.transpose(1, 2)], dim=-1)  # (B, H, T, r + rope)
         (keys,) = cache.update(torch.cat([latent, k_pe], dim=-1))  # (B, S, r + rope): (latent, rope key) per position
         keys = keys[:, None]  # (B, 1, S, r + rope): one key head for all query heads
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, keys, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True,
+            q, keys, keys, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True,
         )[..., :r]  # (B, H, T, r): the attention-weighted latent (the value is the latent part of the key)
-        out = torch.einsum("bhtr,hvr->bthv", out, w_uv)  # (B, T, H, v_dim)
-        return self.o_proj(out.reshape(B, T, H * self.v_dim))
+        out = torch.matmul(out, w_uv.transpose(1, 2))  # (B, H, T, v_dim)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
+
+
+def set_cache_latent(model: nn.Module, enabled: bool) -> None:
+    """Set what the KV caches of `model`'s MLA layers hold from the next decoding on (`AttentionConfig.cache_latent`)."""
+    for module in model.modules():
+        if isinstance(module, MultiHeadLatentAttention):
+            module.cache_latent = enabled
 
 
 class GroupedQueryAttention(nn.Module):

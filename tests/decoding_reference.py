@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_most.attention import MultiHeadLatentAttention, set_cache_latent
 from lightning_most.backbone import MoSTBackbone
 from lightning_most.batch import TASKS, Modality
 from lightning_most.decoding.decoder import Decoder, eval_mode, greedy_ctc_ids
@@ -418,8 +419,14 @@ def reference_transcribe(decoder: Decoder, batch: dict) -> list[str]:
     """`Decoder.transcribe` of commit c3f8cb4 for ASR rows: the transcripts of a collated batch of ASR examples."""
     if not bool((batch["task_ids"] == TASKS.index("asr")).all()):
         raise ValueError("reference_transcribe decodes ASR rows only")
-    with eval_mode(decoder.backbone):
-        rows = reference_asr_ids(decoder, prompts_from_batch(batch, decoder.specials.pad), True)
+    latent = [m.cache_latent for m in decoder.backbone.modules() if isinstance(m, MultiHeadLatentAttention)]
+    set_cache_latent(decoder.backbone, False)  # that commit's MLA cache: up-projected keys and values
+    try:
+        with eval_mode(decoder.backbone):
+            rows = reference_asr_ids(decoder, prompts_from_batch(batch, decoder.specials.pad), True)
+    finally:
+        for module, value in zip((m for m in decoder.backbone.modules() if isinstance(m, MultiHeadLatentAttention)), latent):
+            module.cache_latent = value
     return [decoder.tokenizer.decode([i for i in row if 0 <= i < decoder.specials.base_vocab_size]) for row in rows]
 
 
