@@ -67,6 +67,7 @@ def test_latent_and_up_projected_mla_caches_give_the_same_logits(left_padding: b
         logits[latent] = torch.cat(out, dim=1)
         per_position = sum(buffer[0, 0].numel() for buffer in cache.layers[0].buffers)
         assert per_position == (32 + 16 if latent else 4 * 2 * (16 + 16))  # r + rope, or H * 2 * (nope + rope)
-    torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
+    # logits of magnitude ~10: float32 rounding of another summation order reaches ~1e-5
+    torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-4)
     uncached = model(torch.cat([ids, steps], dim=1), torch.zeros(3, 11, dtype=torch.long), full_mask).logits
-    torch.testing.assert_close(logits[True], uncached, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[True], uncached, rtol=1e-5, atol=1e-4)
