@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -204,24 +205,25 @@ def _llama_config(hf: dict[str, Any], where: str) -> tuple[AttentionConfig, MoEC
 
 def config_from_hf(
     path: str | Path,
-    num_audio_units: int = 500,
-    audio_feature_dim: int = 1024,
-    moe_variant: MoEVariant = "mamoe",
+    num_audio_units: int | None = None,
+    audio_feature_dim: int | None = None,
+    moe_variant: MoEVariant | None = None,
     text_vocab_size: int | None = None,
 ) -> ModelConfig:
     """The backbone config of a Hugging Face checkpoint folder (or its config.json), plus the audio parts.
 
     Args:
         path: checkpoint folder, or its config.json.
-        num_audio_units: discrete audio units appended after the text ids.
-        audio_feature_dim: width of one continuous audio frame.
-        moe_variant: MoE variant of the MoE layers (mamoe, vanilla, noshared); ignored for dense models.
+        num_audio_units: discrete audio units appended after the text ids (default 500).
+        audio_feature_dim: width of one continuous audio frame (default 1024).
+        moe_variant: MoE variant of the MoE layers (mamoe, vanilla, noshared; default mamoe); ignored for dense models.
         text_vocab_size: text ids of the backbone. Default: DeepSeek-V2's `vocab_size` (its 102400 rows
             leave room after its ~100k tokens for our special tokens); Llama's `vocab_size` plus our
             special tokens (its 128256 rows are exactly its tokenizer). New rows start freshly initialised.
 
-    A folder written by `export` carries the backbone's own config (`most_config`): it is returned as is, and the
-    other arguments are not read.
+    A folder written by `export` carries the backbone's own config (`most_config`): it is returned with only the
+    arguments that are given (not None) changed, e.g. a text LM pretrained here given the audio shapes of the
+    corpus it will be post-trained on (`hf_state_dict` then starts the audio parts whose shape changed afresh).
     """
     file = Path(path)
     hf = read_hf_config(file.parent if file.name == "config.json" else file)
@@ -229,9 +231,13 @@ def config_from_hf(
     arch = architecture(hf, where)
     if MOST_CONFIG_KEY in hf:
         try:
-            return config_from_dict(hf[MOST_CONFIG_KEY])
+            config = config_from_dict(hf[MOST_CONFIG_KEY])
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{where}: {MOST_CONFIG_KEY} is not a backbone config: {err}") from err
+        return _with_requested(config, num_audio_units, audio_feature_dim, moe_variant, text_vocab_size)
+    num_audio_units = 500 if num_audio_units is None else num_audio_units
+    audio_feature_dim = 1024 if audio_feature_dim is None else audio_feature_dim
+    moe_variant = moe_variant or "mamoe"
     attention, moe, first_k_dense = (_deepseek_v2_config if arch == DEEPSEEK_V2 else _llama_config)(hf, where)
     if moe.variant != "dense":
         moe = dataclasses.replace(moe, variant=moe_variant)
@@ -293,6 +299,13 @@ class SafetensorsCheckpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Stored shape of tensor `name` (read from the header; the tensor is not loaded)."""
+        if name not in self.files:
+            raise CheckpointError(f"tensor {name} is missing from the checkpoint ({self._where()})")
+        with safe_open(self.files[name], "pt") as f:
+            return tuple(f.get_slice(name).get_shape())
+
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> Tensor:
         """Tensor `name`, checked against `shape` when given."""
         if name not in self.files:
@@ -313,6 +326,20 @@ class SafetensorsCheckpoint:
 
     def _where(self) -> str:
         return ", ".join(sorted({p.name for p in self.files.values()}))
+
+
+def _with_requested(
+    config: ModelConfig, num_audio_units: int | None, audio_feature_dim: int | None,
+    moe_variant: MoEVariant | None, text_vocab_size: int | None,
+) -> ModelConfig:
+    """An exported backbone's config with the given (not None) audio shapes, MoE variant and text vocabulary."""
+    changes: dict[str, Any] = {
+        name: value for name, value in (("num_audio_units", num_audio_units), ("audio_feature_dim", audio_feature_dim),
+                                        ("text_vocab_size", text_vocab_size)) if value is not None
+    }
+    if moe_variant is not None and config.moe.variant != "dense":
+        changes["moe"] = dataclasses.replace(config.moe, variant=moe_variant)
+    return dataclasses.replace(config, **changes)
 
 
 def _interleaved_to_halves(rope_dim: int) -> Tensor:
@@ -409,13 +436,28 @@ def _layer(ckpt: SafetensorsCheckpoint, arch: str, config: ModelConfig, i: int, 
 
 
 def _audio_parts(ckpt: SafetensorsCheckpoint, fresh: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    """The audio parts an exported folder stores under `most.` names, in place of the fresh ones."""
-    embed = fresh["embed_tokens.weight"].clone()
-    embed[config.text_vocab_size:] = ckpt.get(AUDIO_UNIT_EMBEDDINGS, (config.num_audio_units, config.hidden_size))
-    parts = {"embed_tokens.weight": embed}
-    for key, tensor in fresh.items():
-        if key.split(".")[0] in AUDIO_MODULES:
-            parts[key] = ckpt.get(AUDIO_PREFIX + key, tuple(tensor.shape))
+    """The audio parts an exported folder stores under `most.` names, in place of the fresh ones; a stored part
+    whose shape differs from the config's (other audio shapes were asked for) stays fresh, with a warning."""
+    wanted = {AUDIO_UNIT_EMBEDDINGS: (config.num_audio_units, config.hidden_size)}
+    wanted |= {AUDIO_PREFIX + key: tuple(t.shape) for key, t in fresh.items() if key.split(".")[0] in AUDIO_MODULES}
+    stored = {name: ckpt.shape(name) for name in wanted}
+    refreshed = [name for name, shape in wanted.items() if stored[name] != shape]
+    if refreshed:
+        ckpt.used.update(refreshed)
+        warnings.warn(
+            f"{len(refreshed)} audio parts of the export have other shapes than asked for and start afresh: "
+            + ", ".join(f"{n} {stored[n]} -> {wanted[n]}" for n in refreshed),
+            stacklevel=3,
+        )
+    parts = {}
+    if AUDIO_UNIT_EMBEDDINGS not in refreshed:
+        embed = fresh["embed_tokens.weight"].clone()
+        embed[config.text_vocab_size:] = ckpt.get(AUDIO_UNIT_EMBEDDINGS, wanted[AUDIO_UNIT_EMBEDDINGS])
+        parts["embed_tokens.weight"] = embed
+    for key in fresh:
+        name = AUDIO_PREFIX + key
+        if name in wanted and name not in refreshed:
+            parts[key] = ckpt.get(name, wanted[name])
     return parts
 
 
@@ -479,9 +521,9 @@ def hf_state_dict(
 def convert_hf_checkpoint(
     src_dir: str | Path,
     out_file: str | Path,
-    num_audio_units: int = 500,
-    audio_feature_dim: int = 1024,
-    moe_variant: MoEVariant = "mamoe",
+    num_audio_units: int | None = None,
+    audio_feature_dim: int | None = None,
+    moe_variant: MoEVariant | None = None,
     text_vocab_size: int | None = None,
     dtype: torch.dtype | None = None,
     seed: int = 0,
@@ -491,9 +533,9 @@ def convert_hf_checkpoint(
     Args:
         src_dir: folder with config.json and safetensors weights.
         out_file: where to write the state dict (torch.save of plain-keyed tensors).
-        num_audio_units: discrete audio units of the backbone.
-        audio_feature_dim: width of one continuous audio frame.
-        moe_variant: MoE variant of the MoE layers.
+        num_audio_units: discrete audio units of the backbone (`config_from_hf`: None = the export's, or 500).
+        audio_feature_dim: width of one continuous audio frame (None = the export's, or 1024).
+        moe_variant: MoE variant of the MoE layers (None = the export's, or mamoe).
         text_vocab_size: text ids of the backbone; default the checkpoint's vocab_size.
         dtype: dtype of the written tensors; default the checkpoint's.
         seed: seed of the freshly initialised audio parts.
@@ -534,9 +576,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m lightning_most convert", description=__doc__.split("\n")[0])
     parser.add_argument("--src", required=True, help="Hugging Face checkpoint folder (config.json + safetensors)")
     parser.add_argument("--out", required=True, help="state dict file to write (for model.init_args.init_from)")
-    parser.add_argument("--num-audio-units", type=int, default=500)
-    parser.add_argument("--audio-feature-dim", type=int, default=1024)
-    parser.add_argument("--moe-variant", default="mamoe", choices=["mamoe", "vanilla", "noshared"])
+    parser.add_argument("--num-audio-units", type=int, default=None, help="default: an export's, else 500")
+    parser.add_argument("--audio-feature-dim", type=int, default=None, help="default: an export's, else 1024")
+    parser.add_argument("--moe-variant", default=None, choices=["mamoe", "vanilla", "noshared"],
+                        help="default: an export's, else mamoe")
     parser.add_argument("--text-vocab-size", type=int, default=None, help="default: the checkpoint's vocab_size")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default: the checkpoint's")
@@ -552,8 +595,10 @@ def main(argv: list[str] | None = None) -> Path:
     preset, overrides = preset_overrides(config)
     print(f"wrote {out}")
     if MOST_CONFIG_KEY in read_hf_config(args.src):
-        print(f"{args.src} was written by export: its own config and audio parts were used (the audio, MoE-variant "
-              "and vocabulary options were not read)")
+        given = [f"--{n.replace('_', '-')}" for n in ("num_audio_units", "audio_feature_dim", "moe_variant",
+                                                            "text_vocab_size") if getattr(args, n) is not None]
+        print(f"{args.src} was written by export: its own config and audio parts were used"
+              + (f", except for {', '.join(given)}" if given else ""))
     print(f"train with: --model.init_args.backbone {preset} --model.init_args.init_from {out}")
     if overrides:
         print(f"and model.init_args.backbone_overrides: {json.dumps(overrides)}")

@@ -187,14 +187,21 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _model_and_data(configs: list[str], extra: list[str]):
-    """The StageModule and data module that `fit --config ...` would build (nothing is run)."""
+    """The StageModule and data module that `fit --config ...` would build (nothing is run): the model takes the
+    data module's linked arguments as under `fit`, and a fit config's `ckpt_path` / `weights_only` are accepted."""
     import lightning.pytorch as pl
-    from lightning.pytorch.cli import LightningCLI
 
+    from lightning_most.main import MostCLI
     from lightning_most.stages.base import StageModule
 
+    class BuildOnlyCLI(MostCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            super().add_arguments_to_parser(parser)
+            parser.add_argument("--ckpt_path", type=str | None, default=None, help="a fit key; not read here")
+            parser.add_argument("--weights_only", type=bool | None, default=None, help="a fit key; not read here")
+
     args = [arg for config in configs for arg in ("--config", config)] + extra
-    cli = LightningCLI(
+    cli = BuildOnlyCLI(
         model_class=StageModule, datamodule_class=pl.LightningDataModule, subclass_mode_model=True,
         subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"}, run=False, args=args,
         save_config_callback=None,

@@ -69,6 +69,31 @@ def test_export_then_convert_gives_the_same_tensors_and_config(tmp_path: Path, n
     _assert_same_state(back, model.state_dict())  # audio parts included, not freshly initialised
 
 
+def test_convert_gives_an_export_the_audio_shapes_and_variant_asked_for(tmp_path: Path) -> None:
+    """A text LM pretrained here (conf/pretrain_text.yaml) is exported with the preset's audio shapes; converting it
+    for a corpus with other shapes, as NoShared, keeps every text tensor and starts the reshaped audio parts afresh."""
+    model = _random_backbone("vanilla")
+    folder = export_backbone(model.config, model.state_dict(), tmp_path / "hf")
+    with pytest.warns(UserWarning, match=r"audio parts .* start afresh: most\.embed_audio_units\.weight \(8, 128\)"):
+        out = convert_hf_checkpoint(folder, tmp_path / "x.pt", num_audio_units=5, audio_feature_dim=24,
+                                    moe_variant="noshared")
+    config = config_from_hf(folder, num_audio_units=5, audio_feature_dim=24, moe_variant="noshared")
+    assert (config.num_audio_units, config.audio_feature_dim, config.moe.variant) == (5, 24, "noshared")
+    state = torch.load(out, weights_only=True)
+    MoSTBackbone(config).load_state_dict(state)  # strict: every tensor has the asked-for shape
+    source = model.state_dict()
+    assert not any("shared_experts" in key for key in state)
+    text_rows = model.config.text_vocab_size
+    torch.testing.assert_close(state["embed_tokens.weight"][:text_rows], source["embed_tokens.weight"][:text_rows])
+    for key, tensor in state.items():
+        if key.startswith("layers.") or key in ("norm.weight", "text_head.weight"):
+            torch.testing.assert_close(tensor, source[key], rtol=0, atol=0, msg=key)
+    assert state["audio_projector.1.weight"].shape == (model.config.hidden_size, 24)
+    assert state["audio_head.weight"].shape[0] == 5
+    unchanged = config_from_hf(folder)  # no options: the export's own config, as before
+    assert unchanged == model.config
+
+
 def test_audio_parts_are_stored_under_clear_names(tmp_path: Path) -> None:
     model = _random_backbone("mamoe")
     tensors = load_file(export_backbone(model.config, model.state_dict(), tmp_path) / "model.safetensors")

@@ -99,3 +99,14 @@ def test_routing_usage_refuses_a_masked_router() -> None:
     model = MoSTBackbone(build_config("tiny", {"num_layers": 2}))
     with pytest.raises(ValueError, match="moe.variant=vanilla"):
         routing_usage(model, _batches(1))
+
+
+def test_partition_builds_the_model_as_fit_does() -> None:
+    """`partition --config conf/quickstart.yaml ...` reads a fit config whole (its `ckpt_path` / `weights_only`
+    keys too) and links the data module's feature width and unit count into the model, as `fit` does."""
+    from lightning_most.partitions import _model_and_data
+
+    model, datamodule = _model_and_data(["conf/quickstart.yaml", "conf/grid/pretrained_moe.yaml"], [])
+    assert model.hparams.init_from == "runs/pretrain_text/moe.pt"
+    assert (model.config.audio_feature_dim, model.config.num_audio_units) == (768, 200)
+    assert (datamodule.feature_dim, datamodule.num_units) == (768, 200)

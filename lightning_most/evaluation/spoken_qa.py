@@ -6,7 +6,9 @@ On-disk layout read by ``load_spoken_qa``: one JSON Lines file per set, one ques
      "answers": ["Paris", "City of Paris"]}
 
 ``audio`` is a path relative to the jsonl file's folder (or absolute); ``answers`` lists every
-accepted alias. ``id`` is optional (the line number is used).
+accepted alias. ``id`` is optional (the line number is used). Optional string fields ``relation`` and
+``holdout`` (the generated set's question kind and what was held out: ``template``, ``entity``) label each
+question; a result then also reports its accuracy per label value (``accuracy_relation_capital_of``, ...).
 
 An answer is correct when one alias, normalised, occurs in the normalised output as a run of whole
 words. Normalisation is ``normalize_text`` followed by dropping the articles ``a an the``, so
@@ -33,6 +35,8 @@ from lightning_most.evaluation.protocols import SpokenQuestionAnswerer, Transcri
 from lightning_most.evaluation.tts import judge_transcripts
 
 ARTICLES = frozenset({"a", "an", "the"})
+LABEL_FIELDS = ("relation", "holdout")
+"""Optional per-question fields whose values split the accuracy (``QaResult.metrics``)."""
 
 
 @dataclass
@@ -43,6 +47,8 @@ class QaItem:
     audio: Path
     question: str
     answers: list[str]
+    labels: dict[str, str] = field(default_factory=dict)
+    """Values of the ``LABEL_FIELDS`` the line has, e.g. {"relation": "capital_of", "holdout": "template"}."""
 
 
 @dataclass
@@ -76,7 +82,10 @@ def load_spoken_qa(jsonl_path: str | Path, name: str | None = None) -> QaSet:
         audio = jsonl_path.parent / row["audio"]
         if not audio.is_file():
             raise FileNotFoundError(f"{where}: audio file {audio} not found")
-        items.append(QaItem(str(row.get("id", number)), audio, row["question"], answers))
+        labels = {key: row[key] for key in LABEL_FIELDS if key in row}
+        if not all(isinstance(value, str) for value in labels.values()):
+            raise ValueError(f"{where}: {', '.join(labels)} must be strings, got {labels!r}")
+        items.append(QaItem(str(row.get("id", number)), audio, row["question"], answers, labels))
     if not items:
         raise ValueError(f"{jsonl_path} holds no questions")
     return QaSet(name or jsonl_path.stem, items)
@@ -129,6 +138,7 @@ class QaRecord:
     answers: list[str]
     output: str
     correct: bool
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,8 +152,14 @@ class QaResult:
     records: list[QaRecord] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
-        """Scalar metrics for reports and loggers."""
-        return {"accuracy": self.accuracy, "num_questions": float(self.num_questions)}
+        """Scalar metrics for reports and loggers: accuracy, and accuracy per label value when questions have labels."""
+        metrics = {"accuracy": self.accuracy, "num_questions": float(self.num_questions)}
+        groups: dict[str, list[bool]] = {}
+        for record in self.records:
+            for key, value in record.labels.items():
+                groups.setdefault(f"accuracy_{key}_{value}", []).append(record.correct)
+        metrics.update({name: sum(verdicts) / len(verdicts) for name, verdicts in sorted(groups.items())})
+        return metrics
 
 
 def _answer_in_batches(
@@ -161,7 +177,7 @@ def _answer_in_batches(
 
 def _score(qa_set: QaSet, mode: str, outputs: Sequence[str]) -> QaResult:
     records = [
-        QaRecord(item.item_id, item.question, item.answers, output, answer_matches(output, item.answers))
+        QaRecord(item.item_id, item.question, item.answers, output, answer_matches(output, item.answers), item.labels)
         for item, output in zip(qa_set.items, outputs)
     ]
     accuracy = sum(record.correct for record in records) / len(records)

@@ -116,3 +116,28 @@ def test_loader_names_the_bad_line(tmp_path: Path) -> None:
     (tmp_path / "set.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     with pytest.raises(ValueError, match=r"set\.jsonl:2: missing field 'answers'"):
         load_spoken_qa(tmp_path / "set.jsonl")
+
+
+def test_accuracy_per_label(qa_jsonl: Path, tmp_path: Path) -> None:
+    """Questions labelled with `relation` / `holdout` (the generated set's fields) get an accuracy per label value."""
+    rows = [json.loads(line) for line in qa_jsonl.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["audio"] = str((qa_jsonl.parent / row["audio"]).resolve())
+        row["relation"] = "capital_of" if i < 4 else "addition"
+        row["holdout"] = "template" if i % 2 else "entity"
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("\n".join(json.dumps(row) for row in rows))
+    wrong = {rows[0]["id"], rows[4]["id"], rows[5]["id"]}  # capital_of 3/4, addition 0/2; entity 1/3, template 2/3
+    result = evaluate_spoken_qa_text(OracleAnswerer(labelled, wrong), load_spoken_qa(labelled))
+    metrics = result.metrics()
+    assert metrics["accuracy"] == pytest.approx(3 / 6)
+    assert metrics["accuracy_relation_capital_of"] == pytest.approx(3 / 4)
+    assert metrics["accuracy_relation_addition"] == 0.0
+    assert metrics["accuracy_holdout_entity"] == pytest.approx(1 / 3)
+    assert metrics["accuracy_holdout_template"] == pytest.approx(2 / 3)
+    unlabelled = evaluate_spoken_qa_text(OracleAnswerer(qa_jsonl, wrong), load_spoken_qa(qa_jsonl)).metrics()
+    assert set(unlabelled) == {"accuracy", "num_questions"}
+    rows[0]["relation"] = 3
+    labelled.write_text("\n".join(json.dumps(row) for row in rows))
+    with pytest.raises(ValueError, match=r"labelled\.jsonl:1: relation, holdout must be strings"):
+        load_spoken_qa(labelled)
