@@ -26,6 +26,7 @@ from lhotse import CutSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_most.attention import set_cache_latent
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.commands.common import read_audio
 from lightning_most.inference import MostInference
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="recordings decoded together (transcribe's default)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--no_word_lm", action="store_true", help="decode without the checkpoint's word LM")
+    parser.add_argument("--cache_latent", choices=["true", "false"], default=None,
+                        help="MLA KV cache of the fast path (AttentionConfig.cache_latent; default: the checkpoint's)")
     parser.add_argument("--profile", type=int, default=0, help="print the fast path's N most expensive functions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,6 +63,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     module = inference.module
     decoder = module.decoder
+    if args.cache_latent is not None:
+        set_cache_latent(module.backbone, args.cache_latent == "true")
     recordings = dev_recordings(Path(args.corpus_dir), args.num)
     print(f"{len(recordings)} dev recordings, {sum(w.numel() for _, w, _ in recordings) / SAMPLE_RATE:.1f} s of audio; "
           f"decoding: {module.asr_decoding.describe()}, {torch.get_num_threads()} threads", flush=True)

@@ -95,39 +95,85 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class LayerCache:
-    """One layer's cached tensors, grown along the time axis (dim 1 of (B, S, ...) tensors).
+    """One layer's cached tensors (B, S, ...), in buffers preallocated along the time axis (dim 1).
+
+    `update` writes a step's positions in place after the cached ones and returns views of the filled part, so
+    a decoding step copies its new positions only (`torch.cat` would copy the whole cache every step). The
+    buffers are allocated at the first update with `capacity` positions (the prompt plus the decoding budget);
+    a caller that does not know the length gets a doubled buffer whenever it runs out.
 
     Each attention module gets its own object (not a layer index into a shared one), so a compiled decoder
     block reads no per-layer constant and every layer reuses one compiled graph.
     """
 
-    def __init__(self) -> None:
-        self.tensors: tuple[Tensor, ...] | None = None
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity
+        self.buffers: tuple[Tensor, ...] | None = None  # (B, capacity, ...) each
+        self.length = 0
 
     def update(self, *new: Tensor) -> tuple[Tensor, ...]:
-        """Append this step's tensors (B, T, ...) and return the full ones (B, S, ...)."""
-        full = new if self.tensors is None else tuple(torch.cat([o, n], dim=1) for o, n in zip(self.tensors, new))
-        self.tensors = full
-        return full
+        """Append this step's tensors (B, T, ...) and return the full ones (B, S, ...), views of the buffers."""
+        end = self.length + new[0].shape[1]
+        if self.buffers is None or end > self.buffers[0].shape[1]:
+            size = max(end, self.capacity, 2 * self.length)
+            grown = tuple(n.new_empty(n.shape[0], size, *n.shape[2:]) for n in new)
+            for buffer, old in zip(grown, self.buffers or ()):
+                buffer[:, : self.length] = old[:, : self.length]
+            self.buffers = grown
+        for buffer, n in zip(self.buffers, new):
+            buffer[:, self.length : end] = n
+        self.length = end
+        return tuple(buffer[:, :end] for buffer in self.buffers)
+
+    def select_rows(self, index: Tensor) -> None:
+        """Row i becomes old row index[i], all positions (the number of rows may change)."""
+        if self.buffers is not None:
+            self.buffers = tuple(b.index_select(0, index) for b in self.buffers)
+
+    def copy_rows(self, targets: Tensor, sources: Tensor, start: int) -> None:
+        """Rows `targets` take the positions start.. of rows `sources` (read before any is written)."""
+        if self.buffers is not None and start < self.length:
+            for b in self.buffers:
+                b[targets, start : self.length] = b[sources, start : self.length]
 
 
 class KVCache:
-    """The per-layer caches of a decoder stack."""
+    """The per-layer caches of a decoder stack, each preallocated to `capacity` positions (`LayerCache`).
 
-    def __init__(self, num_layers: int) -> None:
-        self.layers = [LayerCache() for _ in range(num_layers)]
+    Beam search reorders rows with `reorder`: row i continues row index[i]. Rather than copying every cached
+    position of every row (`index_select`, as it was), it copies only what differs: the rows whose source is
+    another row, and only their positions after `shared_positions` (a prompt that all rows of an example
+    share stays where it is). SDPA wants each row's keys in one strided tensor, so a parent-pointer table
+    gathered lazily would move as much as `index_select` did, at every step; the copy moves the least.
+    """
+
+    def __init__(self, num_layers: int, capacity: int = 0) -> None:
+        self.layers = [LayerCache(capacity) for _ in range(num_layers)]
 
     @property
     def length(self) -> int:
         """Number of cached positions."""
-        first = self.layers[0].tensors
-        return 0 if first is None else first[0].shape[1]
+        return self.layers[0].length
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep the cached rows `index` (new row i = old row index[i]) in every layer (beam search)."""
-        for layer in self.layers:
-            if layer.tensors is not None:
-                layer.tensors = tuple(t.index_select(0, index) for t in layer.tensors)
+    def reorder(self, index: Tensor, shared_positions: int = 0) -> None:
+        """Row i takes old row index[i]'s cached positions in every layer (beam search).
+
+        Args:
+            index: (rows,) source row of each row; another number of rows than cached copies every position
+                (e.g. repeating each prompt row over its beam).
+            shared_positions: the first positions are equal in each row and its source already (a prompt shared
+                by the rows of an example): they are not copied.
+        """
+        rows = self.layers[0].buffers[0].shape[0] if self.layers[0].buffers is not None else None
+        if index.shape[0] != rows:
+            for layer in self.layers:
+                layer.select_rows(index)
+            return
+        moved = (index != torch.arange(rows, device=index.device)).nonzero()[:, 0]  # rows continuing another row
+        if moved.numel():
+            sources = index[moved]
+            for layer in self.layers:
+                layer.copy_rows(moved, sources, shared_positions)
 
 
 LATENT_NORM_EPS = 1e-6
@@ -138,16 +184,21 @@ LATENT_NORM_EPS = 1e-6
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2 MLA: keys/values from a shared low-rank latent.
 
-    The cache holds each position's up-projected keys and (padded) values, so a decoding step projects only
-    its new positions: H * 2 * (nope + rope) numbers per position instead of the latent's r + rope, for
-    O(new) instead of O(cached) up-projections per step (the same keys and values, bit for bit).
+    What the KV cache holds (`AttentionConfig.cache_latent`):
+    - False: each position's up-projected keys and (padded) values, H * 2 * (nope + rope) numbers, so a
+      decoding step projects only its new positions and attends as training does (the same keys and values,
+      bit for bit);
+    - True: the latent and the rope key, r + rope numbers, shared by all heads. Decoding then attends in the
+      latent space, the up-projection absorbed into the query and the output (DeepSeek-V2's inference form):
+      per head, q_nope . (W_uk c) = (W_uk^T q_nope) . c, and sum_s p_s W_uv c_s = W_uv (sum_s p_s c_s), i.e.
+      multi-query attention with one key (c, k_pe) and one value c per position.
     """
 
     def __init__(self, hidden_size: int, config: AttentionConfig) -> None:
         super().__init__()
         c = config
         self.num_heads, self.nope, self.rope, self.v_dim = c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
-        self.kv_lora_rank = c.kv_lora_rank
+        self.kv_lora_rank, self.cache_latent = c.kv_lora_rank, c.cache_latent
         q_width = c.num_heads * (self.nope + self.rope)
         if c.q_lora_rank is None:
             self.q_proj = nn.Linear(hidden_size, q_width, bias=False)
@@ -175,6 +226,8 @@ class MultiHeadLatentAttention(nn.Module):
         cos, sin = self.rotary(position_ids)
         q_pe = apply_rotary(q_pe, cos, sin)  # (B, T, H, rope)
         k_pe = apply_rotary(k_pe[:, :, None, :], cos, sin)  # (B, T, 1, rope): one rope key for all heads
+        if cache is not None and self.cache_latent:
+            return self._latent_attention(q_nope, q_pe, latent, k_pe[:, :, 0], mask, cache)
         k_nope, v = self.kv_b_proj(latent).view(B, T, H, self.nope + self.v_dim).split([self.nope, self.v_dim], dim=-1)
         k = torch.cat([k_nope, k_pe.expand(B, T, H, self.rope)], dim=-1)  # (B, T, H, nope + rope)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (B, T, H, nope + rope)
@@ -188,6 +241,31 @@ class MultiHeadLatentAttention(nn.Module):
             scale=self.scale,
         )[..., : self.v_dim]  # (B, H, T, v_dim)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
+
+    def _latent_attention(
+        self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor, mask: Tensor | None, cache: LayerCache
+    ) -> Tensor:
+        """Attention over a cache of latents: q_nope (B, T, H, nope), q_pe (B, T, H, rope), latent (B, T, r),
+        k_pe (B, T, rope) -> (B, T, d)."""
+        B, T, H, _ = q_nope.shape
+        r = self.kv_lora_rank
+        w_uk, w_uv = self.kv_b_proj.weight.view(H, self.nope + self.v_dim, r).split([self.nope, self.v_dim], dim=1)
+        q_latent = torch.matmul(q_nope.transpose(1, 2), w_uk)  # (B, H, T, r): W_uk^T q_nope per head
+        q = torch.cat([q_latent, q_pe.transpose(1, 2)], dim=-1)  # (B, H, T, r + rope)
+        (keys,) = cache.update(torch.cat([latent, k_pe], dim=-1))  # (B, S, r + rope): (latent, rope key) per position
+        keys = keys[:, None]  # (B, 1, S, r + rope): one key head for all query heads
+        out = F.scaled_dot_product_attention(
+            q, keys, keys, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True,
+        )[..., :r]  # (B, H, T, r): the attention-weighted latent (the value is the latent part of the key)
+        out = torch.matmul(out, w_uv.transpose(1, 2))  # (B, H, T, v_dim)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
+
+
+def set_cache_latent(model: nn.Module, enabled: bool) -> None:
+    """Set what the KV caches of `model`'s MLA layers hold from the next decoding on (`AttentionConfig.cache_latent`)."""
+    for module in model.modules():
+        if isinstance(module, MultiHeadLatentAttention):
+            module.cache_latent = enabled
 
 
 class GroupedQueryAttention(nn.Module):

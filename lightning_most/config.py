@@ -127,6 +127,12 @@ class AttentionConfig:
     """Per-head query/key width with rotary embedding, shared by all heads for keys (mla)."""
     v_head_dim: int = 16
     """Per-head value width (mla)."""
+    cache_latent: bool = True
+    """What the KV cache of decoding holds (mla): True = the latent and rope key (kv_lora_rank + qk_rope_head_dim
+    numbers per position; attention in the latent space, DeepSeek-V2's inference form), 5x less than False = the
+    up-projected keys and values (num_heads * 2 * (qk_nope_head_dim + qk_rope_head_dim) per position; attention as
+    in training). A decoding step reads the whole cache, so True is also the faster for the tiny model
+    (bench/RESULTS.md, ASR decoding speed). The logits agree to float rounding; training is the same either way."""
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     """Long-context RoPE scaling as in a Hugging Face config.json; None = plain RoPE. {"rope_type": "yarn",

@@ -1,7 +1,8 @@
 """The ASR decoding of commit c3f8cb4, before the speed-up of issue 16: the reference the fast path must agree with.
 
 Kept verbatim but for names (`Reference...`) and `reference_asr_ids`, which is `Decoder._asr_ids` of that commit
-with `self` as the `decoder` argument. `reference_transcribe` decodes a batch with it; tests/test_decoding_speed.py
+with `self` as the `decoder` argument; its KV cache (grown by `torch.cat`, reordered by `index_select`) is copied
+here too. `reference_transcribe` decodes a batch with it; tests/test_decoding_speed.py
 checks that `Decoder.transcribe` gives the same transcripts, and bench/decoding_rtf.py times both.
 """
 
@@ -12,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_most.attention import KVCache
+from lightning_most.attention import MultiHeadLatentAttention, set_cache_latent
 from lightning_most.backbone import MoSTBackbone
 from lightning_most.batch import TASKS, Modality
 from lightning_most.decoding.decoder import Decoder, eval_mode, greedy_ctc_ids
@@ -30,6 +31,38 @@ from lightning_most.positions import decoding_positions
 
 NEG_INF = float("-inf")
 PAD_LOG_PROB = -1.0e4
+
+
+class ReferenceLayerCache:
+    """One layer's cached tensors, grown along the time axis (dim 1 of (B, S, ...) tensors)."""
+
+    def __init__(self) -> None:
+        self.tensors: tuple[Tensor, ...] | None = None
+
+    def update(self, *new: Tensor) -> tuple[Tensor, ...]:
+        """Append this step's tensors (B, T, ...) and return the full ones (B, S, ...)."""
+        full = new if self.tensors is None else tuple(torch.cat([o, n], dim=1) for o, n in zip(self.tensors, new))
+        self.tensors = full
+        return full
+
+
+class ReferenceKVCache:
+    """The per-layer caches of a decoder stack."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.layers = [ReferenceLayerCache() for _ in range(num_layers)]
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions."""
+        first = self.layers[0].tensors
+        return 0 if first is None else first[0].shape[1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the cached rows `index` (new row i = old row index[i]) in every layer (beam search)."""
+        for layer in self.layers:
+            if layer.tensors is not None:
+                layer.tensors = tuple(t.index_select(0, index) for t in layer.tensors)
 
 
 def _log_scan(start: Tensor, inputs: Tensor, emit: Tensor) -> Tensor:
@@ -197,7 +230,7 @@ def reference_beam_search(
     if positions is not None:
         prompt_positions, start, stride = (p.repeat_interleave(K, dim=0) for p in positions)
         full["position_ids"] = prompt_positions
-    cache = KVCache(len(model.layers))
+    cache = ReferenceKVCache(len(model.layers))
     # Only the first copy of each example is live at the start, so the first step does not pick K equal prefixes.
     scores = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
@@ -386,8 +419,14 @@ def reference_transcribe(decoder: Decoder, batch: dict) -> list[str]:
     """`Decoder.transcribe` of commit c3f8cb4 for ASR rows: the transcripts of a collated batch of ASR examples."""
     if not bool((batch["task_ids"] == TASKS.index("asr")).all()):
         raise ValueError("reference_transcribe decodes ASR rows only")
-    with eval_mode(decoder.backbone):
-        rows = reference_asr_ids(decoder, prompts_from_batch(batch, decoder.specials.pad), True)
+    latent = [m.cache_latent for m in decoder.backbone.modules() if isinstance(m, MultiHeadLatentAttention)]
+    set_cache_latent(decoder.backbone, False)  # that commit's MLA cache: up-projected keys and values
+    try:
+        with eval_mode(decoder.backbone):
+            rows = reference_asr_ids(decoder, prompts_from_batch(batch, decoder.specials.pad), True)
+    finally:
+        for module, value in zip((m for m in decoder.backbone.modules() if isinstance(m, MultiHeadLatentAttention)), latent):
+            module.cache_latent = value
     return [decoder.tokenizer.decode([i for i in row if 0 <= i < decoder.specials.base_vocab_size]) for row in rows]
 
 

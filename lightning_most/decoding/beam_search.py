@@ -75,14 +75,17 @@ def beam_search(
     max_lengths = max_lengths.clamp(1, max_new_tokens).to(device)
     if positions is not None:
         start, stride = (p.repeat_interleave(K, dim=0) for p in positions[1:])
-    cache = KVCache(len(model.layers))
+    P = prompt["input_ids"].shape[1]
+    cache = KVCache(len(model.layers), capacity=P + max_new_tokens)
     # The prompts once: (B, V) logits, and the cache of their B rows, repeated K times below.
     logits = model(
         prompt["input_ids"], prompt["modality_ids"], prompt["attention_mask"], prompt.get("audio_features"),
         prompt.get("feature_mask"), cache=cache, position_ids=None if positions is None else positions[0],
     ).logits[:, -1].repeat_interleave(K, dim=0)  # (B*K, V)
     cache.reorder(torch.arange(B, device=device).repeat_interleave(K))
-    attention_mask = prompt["attention_mask"].repeat_interleave(K, dim=0)  # (B*K, T), grown by a column per step
+    # (B*K, P + max_new_tokens): the prompts' padding, then the generated positions; step t reads P + t columns
+    full_mask = torch.ones(B * K, P + max_new_tokens, dtype=torch.bool, device=device)
+    full_mask[:, :P] = prompt["attention_mask"].repeat_interleave(K, dim=0)
     # Only the first copy of each example is live at the start, so the first step does not pick K equal prefixes.
     scores = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
@@ -95,7 +98,7 @@ def beam_search(
     for t in range(max_new_tokens):
         if t > 0:
             logits = model(
-                step["input_ids"], step["modality_ids"], attention_mask, None, step["feature_mask"], cache=cache,
+                step["input_ids"], step["modality_ids"], full_mask[:, : P + t], None, step["feature_mask"], cache=cache,
                 position_ids=step.get("position_ids"),
             ).logits[:, -1]  # (B*K, V)
         joint = rescorer(logits).double() if rescorer is not None else logits.double().log_softmax(dim=-1)
@@ -135,7 +138,7 @@ def beam_search(
         next_id = new_token.flatten()
         scores = new_scores
         tokens = torch.cat([tokens.index_select(0, rows), next_id[:, None]], dim=1)
-        cache.reorder(rows)
+        cache.reorder(rows, shared_positions=P)  # the prompt's positions are the same in all rows of an example
         if rescorer is not None:
             rescorer.reorder(rows)
             rescorer.advance(next_id)
@@ -148,11 +151,9 @@ def beam_search(
             "input_ids": next_id[:, None],
             "modality_ids": torch.where(next_id >= text_vocab, Modality.AUDIO, Modality.TEXT)[:, None],
             "feature_mask": torch.zeros(B * K, 1, dtype=torch.bool, device=device),
-            "attention_mask": torch.ones(B * K, 1, dtype=torch.bool, device=device),
         }
         if positions is not None:
             step["position_ids"] = (start + t * stride)[:, None].to(positions[0].dtype)
-        attention_mask = torch.cat([attention_mask, step["attention_mask"]], dim=1)
     out = []
     for b in range(B):
         if not finished[b]:  # the step budget ran out first: the best live prefix

@@ -74,7 +74,7 @@ def generate(
     B = prompt["input_ids"].shape[0]
     device = prompt["input_ids"].device
     text_vocab = model.config.text_vocab_size
-    cache = KVCache(len(model.layers)) if use_cache else None
+    cache = KVCache(len(model.layers), capacity=prompt["input_ids"].shape[1] + max_new_tokens) if use_cache else None
     out = torch.full((B, max_new_tokens), -1, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
