@@ -165,7 +165,7 @@ def upcycle_state_dict(state: dict[str, Tensor], config: ModelConfig, spec: Upcy
     return out
 
 
-def load_dense(src: str | Path, num_audio_units: int = 500, audio_feature_dim: int = 1024,
+def load_dense(src: str | Path, num_audio_units: int | None = None, audio_feature_dim: int | None = None,
                text_vocab_size: int | None = None) -> tuple[ModelConfig, dict[str, Tensor]]:
     """(config, backbone state dict) of a dense source: a Hugging Face Llama folder or a Lightning checkpoint."""
     src = Path(src)
@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> Path:
             parser.add_argument("--partition_ratio", type=float, nargs="+", default=None)
         else:
             parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    parser.add_argument("--num_audio_units", type=int, default=500, help="HF source only")
-    parser.add_argument("--audio_feature_dim", type=int, default=1024, help="HF source only")
+    parser.add_argument("--num_audio_units", type=int, default=None, help="HF source only (default: an export's, else 500)")
+    parser.add_argument("--audio_feature_dim", type=int, default=None, help="HF source only (default: an export's, else 1024)")
     parser.add_argument("--text_vocab_size", type=int, default=None, help="HF source only; default its vocab_size")
     args = parser.parse_args(argv)
     try:
