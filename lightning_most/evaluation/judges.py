@@ -50,6 +50,18 @@ class WhisperJudgeConfig:
     """Beam width (faster-whisper's default, as in the shared/README.md measurements; 1 is greedy)."""
     language: str = "en"
     """Decoding language."""
+    temperatures: tuple[float, ...] = (0.0,)
+    """Temperatures tried in turn while a transcript fails faster-whisper's compression-ratio or log-probability
+    checks. 0.0 alone (beam search, no fallback) makes the judge deterministic. faster-whisper's default
+    (0.0, 0.2, ..., 1.0) falls back to sampling from CTranslate2's unseeded generator, so on poor audio (Griffin-Lim
+    resyntheses, an untrained model's speech) the same waveforms got other transcripts in every run
+    (judge_resynthesis_wer 79-82% on identical units), and `ctranslate2.set_random_seed` before each call did not
+    make them repeat."""
+
+    def __post_init__(self) -> None:
+        self.temperatures = tuple(float(t) for t in self.temperatures)
+        if not self.temperatures or min(self.temperatures) < 0:
+            raise ValueError(f"WhisperJudgeConfig.temperatures must be non-empty and >= 0, got {self.temperatures}")
 
 
 class WhisperTinyJudge:
@@ -78,6 +90,7 @@ class WhisperTinyJudge:
                 _as_numpy(waveform),
                 language=self.config.language,
                 beam_size=self.config.beam_size,
+                temperature=list(self.config.temperatures),
                 condition_on_previous_text=False,
             )
             transcripts.append(" ".join(segment.text.strip() for segment in segments).strip())

@@ -28,6 +28,29 @@ def test_whisper_judge_transcribes_flite(whisper_judge: WhisperTinyJudge, flite_
     assert wer <= 0.25, hypothesis  # shared/README.md: 7.5% on flite rms over 20 sentences
 
 
+def test_whisper_judge_is_deterministic_on_audio_that_would_make_faster_whisper_sample(
+    whisper_judge: WhisperTinyJudge, flite_clip: tuple[str, Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Speech with every 100 ms block played backwards fails faster-whisper's log-probability check, where its default
+    temperatures would fall back to unseeded sampling (judge_resynthesis_wer varied between runs on the same units);
+    beam search alone repeats itself."""
+    _, waveform = flite_clip
+    garbled = torch.cat([block.flip(0) for block in waveform.split(1600)])  # (S,)
+    segments, _ = whisper_judge.model.transcribe(garbled.numpy(), language="en", temperature=0.0)
+    assert any(s.avg_logprob < -1.0 and s.no_speech_prob < 0.6 for s in segments)  # faster-whisper's fallback trigger
+    calls: list[dict] = []
+    transcribe = whisper_judge.model.transcribe
+    monkeypatch.setattr(whisper_judge.model, "transcribe", lambda *a, **k: calls.append(k) or transcribe(*a, **k))
+    transcripts = [whisper_judge.transcribe([garbled])[0] for _ in range(3)]
+    assert [call["temperature"] for call in calls] == [[0.0]] * 3
+    assert len(set(transcripts)) == 1, transcripts
+
+
+def test_whisper_judge_config_refuses_negative_temperatures() -> None:
+    with pytest.raises(ValueError, match="temperatures"):
+        WhisperJudgeConfig(temperatures=(0.0, -0.2))
+
+
 def test_whisper_judge_missing_model_dir(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model_dir"):
         WhisperTinyJudge(WhisperJudgeConfig(model_dir=str(tmp_path / "absent")))
