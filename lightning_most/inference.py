@@ -107,6 +107,12 @@ class AudioIO:
         )
         if not audio_io:
             raise InferenceError(f"{source} has no audio_io (how audio became features and units): {fix}")
+        if is_text_only(audio_io):
+            raise InferenceError(
+                f"{source} was trained on text only (its audio_io names no unit quantizer and no unit encoder, as a "
+                "text data module such as conf/pretrain_text.yaml's writes): it can neither hear nor speak; use it "
+                "for text (evaluate --suites text), or pass audio_io={...} (CLI: --audio_io FILE.json)"
+            )
         missing = [key for key in ("features", "unit_quantizer", "unit_encoder") if key not in audio_io]
         if missing:
             raise InferenceError(f"{source}: audio_io lacks {missing}: {fix}")
@@ -218,6 +224,61 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise InferenceError(f"{path} is not a Lightning checkpoint of a stage module (no state_dict/hyper_parameters)")
     return {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+
+
+def is_text_only(audio_io: dict[str, Any] | None) -> bool:
+    """Whether a checkpoint's `audio_io` is a text-only data module's: no unit quantizer and no unit encoder."""
+    return bool(audio_io) and not audio_io.get("unit_quantizer") and not audio_io.get("unit_encoder")
+
+
+def _load_module(
+    path: str | Path,
+    header: dict[str, Any],
+    device: str,
+    max_new_tokens: int | None,
+    max_units: int | None,
+    word_lm: bool,
+) -> StageModule:
+    """The stage module of checkpoint `path` (its `header` read), on `device`, in eval mode, decoding budgets set."""
+    stage = _stage_class(header["hyper_parameters"], str(path))
+    try:
+        module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=True)
+    except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
+        first = str(error).strip().splitlines()
+        raise InferenceError(
+            f"checkpoint {path} does not fit the {stage.__name__} its hyperparameters build with this version of "
+            f"lightning_most ({' '.join(line.strip() for line in first[:2])[:300]}...): load it with the code "
+            "version that trained it"
+        ) from error
+    module.to(device)
+    if max_new_tokens is not None:
+        module.asr_decoding.max_new_tokens = max_new_tokens
+    if max_units is not None:
+        module.hparams.tts_max_new_tokens = max_units
+    if not word_lm:
+        module.asr_decoding.word_lm = None
+    try:
+        module.setup("predict")  # counts the word LM, if any, now: a moved text file fails here
+    except (FileNotFoundError, ValueError) as error:
+        raise InferenceError(
+            f"checkpoint {path} decodes ASR with a word LM that cannot be counted here ({error}): run from the "
+            "folder it was trained in, or decode without the LM (--no_word_lm)"
+        ) from error
+    return module.eval()
+
+
+def load_stage_module(path: str | Path, device: str = "cpu", word_lm: bool = True) -> tuple[StageModule, int]:
+    """(stage module, training step) of a checkpoint, without its audio front and back ends: for text alone, and for
+    checkpoints trained on text only (`is_text_only`).
+
+    Args:
+        path: the `.ckpt` file.
+        device: torch device to run on.
+        word_lm: keep the checkpoint's `asr_decoding.word_lm` (counted on load) if it has one (False: drop it).
+    """
+    header = read_checkpoint_header(path)
+    module = _load_module(path, header, device, None, None, word_lm)
+    return module, int(header.get("global_step", 0))
 
 
 def _check_hubert_folder(path: str, field: str, override: str, role: str) -> None:
@@ -381,36 +442,13 @@ class MostInference:
             word_lm: decode ASR with the checkpoint's `asr_decoding.word_lm` if it has one (False: without it).
         """
         header = read_checkpoint_header(path)
-        stage = _stage_class(header["hyper_parameters"], str(path))
         raw_audio_io = dict(audio_io if audio_io is not None else header.get("audio_io") or {})
         if unit_quantizer is not None:
             raw_audio_io["unit_quantizer"] = str(unit_quantizer)
         if vocoder is not None:
             raw_audio_io["vocoder"] = str(vocoder)
         parsed = _with_local_folders(AudioIO.from_dict(raw_audio_io, str(path)), device, hubert_path, unit_hubert_path)
-        try:
-            module = stage.load_from_checkpoint(_upgraded(path, header), map_location=device, weights_only=True)
-        except RuntimeError as error:  # load_state_dict: the weights do not fit the model the hyperparameters build
-            first = str(error).strip().splitlines()
-            raise InferenceError(
-                f"checkpoint {path} does not fit the {stage.__name__} its hyperparameters build with this version of "
-                f"lightning_most ({' '.join(line.strip() for line in first[:2])[:300]}...): load it with the code "
-                "version that trained it"
-            ) from error
-        module.to(device)
-        if max_new_tokens is not None:
-            module.asr_decoding.max_new_tokens = max_new_tokens
-        if max_units is not None:
-            module.hparams.tts_max_new_tokens = max_units
-        if not word_lm:
-            module.asr_decoding.word_lm = None
-        try:
-            module.setup("predict")  # counts the word LM, if any, now: a moved text file fails here
-        except (FileNotFoundError, ValueError) as error:
-            raise InferenceError(
-                f"checkpoint {path} decodes ASR with a word LM that cannot be counted here ({error}): run from the "
-                "folder it was trained in, or decode without the LM (--no_word_lm)"
-            ) from error
+        module = _load_module(path, header, device, max_new_tokens, max_units, word_lm)
         inference = cls(module, parsed, temperature=temperature, top_k=top_k, seed=seed)
         inference.global_step = int(header.get("global_step", 0))
         return inference

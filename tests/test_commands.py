@@ -14,6 +14,7 @@ import pytest
 import soundfile
 import torch
 
+from datamodules.text_corpus import TextCorpusDataModule
 from lightning_most.commands.evaluate import HELD_OUT_QA
 from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
 from lightning_most.main import main
@@ -217,6 +218,34 @@ def test_evaluate_bad_inputs_exit_2(trained_run: TrainedRun, tmp_path: Path, cap
         assert exit_code([*base, *extra]) == 2, extra
         assert needle in _error_line(capsys)
     assert not (tmp_path / "eval" / "evaluation.json").exists()
+
+
+def test_evaluate_a_text_only_checkpoint_on_text_and_refuse_it_audio_suites(
+    trained_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint whose audio_io is a text data module's (conf/pretrain_text.yaml: no quantizer, no unit encoder) is
+    scored by the text suite; an audio suite asked of it is refused in one line naming the suite and why."""
+    checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=False)
+    checkpoint["audio_io"] = TextCorpusDataModule(corpus_dir=str(tmp_path / "text")).audio_io()
+    assert checkpoint["audio_io"]["unit_quantizer"] is None and not checkpoint["audio_io"]["unit_encoder"]
+    text_only = tmp_path / "text_only.ckpt"
+    torch.save(checkpoint, text_only)
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text('{"text": "hello world"}\n{"text": "the cat sat on the mat"}\n')
+    base = ["evaluate", "--ckpt", str(text_only), "--out_dir", str(tmp_path / "eval")]
+    assert exit_code([*base, "--suites", "text", "--text_jsonl", str(held_out)]) == 0
+    metrics = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["metrics"]
+    assert list(metrics) == ["text/held_out"]
+    text = metrics["text/held_out"]
+    assert text["num_texts"] == 2 and text["num_tokens"] == len("hello world") + len("the cat sat on the mat") + 2
+    assert 1 < text["perplexity"] < float("inf")
+    capsys.readouterr()
+    (tmp_path / "eval" / "evaluation.json").unlink()
+    assert exit_code([*base, "--suites", "text,asr,spoken_qa", "--text_jsonl", str(held_out)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: --suites asr,spoken_qa: checkpoint {text_only} was trained on text only")
+    assert "asr: it transcribes recordings" in line and "spoken_qa: it hears spoken questions" in line
+    assert "--suites text" in line and not (tmp_path / "eval" / "evaluation.json").exists()
 
 
 def test_a_real_process_exits_2_without_traceback(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ prints the Markdown table. Data, when not given:
                 `--spoken_qa_jsonl miniature` asks for the miniature set
     text        perplexity on the fortunes' held-out dev split (`lightning_most/text_corpus.py`, written into data/text)
 
-Every input is resolved (files checked, miniatures built, judge loaded) before the model runs.
+Every input is resolved (files checked, miniatures built, judge loaded) before the model runs. The text suite
+needs no audio, so a checkpoint trained on text only (conf/pretrain_text.yaml: its `audio_io` names no units) is
+scored on it alone; asking such a checkpoint for an audio suite is refused up front, naming the suite.
 """
 
 from __future__ import annotations
@@ -60,9 +62,17 @@ from lightning_most.evaluation.spoken_qa import (
 from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
 from lightning_most.evaluation.text_perplexity import TextPerplexityConfig, evaluate_text_perplexity, read_texts
 from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
+from lightning_most.inference import is_text_only, load_stage_module, read_checkpoint_header
 from lightning_most.text_corpus import DEFAULT_TEXT_DIR, prepare_text_corpus
 
 SUITES = ("asr", "tts", "spoken_lm", "spoken_qa", "text")
+AUDIO_NEEDS = {
+    "asr": "it transcribes recordings",
+    "tts": "it speaks texts as units through a vocoder",
+    "spoken_lm": "it scores the units of recordings",
+    "spoken_qa": "it hears spoken questions and speaks answers",
+}
+"""Why each suite but text needs the checkpoint's audio front and back ends (`audio_io`)."""
 EMBEDDED_TEST_CUTS = "embedded_cuts_test.jsonl.gz"
 """The test split's manifest in a corpus folder written by `prepare` (checked against `datamodules.embedded`)."""
 STORY_SETS = ("sStoryCloze", "tStoryCloze")
@@ -124,6 +134,19 @@ def parse_suites(value: str) -> list[str]:
     if unknown or not suites:
         raise CommandError(f"--suites {value!r}: unknown {unknown}; choose among {', '.join(SUITES)}")
     return list(dict.fromkeys(suites))
+
+
+def check_audio_suites(suites: list[str], args: argparse.Namespace) -> None:
+    """CommandError naming the suites and why, when audio suites are asked of a checkpoint trained on text only."""
+    audio_suites = [suite for suite in suites if suite in AUDIO_NEEDS]
+    if not audio_suites or args.audio_io or not is_text_only(read_checkpoint_header(args.ckpt).get("audio_io")):
+        return
+    reasons = "; ".join(f"{suite}: {AUDIO_NEEDS[suite]}" for suite in audio_suites)
+    raise CommandError(
+        f"--suites {','.join(audio_suites)}: checkpoint {args.ckpt} was trained on text only (its audio_io names no "
+        f"unit quantizer and no unit encoder), so it has no audio to evaluate ({reasons}): evaluate it with "
+        "--suites text, or give its audio front and back ends with --audio_io FILE.json"
+    )
 
 
 def load_cuts(manifest: str | None, corpus_dir: str, option: str, limit: int | None) -> tuple[str, CutSet]:
@@ -242,6 +265,7 @@ def evaluate(args: argparse.Namespace) -> None:
     suites = parse_suites(args.suites)
     if args.batch_size < 1:
         raise CommandError(f"--batch_size must be >= 1, got {args.batch_size}")
+    check_audio_suites(suites, args)
     out_dir = Path(args.out_dir)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out_dir / "cache"
     try:
@@ -253,7 +277,11 @@ def evaluate(args: argparse.Namespace) -> None:
         judge = build_judge(args.judge) if {"tts", "spoken_qa"} & set(suites) else None
     except (FileNotFoundError, ValueError, ImportError) as error:  # the loaders' messages name the file
         raise CommandError(str(error)) from error
-    inference = load_inference(args)
+    if AUDIO_NEEDS.keys() & set(suites):
+        inference = load_inference(args)
+        module, global_step = inference.module, inference.global_step
+    else:  # text alone: the model without its audio front and back ends
+        module, global_step = load_stage_module(args.ckpt, args.device, word_lm=not args.no_word_lm)
 
     results = {}
     if asr is not None:
@@ -265,8 +293,9 @@ def evaluate(args: argparse.Namespace) -> None:
             resynthesizer=inference,
         )
         print(f"TTS ({tts[0]}): {results[f'tts/{tts[0]}'].summary()}", flush=True)
-    for name, result in evaluate_spoken_lm(inference, pair_sets, PairScoringConfig(batch_size=args.batch_size)).items():
-        results[f"spoken_lm/{name}"] = result
+    if pair_sets:
+        scored = evaluate_spoken_lm(inference, pair_sets, PairScoringConfig(batch_size=args.batch_size))
+        results.update({f"spoken_lm/{name}": result for name, result in scored.items()})
     if qa_set is not None:
         config = QaConfig(batch_size=args.batch_size, judge_batch_size=args.batch_size)
         results[f"spoken_qa/{qa_set.name}/speech_to_text"] = evaluate_spoken_qa_text(inference, qa_set, config)
@@ -277,7 +306,7 @@ def evaluate(args: argparse.Namespace) -> None:
     if texts is not None:
         name, lines = texts
         results[f"text/{name}"] = evaluate_text_perplexity(
-            inference.module, lines, name, TextPerplexityConfig(batch_size=args.batch_size)
+            module, lines, name, TextPerplexityConfig(batch_size=args.batch_size)
         )
 
     report = EvaluationReport.from_results(results)
@@ -287,7 +316,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(out_dir / "tensorboard")) as writer:
-        report.log_to_tensorboard(writer, step=inference.global_step)
+        report.log_to_tensorboard(writer, step=global_step)
     print(markdown, end="")
     print(f"wrote {out_dir / 'evaluation.json'}, {out_dir / 'evaluation.md'}, TensorBoard: {out_dir / 'tensorboard'}")
 
