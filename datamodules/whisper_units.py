@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 class WhisperUnitsConfig:
     """How the Whisper-state units and their vocoder are learnt."""
 
-    num_units: int = 200
-    """K, the unit vocabulary (bench/RESULTS.md compares K)."""
+    num_units: int = 500
+    """K, the unit vocabulary, as MoST's HuBERT units (bench/RESULTS.md: 200 / 500 / 1000 compared)."""
     max_frames: int = 100_000
     """Encoder states of the (shuffled) train split given to k-means (50 Hz: 100k = 33 minutes)."""
     iterations: int = 20
