@@ -65,7 +65,9 @@ class WhisperUnitsConfig:
     width: int = 256
     """Channels of the unit-to-mel network."""
     num_layers: int = 5
-    """Residual convolutions of the unit-to-mel network (context: num_layers * 4 + 1 units)."""
+    """Residual convolutions of the unit-to-mel network."""
+    dilation_cycle: int = 1
+    """Dilations 1, 2, .., 2 ** (dilation_cycle - 1) repeated over the layers (`UnitToMelConfig.dilation_cycle`)."""
     vocoder: UnitToMelTrainingConfig = field(default_factory=UnitToMelTrainingConfig)
     """Steps, batch and crops of the unit-to-mel training."""
     seed: int = 0
@@ -215,6 +217,7 @@ def prepare_whisper_units(
         speaker=config.speaker if config.speaker in speakers else None,
         width=config.width,
         num_layers=config.num_layers,
+        dilation_cycle=config.dilation_cycle,
         fbank=fbank,
     )
     if config.speaker is not None and config.speaker not in speakers:
