@@ -3,7 +3,7 @@
 Units clustered on a pretrained encoder's states (e.g. the frozen Whisper encoder, `datamodules.whisper_units`)
 are phonetic and largely speaker independent, so their k-means centroids are no spectrum to invert.
 `UnitToMel` learns the spectrum instead: a unit embedding plus a speaker embedding, then residual
-1-D convolutions (each frame sees `num_layers * (kernel_size - 1) + 1` units of context), then a linear
+1-D convolutions (optionally dilated; each frame sees `UnitToMelConfig.receptive_field` units), then a linear
 layer to the `FbankEncoder` log-mel of the frame (`stack` 10 ms frames per unit). Trained with L1 on the
 corpus's own log-mels (`train_unit_to_mel.py`), it speaks any units in one of the training speakers'
 voices; `UnitToMelVocoder` inverts its log-mel with Griffin-Lim (`vocoder.LogMelInverse`).
@@ -43,6 +43,9 @@ class UnitToMelConfig:
     num_layers: int = 5
     kernel_size: int = 5
     """Units seen by each convolution (odd)."""
+    dilation_cycle: int = 1
+    """Layer i convolves with dilation 2 ** (i % dilation_cycle): 1 = plain convolutions; 4 = dilations 1, 2, 4, 8
+    repeated, which widens the context (`receptive_field`) at the same cost."""
     dropout: float = 0.1
     fbank: FbankEncoderConfig = field(default_factory=FbankEncoderConfig)
     """The log-mel settings of the targets: one unit = `fbank.stack` frames of `fbank.num_mel_bins` mels."""
@@ -57,6 +60,18 @@ class UnitToMelConfig:
             raise ValueError(f"UnitToMelConfig.speaker={self.speaker!r} is not one of the speakers {self.speakers}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"UnitToMelConfig.kernel_size must be odd (same-length convolutions), got {self.kernel_size}")
+        if self.dilation_cycle < 1:
+            raise ValueError(f"UnitToMelConfig.dilation_cycle must be >= 1, got {self.dilation_cycle}")
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        """The dilation of each convolution."""
+        return tuple(2 ** (i % self.dilation_cycle) for i in range(self.num_layers))
+
+    @property
+    def receptive_field(self) -> int:
+        """Units that decide one output frame."""
+        return 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
 
     @property
     def frame_dim(self) -> int:
@@ -80,7 +95,7 @@ class UnitToMel(nn.Module):
         d, k = config.width, config.kernel_size
         self.unit_embedding = nn.Embedding(config.num_units, d)
         self.speaker_embedding = nn.Embedding(len(config.speakers), d)
-        self.convs = nn.ModuleList(nn.Conv1d(d, d, k, padding=k // 2) for _ in range(config.num_layers))
+        self.convs = nn.ModuleList(nn.Conv1d(d, d, k, padding=k // 2 * r, dilation=r) for r in config.dilations)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(config.num_layers))
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(d, config.frame_dim)

@@ -85,3 +85,45 @@ def test_kmeans_shows_its_progress_when_asked(capsys):
     assert "k-means++ seeding" in err and "4/4" in err  # centroids 2..5
     assert "k-means on 300 frames" in err and "distortion=" in err
     assert torch.equal(shown.centroids, quiet.centroids)  # progress changes nothing else
+
+
+def _two_clusters_behind_a_loud_dimension() -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames (400, 5): two clusters at +-1 in dims 1-4 (spread 0.2) and noise of std 100 in dim 0; labels (400,)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 2
+    x = 0.2 * torch.randn(400, 5, generator=g)
+    x[:, 1:] += (2 * labels[:, None] - 1).float()
+    x[:, 0] = 100 * torch.randn(400, generator=g)
+    return x, labels
+
+
+def _purity(units: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of frames whose unit's majority label is their own."""
+    agree = sum(int(torch.bincount(labels[units == u], minlength=2).max()) for u in units.unique())
+    return agree / labels.numel()
+
+
+def test_standardizing_finds_the_clusters_a_loud_dimension_hides():
+    x, labels = _two_clusters_behind_a_loud_dimension()
+    raw = train_kmeans(x, num_units=2, seed=0)
+    standardized = train_kmeans(x, num_units=2, seed=0, standardize=True)
+    assert not raw.standardized and standardized.standardized
+    assert _purity(raw.quantize(x), labels) < 0.7  # split along the noise
+    assert _purity(standardized.quantize(x), labels) == 1.0
+    # centroids come back in the frames' own space: the cluster centres at +-1
+    centres = standardized.centroid_features(torch.arange(2))[:, 1:].mean(1).sort().values
+    assert torch.allclose(centres, torch.tensor([-1.0, 1.0]), atol=0.05)
+
+
+def test_standardized_quantizer_round_trips(tmp_path):
+    x, _ = _two_clusters_behind_a_loud_dimension()
+    quantizer = train_kmeans(x, num_units=4, seed=0, standardize=True)
+    quantizer.save(tmp_path / "units.safetensors")
+    loaded = UnitQuantizer.load(tmp_path / "units.safetensors")
+    assert loaded.standardized
+    assert torch.equal(loaded.feature_std, quantizer.feature_std)
+    assert torch.equal(loaded.quantize(x), quantizer.quantize(x))
+    with pytest.raises(ValueError, match="needs both feature_mean and feature_std"):
+        UnitQuantizer(torch.randn(4, 5), feature_mean=torch.zeros(5))
+    with pytest.raises(ValueError, match=r"feature_std must have shape \(5,\)"):
+        UnitQuantizer(torch.randn(4, 5), torch.zeros(5), torch.ones(3))

@@ -46,6 +46,19 @@ def test_shapes_and_context():
     moved = (model(changed, torch.tensor([0, 1, 0])) - out).abs().sum(-1)[0]  # (20,)
     # 2 layers of kernel 3: a unit reaches 2 frames on each side, no further
     assert moved[8:13].gt(0).all() and moved[:8].eq(0).all() and moved[13:].eq(0).all()
+    assert TINY.receptive_field == 5
+
+
+def test_dilated_convolutions_widen_the_context_to_the_receptive_field():
+    config = UnitToMelConfig(num_units=K, speakers=SPEAKERS, width=16, num_layers=3, kernel_size=3, dilation_cycle=2)
+    assert config.dilations == (1, 2, 1) and config.receptive_field == 9
+    model = UnitToMel(config).eval()
+    units = torch.randint(K, (1, 30))
+    changed = units.clone()
+    changed[0, 15] = (changed[0, 15] + 1) % K
+    moved = (model(changed, torch.tensor([0])) - model(units, torch.tensor([0]))).abs().sum(-1)[0]  # (30,)
+    reached = moved.gt(0).nonzero().flatten()
+    assert reached.min() == 11 and reached.max() == 19  # 4 frames each side: 1 + 2 + 1
 
 
 def test_training_lowers_the_l1_and_learns_the_speakers():
