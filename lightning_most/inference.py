@@ -14,7 +14,8 @@ module's `audio_io()`):
     answer_text      waveform -> speech_instruct prompt |bos| |speech_instruct| |audio_start| F.. |audio_end| |answer|
                      -> greedy text
     answer_written   text -> text_instruct prompt |bos| |text_instruct| q.. |answer| -> greedy text
-    answer_speech    synthesize(answer_text(waveform))
+    answer_speech    synthesize(answer_text(waveform)), each answer within a unit budget scaled to its length
+                     (`SpokenAnswerBudget`)
     resynthesize     waveform -> units (as log_likelihood) -> vocoder: the ceiling of the model's TTS
 
 Every method takes a list and runs it as one padded batch (generation is batched over the list).
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import io
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -63,6 +65,7 @@ from lightning_most.audio import (
 )
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.batch import IGNORE_INDEX, Batch, Modality, Task
+from lightning_most.evaluation.normalize import normalize_text
 from lightning_most.layouts import (
     Example,
     asr_example,
@@ -143,6 +146,31 @@ class AudioIO:
             num_units=int(audio_io.get("num_units", encoder["num_units"])),
             vocoder=Path(audio_io["vocoder"]) if audio_io.get("vocoder") else None,
         )
+
+
+@dataclass
+class SpokenAnswerBudget:
+    """Units a spoken answer may take: `units_per_character` x the characters of its text + `margin`, at most the
+    module's `tts_max_new_tokens`. Small models rarely emit <audio_end>: with the fixed budget alone (600 units, 12 s)
+    every one-word answer was 12 s of speech to decode, vocode and judge (spoken QA, 300 questions: over 23 min)."""
+
+    units_per_character: float = 4.0
+    """Units per character of the answer's spoken form (`normalize_text`: lower case, no punctuation, numbers spelt
+    out). The embedded corpus (50 units/s) speaks its 1,500 train sentences at 2.9 units per character (17 characters
+    a second) plus 28 units of silence on average; 4.0 per character + the 80-unit margin covers every one of them,
+    the slowest voices (the 0.9x speed variants) included."""
+    margin: int = 80
+    """Units added to every answer: the silence around the words, and room for slower voices."""
+
+    def __post_init__(self) -> None:
+        if not self.units_per_character > 0:
+            raise ValueError(f"SpokenAnswerBudget.units_per_character must be > 0, got {self.units_per_character}")
+        if self.margin < 0:
+            raise ValueError(f"SpokenAnswerBudget.margin must be >= 0, got {self.margin}")
+
+    def units(self, text: str, cap: int) -> int:
+        """The unit budget of speaking `text`: its spoken characters x the rate + the margin, at most `cap`."""
+        return min(cap, math.ceil(self.units_per_character * len(normalize_text(text))) + self.margin)
 
 
 def _stage_class(hparams: dict[str, Any], source: str) -> type[StageModule]:
@@ -312,6 +340,7 @@ class MostInference:
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int = 0,
+        answer_budget: SpokenAnswerBudget | None = None,
     ) -> None:
         """Wrap `module` (backbone built, weights loaded).
 
@@ -323,10 +352,12 @@ class MostInference:
             temperature: unit sampling temperature of synthesis (0 = greedy).
             top_k: sample units among the k most likely only.
             seed: seeds unit sampling, afresh in every call (the same texts give the same speech).
+            answer_budget: the unit budget of each spoken answer (`answer_speech`); default `SpokenAnswerBudget()`.
         """
         self.module = module.eval()
         self.audio_io = audio_io
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.answer_budget = answer_budget or SpokenAnswerBudget()
         self.global_step = 0  # training step of the checkpoint (set by from_checkpoint)
         if not audio_io.unit_quantizer.is_file():
             raise InferenceError(
@@ -504,19 +535,26 @@ class MostInference:
         ]
         return m.decoder.transcribe(self._batch(examples))
 
-    def synthesize_units(self, texts: list[str]) -> list[Tensor]:
-        """Units (T,) spoken for each text, greedy or sampled at `temperature`.
+    def synthesize_units(self, texts: list[str], max_units: list[int] | None = None) -> list[Tensor]:
+        """Units (T,) spoken for each text, greedy or sampled at `temperature`, each at most its `max_units` (default:
+        the module's `tts_max_new_tokens`).
 
-        Decoding may emit only the data's K units (the backbone may have more unit slots) or <audio_end>.
+        Decoding may emit only the data's K units (the backbone may have more unit slots) or <audio_end>. The batch
+        decodes for its largest budget; a row cut at its own budget is what stopping there would have given (a unit
+        depends only on the ones before it).
         """
         if not texts:
             return []
         m = self.module
+        budgets = max_units if max_units is not None else [m.hparams.tts_max_new_tokens] * len(texts)
+        if len(budgets) != len(texts):
+            raise ValueError(f"synthesize_units: {len(budgets)} unit budgets for {len(texts)} texts")
         empty = torch.zeros(0, dtype=torch.long)
         examples = [tts_example(m.tokenizer.encode(t), empty, m.specials, m.config.text_vocab_size) for t in texts]
         generator = torch.Generator(self.device).manual_seed(self.seed)
-        return m.decoder.units(self._batch(examples), m.hparams.tts_max_new_tokens, self.audio_io.num_units,
-                               self.temperature, self.top_k, generator)
+        units = m.decoder.units(self._batch(examples), max(budgets), self.audio_io.num_units,
+                                self.temperature, self.top_k, generator)
+        return [u[:budget] for u, budget in zip(units, budgets)]
 
     def vocode(self, units: list[Tensor]) -> list[Tensor]:
         """16 kHz waveform (S,) of each unit sequence (T,)."""
@@ -590,5 +628,7 @@ class MostInference:
         return m.decoder.answer(self._batch(examples), self.answer_max_new_tokens)
 
     def answer_speech(self, waveforms: list[Tensor]) -> list[Tensor]:
-        """Spoken answer (S,) to each spoken question: the text answer, synthesized."""
-        return self.synthesize(self.answer_text(waveforms))
+        """Spoken answer (S,) to each spoken question: the text answer, synthesized within `answer_budget` units."""
+        answers = self.answer_text(waveforms)
+        cap = self.module.hparams.tts_max_new_tokens
+        return self.vocode(self.synthesize_units(answers, [self.answer_budget.units(a, cap) for a in answers]))

@@ -213,6 +213,7 @@ def test_evaluate_bad_inputs_exit_2(trained_run: TrainedRun, tmp_path: Path, cap
         (["--suites", "tts", "--corpus_dir", str(tmp_path / "no_corpus")], "prepare"),
         (["--suites", "spoken_lm", "--spoken_lm_root", str(tmp_path)], "holds none of"),
         (["--suites", "spoken_qa", "--spoken_qa_jsonl", str(tmp_path / "qa.jsonl")], "qa.jsonl"),
+        (["--suites", "spoken_qa", "--answer_unit_margin", "-1"], "SpokenAnswerBudget.margin must be >= 0"),
     ]
     for extra, needle in cases:
         assert exit_code([*base, *extra]) == 2, extra

@@ -26,7 +26,7 @@ from lightning_most.evaluation.protocols import (
     Synthesizer,
     Transcriber,
 )
-from lightning_most.inference import InferenceError, MostInference
+from lightning_most.inference import InferenceError, MostInference, SpokenAnswerBudget
 from lightning_most.stages.hparams import LEGACY_HPARAMS
 from lightning_most.stages.stage1 import Stage1Module
 
@@ -139,6 +139,34 @@ def test_answers_in_text_and_speech(inference: MostInference, waveforms: list[to
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     speech = inference.answer_speech(waveforms[:2])
     assert len(speech) == 2 and all(w.dim() == 1 and w.numel() % SAMPLES_PER_UNIT == 0 for w in speech)
+
+
+def test_a_long_winded_model_stops_a_short_spoken_answer_at_its_scaled_budget(
+    inference: MostInference, waveforms: list[torch.Tensor], trained_run: TrainedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that never ends its units speaks each answer for units_per_character x its spoken characters + margin
+    units, at most tts_max_new_tokens; plain synthesis keeps the whole tts_max_new_tokens."""
+    module = inference.module
+    audio_end = module.specials.audio_end
+
+    def never_end(_backbone, _inputs, output) -> None:
+        output.logits[..., audio_end] = float("-inf")  # (B, T, V)
+
+    budget = SpokenAnswerBudget(units_per_character=2.0, margin=3)
+    long_winded = MostInference(module, inference.audio_io, vocoder=inference.vocoder, answer_budget=budget)
+    answers = ["Paris.", "19", "an answer long enough for the cap to stop it"]
+    monkeypatch.setattr(long_winded, "answer_text", lambda questions: answers[: len(questions)])
+    hook = module.backbone.register_forward_hook(never_end)
+    try:
+        speech = long_winded.answer_speech(waveforms[:3])
+        plain = long_winded.synthesize_units(answers[:1])
+    finally:
+        hook.remove()
+    # "paris": 5 characters; "19" is spoken "nineteen": 8; the third's 2 x 44 + 3 = 91 > the checkpoint's 40
+    assert [w.numel() // SAMPLES_PER_UNIT for w in speech] == [2 * 5 + 3, 2 * 8 + 3, trained_run.unit_budget]
+    assert plain[0].numel() == trained_run.unit_budget
+    with pytest.raises(ValueError, match="units_per_character"):
+        SpokenAnswerBudget(units_per_character=0.0)
 
 
 def test_too_short_audio_is_refused(inference: MostInference) -> None:

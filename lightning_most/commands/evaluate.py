@@ -62,7 +62,7 @@ from lightning_most.evaluation.spoken_qa import (
 from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
 from lightning_most.evaluation.text_perplexity import TextPerplexityConfig, evaluate_text_perplexity, read_texts
 from lightning_most.evaluation.tts import TtsConfig, evaluate_tts
-from lightning_most.inference import is_text_only, load_stage_module, read_checkpoint_header
+from lightning_most.inference import SpokenAnswerBudget, is_text_only, load_stage_module, read_checkpoint_header
 from lightning_most.text_corpus import DEFAULT_TEXT_DIR, prepare_text_corpus
 
 SUITES = ("asr", "tts", "spoken_lm", "spoken_qa", "text")
@@ -124,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(CTranslate2 Whisper with model.bin, or a transformers Whisper/CTC checkpoint)",
     )
     run_group.add_argument("--batch_size", type=int, default=8, help="utterances per model call")
+    run_group.add_argument(
+        "--answer_units_per_character", type=float, default=SpokenAnswerBudget.units_per_character,
+        help="spoken_qa speech answers: units allowed per character of the text answer, plus --answer_unit_margin, "
+        "at most the checkpoint's tts_max_new_tokens (--max_units); default 4.0 covers the embedded corpus's "
+        "slowest speech (2.9 units per character on average, 50 units/s)",
+    )  # fmt: skip
+    run_group.add_argument(
+        "--answer_unit_margin", type=int, default=SpokenAnswerBudget.margin,
+        help="spoken_qa speech answers: units added to every answer's budget (default 80: silence, slower voices)",
+    )  # fmt: skip
     return parser
 
 
@@ -266,6 +276,10 @@ def evaluate(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise CommandError(f"--batch_size must be >= 1, got {args.batch_size}")
     check_audio_suites(suites, args)
+    try:
+        answer_budget = SpokenAnswerBudget(args.answer_units_per_character, args.answer_unit_margin)
+    except ValueError as error:
+        raise CommandError(f"--answer_units_per_character / --answer_unit_margin: {error}") from error
     out_dir = Path(args.out_dir)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out_dir / "cache"
     try:
@@ -279,6 +293,7 @@ def evaluate(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from error
     if AUDIO_NEEDS.keys() & set(suites):
         inference = load_inference(args)
+        inference.answer_budget = answer_budget
         module, global_step = inference.module, inference.global_step
     else:  # text alone: the model without its audio front and back ends
         module, global_step = load_stage_module(args.ckpt, args.device, word_lm=not args.no_word_lm)
