@@ -88,7 +88,8 @@ def test_the_model_takes_feature_width_units_and_tokenizer_from_the_data(tmp_pat
 def test_the_whisper_units_config_changes_the_units_and_the_run_folder_only(capsys) -> None:
     base = _print_config(capsys, "conf/quickstart.yaml")
     units = _print_config(capsys, "conf/quickstart.yaml", "conf/data/whisper_units.yaml")
-    assert units["data"]["init_args"]["whisper_units"]["num_units"] == 200
+    assert units["data"]["init_args"]["whisper_units"]["num_units"] == 500
+    assert units["data"]["init_args"]["whisper_units"]["standardize"] is True  # the measured recipe (bench/RESULTS.md)
     assert units["data"]["init_args"]["features"] == base["data"]["init_args"]["features"]  # the Whisper states
     assert units["trainer"]["default_root_dir"] == "runs/quickstart_whisper_units"
     assert units["trainer"]["logger"]["init_args"]["save_dir"] == "runs/quickstart_whisper_units"
