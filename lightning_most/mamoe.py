@@ -205,7 +205,10 @@ class ModalityAwareRouter(nn.Module):
             scores = logits.softmax(dim=-1).masked_fill(~allowed, 0.0)  # (N, E), not renormalised
         # Off-group experts get -1 so top-k never picks them, even when an in-group score underflows to 0; with
         # top_k larger than the group they fill the extra slots, at weight 0 (the official release's zeros).
-        weights, indices = torch.topk(scores.masked_fill(~allowed, -1.0), self.config.top_k, dim=-1)  # (N, k)
+        # A stable sort, not torch.topk: equal scores go to the lower expert index on every device (topk's tie
+        # order is unspecified and differs between kernels; an upcycled model's zero router is all ties).
+        ranked = scores.masked_fill(~allowed, -1.0).sort(dim=-1, descending=True, stable=True)
+        weights, indices = ranked.values[:, : self.config.top_k], ranked.indices[:, : self.config.top_k]  # (N, k)
         weights = weights.clamp(min=0.0)  # (N, k)
         if self.config.norm_topk_prob and self.config.top_k > 1:  # DeepSeek-V2: renormalise, no routed scaling
             return indices, weights / (weights.sum(dim=-1, keepdim=True) + 1e-20), scores

@@ -8,7 +8,8 @@ Every non-MLP weight (embeddings, attention, norms, heads, audio parts) is copie
   width I / num_slices; the j-th expert of each modality group (the j-th of all experts for vanilla)
   holds slice j mod num_slices. SwiGLU is a sum over its intermediate units, so the slices add up to
   the dense MLP.
-- Shared experts hold the first slice (copy: the MLP's first units) in gate/up with a zero down
+- Shared experts (width num_shared_experts * expert width) hold the MLP's first units in gate/up, the
+  units repeating when they are wider than the MLP (copies with 2 or more shared), with a zero down
   projection: they add nothing at the start and learn from the first step.
 - Router initialisation `zero` (default): all logits 0, so every expert of a token's group has the same
   score u (1/E for the softmax over all E experts of vanilla and masked_softmax, 1/|group| for
@@ -136,6 +137,16 @@ def _slice_of_expert(config: MoEConfig, num_slices: int) -> list[int]:
     return slice_of
 
 
+def _leading_units(weight: Tensor, width: int) -> Tensor:
+    """The first `width` intermediate units (rows) of a dense gate/up weight (I, d), cycling past I.
+
+    Shared experts are wider than the dense MLP when they are copies (width = num_shared * I): the rows
+    repeat. Their down projection is zero, so what they hold changes only how they start to learn.
+    """
+    repeats = -(-width // weight.shape[0])
+    return weight.repeat(repeats, 1)[:width].clone()
+
+
 def upcycle_state_dict(state: dict[str, Tensor], config: ModelConfig, spec: UpcyclingConfig) -> dict[str, Tensor]:
     """The MoE backbone's state dict (plain keys) for `config` (from `upcycled_config`), from the dense `state`."""
     moe, d, h = config.moe, config.hidden_size, config.moe.expert_intermediate_size
@@ -159,8 +170,8 @@ def upcycle_state_dict(state: dict[str, Tensor], config: ModelConfig, spec: Upcy
         out[p + "router.weight"] = router
         if moe.shared_experts:
             width = moe.shared_experts * h
-            out[p + "shared_experts.gate_proj.weight"] = gate[:width].clone()
-            out[p + "shared_experts.up_proj.weight"] = up[:width].clone()
+            out[p + "shared_experts.gate_proj.weight"] = _leading_units(gate, width)
+            out[p + "shared_experts.up_proj.weight"] = _leading_units(up, width)
             out[p + "shared_experts.down_proj.weight"] = torch.zeros(d, width, dtype=down.dtype)
     return out
 

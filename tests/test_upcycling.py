@@ -67,6 +67,22 @@ def test_slices_give_the_dense_logits_when_every_token_uses_every_slice() -> Non
     assert not torch.allclose(_logits(partial), _logits(dense), atol=1e-3)
 
 
+@pytest.mark.parametrize("construction, num_slices", [("copy", 1), ("slice", 4)])
+def test_two_shared_experts_load_and_keep_the_dense_logits(construction: str, num_slices: int) -> None:
+    # The grid's fine-grained start (scripts/upcycled_grid.sh): 16 experts, groups of 8 holding each slice twice,
+    # top-4; and copies, whose 2 shared experts are twice as wide as the dense MLP (its units repeat).
+    dense, state = _dense()
+    spec = UpcyclingConfig(num_routed_experts=16 if construction == "slice" else 8, num_shared_experts=2,
+                           top_k=num_slices if construction == "slice" else 2, construction=construction,
+                           num_slices=num_slices, first_k_dense=1)
+    moe = _upcycled(state, dense.config, spec)
+    width = 2 * 64 // num_slices
+    shared_gate = moe.state_dict()["layers.1.mlp.shared_experts.gate_proj.weight"]
+    assert shared_gate.shape[0] == width
+    torch.testing.assert_close(shared_gate, state["layers.1.mlp.gate_proj.weight"].repeat(2, 1)[:width])
+    torch.testing.assert_close(_logits(moe), _logits(dense), atol=1e-5, rtol=1e-5)
+
+
 def test_noise_and_a_random_router_break_the_equality_and_are_seeded() -> None:
     dense, state = _dense()
     noisy = UpcyclingConfig(num_routed_experts=8, top_k=2, noise_std=0.1, router_init="normal", first_k_dense=1)
