@@ -55,11 +55,11 @@ class DecoderBlock(nn.Module):
     def forward(
         self, x: Tensor, modality_ids: Tensor, valid: Tensor, position_ids: Tensor, mask: Tensor | None, cache: LayerCache | None
     ) -> tuple[Tensor, Tensor, RoutingStats | None]:
-        """x (B, T, d) -> x (B, T, d), aux loss (), routing stats or None for dense layers."""
+        """x (B, T, d) -> x (B, T, d), aux loss (), routing stats (None for dense layers and decoding steps)."""
         x = x + self.self_attn(self.input_layernorm(x), position_ids, mask, cache)
         h = self.post_attention_layernorm(x)
         if isinstance(self.mlp, MoEBlock):
-            y, aux, stats = self.mlp(h, modality_ids, valid)
+            y, aux, stats = self.mlp(h, modality_ids, valid, with_stats=cache is None)  # decoding logs no routing
             return x + y, aux, stats
         return x + self.mlp(h), x.new_zeros((), dtype=torch.float32), None
 

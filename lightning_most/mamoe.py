@@ -252,8 +252,11 @@ class MoEBlock(nn.Module):
         self.shared_experts = SwiGLU(hidden_size, n_shared * config.expert_intermediate_size) if n_shared else None
         self.expert_exchange = None  # set by `expert_parallel.apply_expert_parallel`: experts on other ranks too
 
-    def forward(self, h: Tensor, modality_ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, RoutingStats]:
-        """h (B, T, d), modality_ids (B, T), valid (B, T) bool -> y (B, T, d), aux loss (), routing stats."""
+    def forward(
+        self, h: Tensor, modality_ids: Tensor, valid: Tensor, with_stats: bool = True
+    ) -> tuple[Tensor, Tensor, RoutingStats | None]:
+        """h (B, T, d), modality_ids (B, T), valid (B, T) bool -> y (B, T, d), aux loss (), routing stats (None
+        without `with_stats`: decoding steps, which nothing logs, skip their dozen small ops)."""
         B, T, d = h.shape
         k, E = self.config.top_k, self.config.num_routed_experts
         flat = h.reshape(B * T, d)  # (N, d)
@@ -281,7 +284,8 @@ class MoEBlock(nn.Module):
         aux = h.new_zeros((), dtype=torch.float32)
         if self.training and self.config.aux_loss_alpha > 0:
             aux = load_balancing_loss(scores.reshape(B, T, E), indices.reshape(B, T, k), valid, self.config.aux_loss_alpha)
-        return y, aux, self._stats(indices, scores, modality_ids.reshape(-1), valid.reshape(-1))
+        stats = self._stats(indices, scores, modality_ids.reshape(-1), valid.reshape(-1)) if with_stats else None
+        return y, aux, stats
 
     @torch.no_grad()
     def _stats(self, indices: Tensor, scores: Tensor, modality_ids: Tensor, valid: Tensor) -> RoutingStats:

@@ -101,12 +101,17 @@ def beam_search(
                 step["input_ids"], step["modality_ids"], full_mask[:, : P + t], None, step["feature_mask"], cache=cache,
                 position_ids=step.get("position_ids"),
             ).logits[:, -1]  # (B*K, V)
-        joint = rescorer(logits).double() if rescorer is not None else logits.double().log_softmax(dim=-1)
-        if word_lm is not None:
-            joint = joint + word_lm.scores()
+        # Joint scores; CTC sums that may have underflowed hold upper bounds (rescorer.doubtful), made exact
+        # below only where they could enter the beam.
+        joint = rescorer(logits, exact=False).double() if rescorer is not None else logits.double().log_softmax(dim=-1)
+        lm_scores = word_lm.scores() if word_lm is not None else None  # (B*K, V)
+        if lm_scores is not None:
+            joint = joint + lm_scores
         joint = joint.masked_fill(forbidden, NEG_INF)
         V = joint.shape[-1]
         total = (scores.view(-1, 1) + joint).view(B, K * V)  # (B, K*V)
+        if rescorer is not None:
+            _refine_doubtful(total, rescorer, scores, lm_scores, 2 * K)
         top_scores, top_index = total.topk(2 * K, dim=1)  # (B, 2K): room for K live ones after the ended
         new_scores = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
         new_parent = torch.zeros(B, K, dtype=torch.long, device=device)
@@ -161,3 +166,24 @@ def beam_search(
             finished[b].append((float(scores[b, k]), tokens[b * K + k].tolist()))
         out.append(max(finished[b], key=lambda item: item[0])[1])
     return out
+
+
+def _refine_doubtful(total: Tensor, rescorer: JointCTCRescorer, scores: Tensor, lm_scores: Tensor | None, n: int) -> None:
+    """Make exact, in `total` (B, K*V), the bounded candidates that could be among each example's n best.
+
+    A bound >= the true score, so a candidate whose bound is below the n-th best exact candidate of its example
+    has n exact candidates above it and cannot be among the n best: only the others are summed directly.
+    """
+    B, KV = total.shape
+    V = rescorer.doubtful.shape[1]
+    doubtful = rescorer.doubtful.view(B, KV) & torch.isfinite(total)  # (B, K*V); forbidden ids are -inf
+    if not bool(doubtful.any()):
+        return
+    cutoff = total.masked_fill(doubtful, NEG_INF).topk(n, dim=1).values[:, -1:]  # (B, 1) n-th best exact
+    b, j = (doubtful & (total >= cutoff)).nonzero(as_tuple=True)
+    if b.numel():
+        rows, ids = b * (KV // V) + j // V, j % V
+        joint = rescorer.refine(rows, ids).double()
+        if lm_scores is not None:
+            joint = joint + lm_scores[rows, ids]
+        total[b, j] = scores.view(-1)[rows] + joint

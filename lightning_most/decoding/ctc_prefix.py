@@ -19,9 +19,17 @@ matrix product in probability space per step, (rows, T) @ (T, C), each factor sc
 (over frames for x, so `exp(x - max)` is computed once per example). A sum so small that the
 scaling could have flushed its terms to zero (< e^-600) is recomputed with `logsumexp`; the others
 agree with it to float64 rounding (~1e-13), so decoding picks the same tokens as the direct sum.
+
+A CTC posterior is peaky, so at most steps many candidates are such sums (a token spoken far from
+where the prefix ends). Beam search needs only those that could enter its beam: with `exact=False`
+such a sum is given its upper bound, log(e^-600) + the scales, and marked in `doubtful`; the beam
+recomputes (`exact_scores`) only the marked candidates whose bound reaches its cut-off, and so picks
+exactly the tokens that the exact scores would.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -79,8 +87,12 @@ class CTCPrefixScorer:
             self._scaled = ((x - top[:, None]).exp(), top)
         return self._scaled
 
-    def extension_scores(self, num_tokens: int) -> Tensor:
-        """(rows, num_tokens) log psi(h + c) for the tokens c = 0..num_tokens-1 (text ids, no blank)."""
+    def extension_scores(self, num_tokens: int, exact: bool = True) -> Tensor:
+        """(rows, num_tokens) log psi(h + c) for the tokens c = 0..num_tokens-1 (text ids, no blank).
+
+        With `exact=False`, the sums that may have underflowed hold an upper bound of their score instead and are
+        marked in `self.doubtful` (rows, num_tokens); `exact_scores` gives their true values.
+        """
         R, C = self.rows_per_example, num_tokens
         start = torch.where(self.empty, 0.0, NEG_INF).to(self.r_n.dtype)[:, None]  # (rows, 1)
         # log P(h emitted by frame t - 1), the frame before c's first frame t; at t = 0 only the empty prefix.
@@ -91,17 +103,29 @@ class CTCPrefixScorer:
         B, T = emit.shape[0], emit.shape[1]
         sums = torch.bmm((before - before_max).exp().view(B, R, T), emit).view(B * R, C)  # (rows, C)
         scores = sums.log() + before_max + emit_max.repeat_interleave(R, dim=0)
-        small = (sums < SMALLEST_SCALED_SUM).nonzero(as_tuple=True)  # the sum's terms may have underflowed
-        if small[0].numel():
-            x = self.x[self.example[small[0]], :, small[1]]  # (n, T)
-            scores[small] = torch.logsumexp(before[small[0]] + x, dim=1)
+        small = sums < SMALLEST_SCALED_SUM  # (rows, C) the sum's terms may have underflowed
+        self._before, self.doubtful = before, None
+        if not exact:
+            bound = math.log(SMALLEST_SCALED_SUM) + before_max + emit_max.repeat_interleave(R, dim=0)  # (rows, C)
+            scores = torch.where(small, bound, scores)  # >= the true score: the sum < e^-600 up to underflow
+            self.doubtful = small
+        elif bool(small.any()):
+            rows, tokens = small.nonzero(as_tuple=True)
+            scores[rows, tokens] = self.exact_scores(rows, tokens)
         repeat = (self.last >= 0) & (self.last < C)  # (rows,) h's last token is a candidate: after a blank only
         if bool(repeat.any()):
             rows = repeat.nonzero().flatten()
             x = self.x[self.example[rows], :, self.last[rows]]  # (n, T)
             after_blank = torch.cat([start[rows], self.r_b[rows, :-1]], dim=1)  # (n, T)
             scores[rows, self.last[rows]] = torch.logsumexp(after_blank + x, dim=1)
+            if self.doubtful is not None:
+                self.doubtful[rows, self.last[rows]] = False
         return scores
+
+    def exact_scores(self, rows: Tensor, tokens: Tensor) -> Tensor:
+        """(n,) log psi(h + c) summed directly for (row, token) pairs of the last `extension_scores` (no repeats)."""
+        x = self.x[self.example[rows], :, tokens]  # (n, T)
+        return torch.logsumexp(self._before[rows] + x, dim=1)
 
     def end_scores(self) -> Tensor:
         """(rows,) log psi(h + <eos>): the probability that the transcript is exactly h."""
@@ -139,16 +163,35 @@ class JointCTCRescorer:
             raise ValueError(f"the CTC weight of joint decoding must lie in (0, 1], got {weight}")
         self.scorer, self.weight, self.num_tokens, self.eos = scorer, weight, num_tokens, eos
         self._extension: Tensor | None = None
+        self._decoder: Tensor | None = None
+        self._dtype = torch.float32
+        self.doubtful: Tensor | None = None
+        """(B, V) after a call with exact=False: the scores that are upper bounds (`refine` makes them exact)."""
 
-    def __call__(self, logits: Tensor) -> Tensor:
+    def __call__(self, logits: Tensor, exact: bool = True) -> Tensor:
+        """(B, V) joint scores of the next ids; with `exact=False` some are upper bounds, marked in `doubtful`."""
         C = self.num_tokens
-        self._extension = self.scorer.extension_scores(C)  # (B, C)
+        self._extension = self.scorer.extension_scores(C, exact=exact)  # (B, C)
         ctc = torch.full(logits.shape, NEG_INF, dtype=torch.float64, device=logits.device)
         ctc[:, :C] = self._extension
         ctc[:, self.eos] = self.scorer.end_scores()
         ctc = ctc - self.scorer.score[:, None]  # log psi(h + c) - log psi(h)
-        decoder = logits.double().log_softmax(dim=-1)
-        return ((1 - self.weight) * decoder + self.weight * ctc).to(logits.dtype)
+        self._decoder, self._dtype = logits.double().log_softmax(dim=-1), logits.dtype
+        self.doubtful = None
+        if not exact:
+            self.doubtful = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            self.doubtful[:, :C] = self.scorer.doubtful
+        return ((1 - self.weight) * self._decoder + self.weight * ctc).to(logits.dtype)
+
+    def refine(self, rows: Tensor, ids: Tensor) -> Tensor:
+        """(n,) the exact joint scores of doubtful (row, id) pairs of the last call, as an exact call computes them
+        (bit for bit); the exact CTC scores replace the bounds for `advance`."""
+        extension = self.scorer.exact_scores(rows, ids)
+        self._extension[rows, ids] = extension
+        self.doubtful[rows, ids] = False
+        ctc = extension - self.scorer.score[rows]
+        joint = (1 - self.weight) * self._decoder[rows, ids] + self.weight * ctc
+        return joint.to(self._dtype)
 
     def reorder(self, index: Tensor) -> None:
         """Row i continues row index[i]'s prefix (beam search): the prefix state and this step's scores move with it."""
