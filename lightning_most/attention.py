@@ -254,9 +254,14 @@ class MultiHeadLatentAttention(nn.Module):
         q = torch.cat([q_latent, q_pe.transpose(1, 2)], dim=-1)  # (B, H, T, r + rope)
         (keys,) = cache.update(torch.cat([latent, k_pe], dim=-1))  # (B, S, r + rope): (latent, rope key) per position
         keys = keys[:, None]  # (B, 1, S, r + rope): one key head for all query heads
-        out = F.scaled_dot_product_attention(
-            q, keys, keys, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True,
-        )[..., :r]  # (B, H, T, r): the attention-weighted latent (the value is the latent part of the key)
+        if T == 1:  # a decoding step: the H queries as one head's H positions, so SDPA reads each key once (enable_gqa
+            # would copy the keys once per head); the new position sees every cached one: no causal mask
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, keys, attn_mask=mask, scale=self.scale)
+            out = out.transpose(1, 2)[..., :r]  # (B, H, 1, r)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, keys, keys, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True,
+            )[..., :r]  # (B, H, T, r): the attention-weighted latent (the value is the latent part of the key)
         out = torch.matmul(out, w_uv.transpose(1, 2))  # (B, H, T, v_dim)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * self.v_dim))
 
