@@ -4,10 +4,11 @@
 
 Reads the first `--num` dev recordings of the corpus (the quickstart's: 100, 6.7 minutes) and decodes them
 as `python -m lightning_most transcribe` does: Whisper features from the audio, then `Decoder.transcribe` in
-batches of `--batch_size`, with the checkpoint's own decoding (the quickstart's: beam 8, joint CTC 0.5, word
-LM 0.5). The first `--reference_num` recordings are also decoded by the reference implementation
-(`tests/decoding_reference.py`, the decoding before the speed-up) batch by batch, alternating with the fast
-path, and their transcripts compared. RTF = seconds / seconds of audio, on `--threads` threads (2: the
+batches of `--batch_size` recordings of similar length (`--file_order`: in corpus order, as before session
+16), with the checkpoint's own decoding (the quickstart's: beam 8, joint CTC 0.5, word LM 0.5). The first
+`--reference_num` recordings so batched (the shortest, unless `--file_order`) are also decoded by the
+reference implementation (`tests/decoding_reference.py`, the decoding before the speed-up) batch by batch,
+alternating with the fast path, and their transcripts compared. RTF = seconds / seconds of audio, on `--threads` threads (2: the
 issue's 2 cores). The last line is JSON. Results: bench/RESULTS.md.
 """
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_most.attention import set_cache_latent
 from lightning_most.audio.constants import SAMPLE_RATE
 from lightning_most.commands.common import read_audio
+from lightning_most.commands.transcribe import batches_by_length
 from lightning_most.inference import MostInference
 from lightning_most.layouts import asr_example
 from tests.decoding_reference import reference_transcribe
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--no_word_lm", action="store_true", help="decode without the checkpoint's word LM")
     parser.add_argument("--cache_latent", choices=["true", "false"], default=None,
                         help="MLA KV cache of the fast path (AttentionConfig.cache_latent; default: the checkpoint's)")
+    parser.add_argument("--file_order", action="store_true",
+                        help="batches in corpus order instead of transcribe's batches of similar length")
     parser.add_argument("--profile", type=int, default=0, help="print the fast path's N most expensive functions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,6 +70,9 @@ def main() -> None:
     if args.cache_latent is not None:
         set_cache_latent(module.backbone, args.cache_latent == "true")
     recordings = dev_recordings(Path(args.corpus_dir), args.num)
+    if not args.file_order:  # as `transcribe` batches them; the reference decodes the same batches
+        recordings = [recordings[i] for batch in batches_by_length([w for _, w, _ in recordings], len(recordings))
+                      for i in batch]  # fmt: skip
     print(f"{len(recordings)} dev recordings, {sum(w.numel() for _, w, _ in recordings) / SAMPLE_RATE:.1f} s of audio; "
           f"decoding: {module.asr_decoding.describe()}, {torch.get_num_threads()} threads", flush=True)
     profiler = cProfile.Profile() if args.profile else None

@@ -16,6 +16,7 @@ import torch
 
 from datamodules.text_corpus import TextCorpusDataModule
 from lightning_most.commands.evaluate import HELD_OUT_QA
+from lightning_most.commands.transcribe import batches_by_length
 from lightning_most.evaluation.spoken_qa_miniature import SpokenQaMiniatureConfig, build_spoken_qa_miniature
 from lightning_most.main import main
 
@@ -49,6 +50,12 @@ def test_transcribe_prints_one_line_per_file(trained_run: TrainedRun, capsys: py
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == wavs
     assert all(line.count("\t") == 1 for line in lines)
+
+
+def test_transcribe_batches_files_of_similar_length_and_prints_them_in_order() -> None:
+    waveforms = [torch.zeros(n) for n in (500, 100, 300, 200, 400)]
+    assert batches_by_length(waveforms, 2) == [[1, 3], [2, 4], [0]]
+    assert sorted(i for batch in batches_by_length(waveforms, 3) for i in batch) == list(range(5))
 
 
 def test_synthesize_writes_16khz_wav_of_320_samples_per_unit(trained_run: TrainedRun, tmp_path: Path, capsys) -> None:

@@ -34,7 +34,7 @@ def longest_audio_seconds(inference: MostInference) -> float:
 
 
 def transcribe(args: argparse.Namespace) -> None:
-    """Print the transcript of every file of `args.audio`, in order."""
+    """Print the transcript of every file of `args.audio`, in order (decoded in batches of similar length)."""
     if args.batch_size < 1:
         raise CommandError(f"--batch_size must be >= 1, got {args.batch_size}")
     waveforms = [read_audio(path) for path in args.audio]  # every file is checked before the model loads
@@ -53,10 +53,22 @@ def transcribe(args: argparse.Namespace) -> None:
                 f"and up to {inference.module.asr_decoding.max_new_tokens} transcript tokens): split it, e.g. "
                 f"`sox {path} part.wav trim 0 {int(max_seconds)} : newfile : restart`"
             )
-    for start in range(0, len(waveforms), args.batch_size):
-        paths = args.audio[start : start + args.batch_size]
-        for path, text in zip(paths, inference.transcribe(waveforms[start : start + args.batch_size])):
-            print(f"{path}\t{' '.join(text.split())}", flush=True)
+    transcripts: list[str] = [""] * len(waveforms)
+    for batch in batches_by_length(waveforms, args.batch_size):
+        for i, text in zip(batch, inference.transcribe([waveforms[i] for i in batch])):
+            transcripts[i] = text
+    for path, text in zip(args.audio, transcripts):
+        print(f"{path}\t{' '.join(text.split())}", flush=True)
+
+
+def batches_by_length(waveforms: list[torch.Tensor], batch_size: int) -> list[list[int]]:
+    """Indices of the waveforms in batches of similar length (shortest first).
+
+    A batch decodes until its longest transcript ends and pads every prompt to its longest audio: files of
+    similar length waste neither (the dev split decodes 1.3x faster than in file order, bench/RESULTS.md).
+    """
+    order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].numel())
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def main(argv: list[str] | None = None) -> None:
