@@ -308,6 +308,9 @@ def evaluate(args: argparse.Namespace) -> None:
             resynthesizer=inference,
         )
         print(f"TTS ({tts[0]}): {results[f'tts/{tts[0]}'].summary()}", flush=True)
+        if getattr(judge, "dropped_segments", 0):  # reference, resynthesis and the model's speech together
+            print(f"the judge left out {judge.dropped_segments} repetition-loop segment(s) "
+                  "(WhisperJudgeConfig.max_compression_ratio)", flush=True)
     if pair_sets:
         scored = evaluate_spoken_lm(inference, pair_sets, PairScoringConfig(batch_size=args.batch_size))
         results.update({f"spoken_lm/{name}": result for name, result in scored.items()})

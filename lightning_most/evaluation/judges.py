@@ -58,7 +58,16 @@ class WhisperJudgeConfig:
     (judge_resynthesis_wer 79-82% on identical units), and `ctranslate2.set_random_seed` before each call did not
     make them repeat."""
 
+    max_compression_ratio: float | None = 2.4
+    """A segment whose text compresses (gzip) better than this is a repetition loop, Whisper's own hallucination test
+    (faster-whisper's `compression_ratio_threshold`): it is left out of the transcript and counted in
+    `WhisperTinyJudge.dropped_segments`. Without the temperature fallback the beam keeps such loops, and on
+    unintelligible audio their insertions drove WERs far past 100% with run-to-run spreads wider than the means
+    (the log-mel units' resynthesis: 188%). None keeps every segment."""
+
     def __post_init__(self) -> None:
+        if self.max_compression_ratio is not None and self.max_compression_ratio <= 0:
+            raise ValueError(f"WhisperJudgeConfig.max_compression_ratio must be > 0 or None, got {self.max_compression_ratio}")
         self.temperatures = tuple(float(t) for t in self.temperatures)
         if not self.temperatures or min(self.temperatures) < 0:
             raise ValueError(f"WhisperJudgeConfig.temperatures must be non-empty and >= 0, got {self.temperatures}")
@@ -81,9 +90,12 @@ class WhisperTinyJudge:
         self.model = faster_whisper.WhisperModel(
             str(model_dir), device=self.config.device, compute_type=self.config.compute_type
         )
+        self.dropped_segments = 0
+        """Segments left out as repetition loops (`WhisperJudgeConfig.max_compression_ratio`) since construction."""
 
     def transcribe(self, waveforms: list[Tensor]) -> list[str]:
         """Transcribe each 16 kHz waveform ``(S,)``."""
+        limit = self.config.max_compression_ratio
         transcripts = []
         for waveform in waveforms:
             segments, _ = self.model.transcribe(
@@ -93,7 +105,13 @@ class WhisperTinyJudge:
                 temperature=list(self.config.temperatures),
                 condition_on_previous_text=False,
             )
-            transcripts.append(" ".join(segment.text.strip() for segment in segments).strip())
+            kept = []
+            for segment in segments:
+                if limit is not None and segment.compression_ratio > limit:
+                    self.dropped_segments += 1
+                else:
+                    kept.append(segment.text.strip())
+            transcripts.append(" ".join(kept).strip())
         return transcripts
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -44,6 +45,27 @@ def test_whisper_judge_is_deterministic_on_audio_that_would_make_faster_whisper_
     transcripts = [whisper_judge.transcribe([garbled])[0] for _ in range(3)]
     assert [call["temperature"] for call in calls] == [[0.0]] * 3
     assert len(set(transcripts)) == 1, transcripts
+
+
+def test_whisper_judge_leaves_out_repetition_loops_and_counts_them(
+    whisper_judge: WhisperTinyJudge, flite_clip: tuple[str, Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text, waveform = flite_clip
+    before = whisper_judge.dropped_segments
+    (hypothesis,) = whisper_judge.transcribe([waveform])  # real speech: nothing dropped
+    assert whisper_judge.dropped_segments == before and corpus_wer([text], [hypothesis])[0] <= 0.25
+    loop = "I'm going to go to the next one. " * 12
+    fake = [SimpleNamespace(text=" Hello there.", compression_ratio=1.1), SimpleNamespace(text=loop, compression_ratio=6.2)]
+    monkeypatch.setattr(whisper_judge.model, "transcribe", lambda *a, **k: (iter(fake), None))
+    assert whisper_judge.transcribe([waveform]) == ["Hello there."]
+    assert whisper_judge.dropped_segments == before + 1
+    monkeypatch.setattr(whisper_judge.config, "max_compression_ratio", None)
+    assert whisper_judge.transcribe([waveform]) == [f"Hello there. {loop.strip()}"]
+
+
+def test_whisper_judge_config_refuses_a_non_positive_compression_limit() -> None:
+    with pytest.raises(ValueError, match="max_compression_ratio"):
+        WhisperJudgeConfig(max_compression_ratio=0.0)
 
 
 def test_whisper_judge_config_refuses_negative_temperatures() -> None:
