@@ -8,8 +8,8 @@ batches of `--batch_size` recordings of similar length (`--file_order`: in corpu
 16), with the checkpoint's own decoding (the quickstart's: beam 8, joint CTC 0.5, word LM 0.5). The first
 `--reference_num` recordings so batched (the shortest, unless `--file_order`) are also decoded by the
 reference implementation (`tests/decoding_reference.py`, the decoding before the speed-up) batch by batch,
-alternating with the fast path, and their transcripts compared. RTF = seconds / seconds of audio, on `--threads` threads (2: the
-issue's 2 cores). The last line is JSON. Results: bench/RESULTS.md.
+alternating with the fast path, and their transcripts compared. RTF = seconds / seconds of audio, on
+`--threads` threads (2: the issue's 2 cores). The last line is JSON. Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations

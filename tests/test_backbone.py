@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_most.attention import KVCache
 from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.config import PRESETS, build_config
 from lightning_most.decoding.generation import generate, prompts_from_batch
@@ -49,6 +50,11 @@ def test_forward_shapes_and_routing_stats() -> None:
     for stats in out.routing:
         assert stats.tokens.sum() == n_tokens
         assert stats.expert_load.sum() == n_tokens * model.config.moe.top_k
+    # With a KV cache (decoding) nothing logs routing: the MoE layers skip their statistics.
+    cached = model(batch["input_ids"], batch["modality_ids"], batch["attention_mask"], batch.get("audio_features"),
+                   batch["feature_mask"], cache=KVCache(model.config.num_layers))
+    assert cached.routing == []
+    torch.testing.assert_close(cached.logits, out.logits)
 
 
 def test_right_padding_does_not_change_real_positions() -> None:

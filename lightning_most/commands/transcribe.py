@@ -65,7 +65,7 @@ def batches_by_length(waveforms: list[torch.Tensor], batch_size: int) -> list[li
     """Indices of the waveforms in batches of similar length (shortest first).
 
     A batch decodes until its longest transcript ends and pads every prompt to its longest audio: files of
-    similar length waste neither (the dev split decodes 1.3x faster than in file order, bench/RESULTS.md).
+    similar length waste neither (the dev split decodes 1.4x faster than in file order, bench/RESULTS.md).
     """
     order = sorted(range(len(waveforms)), key=lambda i: waveforms[i].numel())
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
