@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_most.config import MoEConfig
+from lightning_most.host_memory import reuse_freed_host_memory
 from lightning_most.mamoe import MoEBlock
 
 SHAPES = {
@@ -81,8 +82,11 @@ class FloorMLP(nn.Module):
         return routed.view(B, T, d) + self.shared(h)
 
 
-def _time_fwd_bwd(fn, h: Tensor, modality: Tensor, device: str) -> float:
+def _time_fwd_bwd(fn, h: Tensor, modality: Tensor, device: str, params: list[nn.Parameter], grads: str) -> float:
     h = h.detach().requires_grad_()
+    if grads == "none":  # as a training step after `optimizer.zero_grad(set_to_none=True)` (Lightning's default)
+        for p in params:
+            p.grad = None
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -93,7 +97,7 @@ def _time_fwd_bwd(fn, h: Tensor, modality: Tensor, device: str) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def bench_shape(name: str, rounds: int, device: str, dtype: torch.dtype) -> dict:
+def bench_shape(name: str, rounds: int, device: str, dtype: torch.dtype, grads: str = "none") -> dict:
     """Median fwd+bwd ms of ours, loop (a) and floor (b) at one shape."""
     s = SHAPES[name]
     cfg = MoEConfig(num_routed_experts=s["experts"], num_shared_experts=s["shared"], top_k=s["top_k"],
@@ -114,19 +118,20 @@ def bench_shape(name: str, rounds: int, device: str, dtype: torch.dtype) -> dict
         "loop": loop,
         "floor": floor,
     }
-    for fn in runs.values():  # warm-up
-        _time_fwd_bwd(fn, h, modality, device)
+    params = {"ours": list(ours.parameters()), "loop": list(loop.parameters()), "floor": list(floor.parameters())}
+    for key, fn in runs.items():  # warm-up
+        _time_fwd_bwd(fn, h, modality, device, params[key], grads)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
         for key, fn in runs.items():
-            times[key].append(_time_fwd_bwd(fn, h, modality, device))
+            times[key].append(_time_fwd_bwd(fn, h, modality, device, params[key], grads))
     ms = {k: statistics.median(v) for k, v in times.items()}
     return {
         "tokens": T, "d": s["d"], "experts": s["experts"], "top_k": s["top_k"], "shared": s["shared"],
         "ours_ms": round(ms["ours"], 2), "loop_ms": round(ms["loop"], 2), "floor_ms": round(ms["floor"], 2),
         "ratio_vs_loop": round(ms["loop"] / ms["ours"], 3),
         "ratio_vs_floor": round(ms["ours"] / ms["floor"], 3),
-        "rounds": rounds,
+        "rounds": rounds, "grads": grads,
     }
 
 
@@ -136,14 +141,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--grads", default="none", choices=["none", "accumulate"],
+                        help="none: parameter gradients are set to None before each timed step, as in training with "
+                        "zero_grad(set_to_none=True); accumulate: they add up over the rounds (before 2026-12-03)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    host_malloc_reuse = reuse_freed_host_memory()  # as `python -m lightning_most` (LIGHTNING_MOST_HOST_MALLOC=system: off)
     result = {
+        "host_malloc_reuse": host_malloc_reuse,
         "torch": torch.__version__, "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "machine": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
     }
     for name in args.shapes:
-        result[name] = bench_shape(name, args.rounds, args.device, dtype)
+        result[name] = bench_shape(name, args.rounds, args.device, dtype, args.grads)
         print(name, result[name], flush=True)
     print(json.dumps(result))
 

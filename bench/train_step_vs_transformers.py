@@ -40,6 +40,7 @@ from lightning_most.backbone import MoSTBackbone, next_token_loss
 from lightning_most.batch import IGNORE_INDEX
 from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.convert import config_from_hf, hf_state_dict
+from lightning_most.host_memory import reuse_freed_host_memory
 
 SHAPES = {
     # The `tiny` preset's decoder (d 128, 4 layers, 16 experts x 64, top-2, 1 shared) on 8 x 256 tokens.
@@ -199,12 +200,14 @@ def main() -> None:
     parser.add_argument("--memory-child", choices=["ours", "hf_grouped_mm"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    host_malloc_reuse = reuse_freed_host_memory()  # as `python -m lightning_most`, for both implementations
     if args.memory_child:
         memory_child(args.shapes[0], args.memory_child)
         return
     result = {
         "torch": torch.__version__, "threads": args.threads, "dtype": "float32", "device": "cpu",
         "machine": platform.processor() or platform.machine(), "load_average_1min": os.getloadavg()[0],
+        "host_malloc_reuse": host_malloc_reuse,
     }
     for shape in args.shapes:
         result[shape] = bench_shape(shape, args.rounds, args.compile)
