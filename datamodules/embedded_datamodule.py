@@ -10,10 +10,10 @@ encoder states (`whisper_features/` under the corpus, written by `prepare_data` 
 `encoder_features.prepare_encoder_features`, about 45 s for the default corpus on 2 cores), so
 training reads the states instead of running the encoder for every batch.
 
-With `whisper_units` (a `WhisperUnitsConfig`) the TTS targets are k-means units of those states instead of
-the corpus's log-mel units, and their unit-to-mel vocoder speaks them (`datamodules.whisper_units`,
-written by `prepare_data` under `corpus_dir/whisper_units/` when missing; the checkpoint's `audio_io`
-names the vocoder).
+With `whisper_units` (a `WhisperUnitsConfig`) the TTS targets are units of those states (k-means, or learnt with
+the vocoder: `quantizer: vq`) instead of the corpus's log-mel units, and their unit-to-mel vocoder speaks them
+(`datamodules.whisper_units`, written by `prepare_data` under `corpus_dir/whisper_units/`, or `whisper_vq_units/`,
+when missing; the checkpoint's `audio_io` names the vocoder).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from datamodules.datamodule import LoaderConfig, MostDataModule
 from datamodules.embedded import SPLITS, EmbeddedCorpusConfig, corpus_paths, prepare_embedded_corpus
 from datamodules.encoder_features import prepare_encoder_features
 from datamodules.mixing import SourceConfig
-from datamodules.whisper_units import WHISPER_UNITS_DIR, WhisperUnitsConfig, prepare_whisper_units, whisper_units_paths
+from datamodules.whisper_units import WhisperUnitsConfig, default_units_dir, prepare_whisper_units, whisper_units_paths
 from lightning_most.audio.features import FeatureConfig
 
 WHISPER_FEATURES_DIR = "whisper_features"
@@ -64,7 +64,7 @@ class EmbeddedDataModule(MostDataModule):
                     "EmbeddedDataModule: whisper_units clusters the stored Whisper states, so set features.kind: whisper "
                     f"(got {features.kind if features else 'fbank'!r}), or drop whisper_units"
                 )
-            units = whisper_units_paths(Path(corpus_dir) / WHISPER_UNITS_DIR)
+            units = whisper_units_paths(default_units_dir(corpus_dir, whisper_units))
             self.speech_cuts, unit_quantizer = dict(units.cuts), units.unit_quantizer
         super().__init__(
             train_sources=[
@@ -89,7 +89,7 @@ class EmbeddedDataModule(MostDataModule):
         """`MostDataModule.audio_io`, plus the unit-to-mel `vocoder` folder of Whisper-state units."""
         audio_io = super().audio_io()
         if self.whisper_units is not None:
-            audio_io["vocoder"] = str(whisper_units_paths(Path(self.corpus_dir) / WHISPER_UNITS_DIR).vocoder.resolve())
+            audio_io["vocoder"] = str(whisper_units_paths(default_units_dir(self.corpus_dir, self.whisper_units)).vocoder.resolve())
         return audio_io
 
     def _whisper_cuts(self, split: str) -> Path:

@@ -55,11 +55,11 @@ from lightning_most.audio import (
     InputFeatures,
     SpeechBrainUnitHifiganVocoder,
     UnitHifiganVocoder,
-    UnitQuantizer,
     Vocoder,
     WaveformEncoder,
     WhisperEncoder,
     WhisperEncoderConfig,
+    load_unit_quantizer,
     load_vocoder_folder,
     stack_frames,
 )
@@ -364,7 +364,7 @@ class MostInference:
                 f"unit quantizer {audio_io.unit_quantizer} (named by the checkpoint's audio_io) does not exist: "
                 "rebuild the corpus it came from, or pass unit_quantizer=PATH (CLI: --unit_quantizer PATH)"
             )
-        self.quantizer = UnitQuantizer.load(audio_io.unit_quantizer, num_units=audio_io.num_units)
+        self.quantizer = load_unit_quantizer(audio_io.unit_quantizer, num_units=audio_io.num_units)
         self._given_vocoder = vocoder
 
     @cached_property

@@ -20,6 +20,7 @@ from lightning_most.audio.encoders import (
     WhisperEncoderConfig,
 )
 from lightning_most.audio.features import FEATURE_KINDS, FeatureConfig, InputFeatures, stack_frames
+from lightning_most.audio.learned_units import VQUnitQuantizer, VQUnitsConfig, load_unit_quantizer, train_vq_units
 from lightning_most.audio.quantizer import UnitQuantizer, dedup_units, train_kmeans
 from lightning_most.audio.speechbrain_vocoder import (
     HPARAMS_FILE,
@@ -147,6 +148,8 @@ __all__ = [
     "UnitToMelConfig",
     "UnitToMelVocoder",
     "UnitToMelVocoderConfig",
+    "VQUnitQuantizer",
+    "VQUnitsConfig",
     "Vocoder",
     "WaveformEncoder",
     "WhisperEncoder",
@@ -161,8 +164,10 @@ __all__ = [
     "load_cut_waveform",
     "load_spiritlm_linear_quantizer",
     "load_textless_quantizer",
+    "load_unit_quantizer",
     "load_vocoder_folder",
     "save_unit_hifigan",
     "stack_frames",
     "train_kmeans",
+    "train_vq_units",
 ]

@@ -102,7 +102,11 @@ class UnitToMel(nn.Module):
 
     def forward(self, units: Tensor, speakers: Tensor) -> Tensor:
         """Log-mel of every unit: units (B, T) long, speakers (B,) long -> (B, T, frame_dim)."""
-        h = self.unit_embedding(units) + self.speaker_embedding(speakers)[:, None]  # (B, T, d)
+        return self.decode(self.unit_embedding(units), speakers)
+
+    def decode(self, unit_embeddings: Tensor, speakers: Tensor) -> Tensor:
+        """Log-mel from unit embeddings (B, T, d) (a learnt quantizer trains through this) -> (B, T, frame_dim)."""
+        h = unit_embeddings + self.speaker_embedding(speakers)[:, None]  # (B, T, d)
         for conv, norm in zip(self.convs, self.norms):
             h = h + self.dropout(nn.functional.gelu(norm(conv(h.transpose(1, 2)).transpose(1, 2))))  # (B, T, d)
         return self.out(h)  # (B, T, frame_dim)

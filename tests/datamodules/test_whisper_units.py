@@ -12,7 +12,7 @@ from lhotse import CutSet
 from datamodules import EmbeddedDataModule
 from datamodules.datamodule import LoaderConfig
 from datamodules.whisper_units import WhisperUnitsConfig, main, prepare_whisper_units, whisper_units_paths
-from lightning_most.audio import UnitQuantizer, audio_io_vocoder
+from lightning_most.audio import UnitQuantizer, VQUnitQuantizer, audio_io_vocoder, load_unit_quantizer
 from lightning_most.audio.features import FeatureConfig
 from lightning_most.audio.train_unit_to_mel import UnitToMelTrainingConfig
 from lightning_most.audio.unit_to_mel import UnitToMelVocoder, load_unit_to_mel
@@ -73,6 +73,26 @@ def test_a_second_run_reuses_the_units_and_a_changed_config_rebuilds(whisper_uni
     assert json.loads(paths.unit_quantizer.with_suffix(".json").read_text())["num_units"] == 6
     assert not UnitQuantizer.load(paths.unit_quantizer).standardized  # --standardize false reached k-means
     assert load_unit_to_mel(paths.vocoder).config.dilations == (1, 2)  # --dilation_cycle reached the vocoder
+
+
+def test_learnt_vq_units_by_command(tiny_corpus, tmp_path):
+    paths = main(["--corpus_dir", str(tiny_corpus.root), "--out_dir", str(tmp_path / "vq"), "--quantizer", "vq",
+                  "--num_units", "12", "--vq.code_dim", "8", "--vq.hidden", "16", "--width", "16", "--num_layers", "2",
+                  "--vocoder.steps", "30", "--vocoder.batch_size", "4", "--vocoder.crop_units", "32"])  # fmt: skip
+    description = json.loads(paths.unit_quantizer.with_suffix(".json").read_text())
+    assert description["quantizer"] == "vq" and description["num_units"] == 12
+    quantizer = load_unit_quantizer(paths.unit_quantizer, num_units=12)
+    assert isinstance(quantizer, VQUnitQuantizer) and quantizer.config.code_dim == 8
+    summary = json.loads(paths.summary.read_text())
+    assert summary["vocoder_l1_first_last"][1] < summary["vocoder_l1_first_last"][0]
+    for path in paths.cuts.values():
+        for cut in CutSet.from_file(path):
+            units = torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64))
+            assert torch.equal(units, quantizer.quantize(torch.from_numpy(cut.load_features().astype(np.float32))))
+    vocoder = audio_io_vocoder({"vocoder": str(paths.vocoder), "unit_quantizer": str(paths.unit_quantizer)})
+    assert isinstance(vocoder, UnitToMelVocoder) and vocoder.num_units == 12
+    audio = vocoder(units)
+    assert audio.shape == (units.numel() * 320,) and torch.isfinite(audio).all()
 
 
 def test_the_data_module_trains_on_the_whisper_units(whisper_units, tiny_corpus):
