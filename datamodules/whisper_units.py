@@ -6,8 +6,9 @@ units cluster the frozen Whisper tiny.en encoder states the model already reads 
 (`whisper_features/`, `encoder_features.py`): phonetic and largely speaker independent, as MoST clusters
 HuBERT. Their vocoder is a small `UnitToMel` network (units + speaker -> log-mel, trained on the train
 split) followed by Griffin-Lim. With `quantizer: vq` the units are learnt instead, jointly with that vocoder
-(`lightning_most.audio.learned_units`): a listener understands them better (resynthesis judge WER 17.7% at K = 2000
-against 23-28% for k-means; bench/RESULTS.md), but they change almost every frame, where k-means units repeat.
+(`lightning_most.audio.learned_units`): a listener understands them better (resynthesis judge WER 17.7-19.1% at
+K = 2000 and 4000 against 23-28% for k-means; bench/RESULTS.md), but they change almost every frame, where k-means
+units repeat.
 
 `prepare_whisper_units(corpus_dir, config)` writes, under `corpus_dir/whisper_units/` by default
 (`whisper_vq_units/` for `quantizer: vq`):
@@ -20,7 +21,7 @@ against 23-28% for k-means; bench/RESULTS.md), but they change almost every fram
     whisper_units.json                    config, counts, seconds, the vocoder's final L1; a matching config is reused
 
     python -m lightning_most prepare_units --corpus_dir data/embedded
-    python -m lightning_most prepare_units --corpus_dir data/embedded --quantizer vq --num_units 2000 --vocoder.steps 4000
+    python -m lightning_most prepare_units --corpus_dir data/embedded --quantizer vq --num_units 4000 --vocoder.steps 4000
 """
 
 from __future__ import annotations

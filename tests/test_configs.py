@@ -100,7 +100,7 @@ def test_the_learnt_units_config_asks_for_the_measured_vq_recipe(capsys) -> None
     base = _print_config(capsys, "conf/quickstart.yaml")
     vq = _print_config(capsys, "conf/quickstart.yaml", "conf/data/whisper_vq_units.yaml")
     units = vq["data"]["init_args"]["whisper_units"]
-    assert (units["quantizer"], units["num_units"], units["vocoder"]["steps"]) == ("vq", 2000, 4000)  # bench/RESULTS.md
+    assert (units["quantizer"], units["num_units"], units["vocoder"]["steps"]) == ("vq", 4000, 4000)  # bench/RESULTS.md
     assert vq["trainer"]["default_root_dir"] == "runs/quickstart_whisper_vq_units"
     assert vq["trainer"]["logger"]["init_args"]["save_dir"] == "runs/quickstart_whisper_vq_units"
     assert vq["model"] == base["model"] and vq["data"]["init_args"]["features"] == base["data"]["init_args"]["features"]
