@@ -24,7 +24,6 @@ import json
 import logging
 import random
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,11 +34,10 @@ from lhotse.cut import Cut
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_most.audio.encoders import FbankEncoder, FbankEncoderConfig
+from lightning_most.audio.encoders import FbankEncoderConfig
 from lightning_most.audio.quantizer import UnitQuantizer
-from lightning_most.audio.train_unit_to_mel import UnitToMelTrainingConfig, masked_l1
+from lightning_most.audio.train_unit_to_mel import UnitToMelTrainingConfig, crop_batch, masked_l1, read_examples
 from lightning_most.audio.unit_to_mel import UnitToMel, UnitToMelConfig
-from lightning_most.audio.waveforms import load_cut_waveform
 
 log = logging.getLogger(__name__)
 VQ_METADATA_KEY = "vq_units_config"
@@ -203,46 +201,14 @@ class VQExample:
 
 def vq_examples(cuts: Iterable[Cut], fbank: FbankEncoderConfig) -> tuple[list[VQExample], list[str]]:
     """The (stored states, log-mel, speaker) of every cut; returns the examples and the ids of the cuts skipped (warned)."""
-    encoder = FbankEncoder(fbank)
-    examples, skipped = [], []
-    for cut in cuts:
-        try:
-            if not cut.has_features:
-                raise ValueError("no stored encoder states")
-            states = torch.from_numpy(np.asarray(cut.load_features(), dtype=np.float32))  # (T, F)
-            log_mel = encoder(load_cut_waveform(cut))  # (T', n_mels * stack)
-        except Exception as e:  # noqa: BLE001 -- lhotse surfaces missing/corrupt audio or features as many types
-            warnings.warn(f"VQ units: skipping cut {cut.id} ({type(e).__name__}: {e})", stacklevel=2)
-            skipped.append(cut.id)
-            continue
-        T = min(states.shape[0], log_mel.shape[0])
-        if T == 0:
-            warnings.warn(f"VQ units: skipping cut {cut.id} (no state or no log-mel frame)", stacklevel=2)
-            skipped.append(cut.id)
-            continue
-        speaker = cut.supervisions[0].speaker if cut.supervisions and cut.supervisions[0].speaker else "speaker"
-        examples.append(VQExample(states[:T], log_mel[:T], speaker))
-    if skipped:
-        warnings.warn(f"VQ units: skipped {len(skipped)} of {len(skipped) + len(examples)} cuts", stacklevel=2)
-    return examples, skipped
 
+    def read_states(cut: Cut) -> Tensor:
+        if not cut.has_features:
+            raise ValueError("no stored encoder states")
+        return torch.from_numpy(np.asarray(cut.load_features(), dtype=np.float32))  # (T, F)
 
-def _crop_batch(
-    examples: list[VQExample], speakers: dict[str, int], config: UnitToMelTrainingConfig, rng: random.Random
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """States (B, C, F), speaker ids (B,), log-mel (B, C, M) and mask (B, C) bool of random crops of C frames."""
-    C = config.crop_units
-    states, speaker_ids, log_mels, masks = [], [], [], []
-    for _ in range(config.batch_size):
-        example = examples[rng.randrange(len(examples))]
-        T = example.states.shape[0]
-        start = rng.randrange(max(T - C, 0) + 1)
-        n = min(C, T - start)
-        states.append(F.pad(example.states[start : start + n], (0, 0, 0, C - n)))
-        log_mels.append(F.pad(example.log_mel[start : start + n], (0, 0, 0, C - n)))
-        masks.append(torch.arange(C) < n)
-        speaker_ids.append(speakers[example.speaker])
-    return torch.stack(states), torch.tensor(speaker_ids), torch.stack(log_mels), torch.stack(masks)
+    examples, skipped = read_examples(cuts, fbank, read_states, "VQ units")
+    return [VQExample(*example) for example in examples], skipped
 
 
 def train_vq_units(
@@ -279,7 +245,7 @@ def train_vq_units(
     )
     losses, start = [], time.perf_counter()
     for step in range(training.steps):
-        states, speaker_ids, target, mask = _crop_batch(examples, speakers, training, rng)
+        states, speaker_ids, target, mask = crop_batch(examples, "states", speakers, training, rng)
         codes = quantizer.encode(states)  # (B, C, D)
         units = quantizer.assign(codes.detach())  # (B, C)
         codewords = quantizer.codebook[units]  # (B, C, D)

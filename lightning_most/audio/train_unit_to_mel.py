@@ -14,11 +14,13 @@ import logging
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.cut import Cut
 from torch import Tensor
 
 from lightning_most.audio.encoders import FbankEncoder, FbankEncoderConfig
@@ -62,46 +64,66 @@ class UnitToMelTrainingConfig:
                 raise ValueError(f"UnitToMelTrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def unit_to_mel_examples(cuts: CutSet, fbank: FbankEncoderConfig) -> tuple[list[UnitToMelExample], list[str]]:
-    """The (units, log-mel, speaker) of every cut; returns the examples and the ids of the cuts skipped (warned)."""
+def read_examples(
+    cuts: Iterable[Cut], fbank: FbankEncoderConfig, read_inputs: Callable[[Cut], Tensor], what: str
+) -> tuple[list[tuple[Tensor, Tensor, str]], list[str]]:
+    """(inputs (T, ...), log-mel (T, n_mels * stack), speaker) of every cut, both trimmed to the shorter; returns
+    them and the ids of the cuts skipped (warned, with `what` naming the caller)."""
     encoder = FbankEncoder(fbank)
     examples, skipped = [], []
     for cut in cuts:
         try:
-            units = torch.from_numpy(np.asarray(cut.load_custom(UNITS_FIELD), dtype=np.int64))  # (T,)
+            inputs = read_inputs(cut)  # (T, ...)
             log_mel = encoder(load_cut_waveform(cut))  # (T', n_mels * stack)
-        except Exception as e:  # noqa: BLE001 -- lhotse surfaces missing/corrupt audio or units as many types
-            warnings.warn(f"unit-to-mel: skipping cut {cut.id} ({type(e).__name__}: {e})", stacklevel=2)
+        except Exception as e:  # noqa: BLE001 -- lhotse surfaces missing/corrupt audio, units or features as many types
+            warnings.warn(f"{what}: skipping cut {cut.id} ({type(e).__name__}: {e})", stacklevel=3)
             skipped.append(cut.id)
             continue
-        T = min(units.numel(), log_mel.shape[0])
+        T = min(inputs.shape[0], log_mel.shape[0])
         if T == 0:
-            warnings.warn(f"unit-to-mel: skipping cut {cut.id} (no units or no log-mel frame)", stacklevel=2)
+            warnings.warn(f"{what}: skipping cut {cut.id} (no input frame or no log-mel frame)", stacklevel=3)
             skipped.append(cut.id)
             continue
         speaker = cut.supervisions[0].speaker if cut.supervisions and cut.supervisions[0].speaker else "speaker"
-        examples.append(UnitToMelExample(units[:T], log_mel[:T], speaker))
+        examples.append((inputs[:T], log_mel[:T], speaker))
     if skipped:
-        warnings.warn(f"unit-to-mel: skipped {len(skipped)} of {len(skipped) + len(examples)} cuts", stacklevel=2)
+        warnings.warn(f"{what}: skipped {len(skipped)} of {len(skipped) + len(examples)} cuts", stacklevel=3)
     return examples, skipped
 
 
-def _crop_batch(
-    examples: list[UnitToMelExample], speakers: dict[str, int], config: UnitToMelTrainingConfig, rng: random.Random
+def unit_to_mel_examples(cuts: CutSet, fbank: FbankEncoderConfig) -> tuple[list[UnitToMelExample], list[str]]:
+    """The (units, log-mel, speaker) of every cut; returns the examples and the ids of the cuts skipped (warned)."""
+
+    def read_units(cut: Cut) -> Tensor:
+        return torch.from_numpy(np.asarray(cut.load_custom(UNITS_FIELD), dtype=np.int64))  # (T,)
+
+    examples, skipped = read_examples(cuts, fbank, read_units, "unit-to-mel")
+    return [UnitToMelExample(*example) for example in examples], skipped
+
+
+def _pad_frames(frames: Tensor, length: int) -> Tensor:
+    """Zero-pad the first (time) dimension of frames (T, ...) to `length`."""
+    return torch.nn.functional.pad(frames, (0, 0) * (frames.dim() - 1) + (0, length - frames.shape[0]))
+
+
+def crop_batch(
+    examples: Sequence, inputs: str, speakers: dict[str, int], config: UnitToMelTrainingConfig, rng: random.Random
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Units (B, C) long, speakers (B,) long, log-mel (B, C, F) and mask (B, C) bool of random crops."""
+    """Random crops of `config.crop_units` frames: the examples' `inputs` field (B, C, ...), speaker ids (B,), log-mel
+    (B, C, F) and mask (B, C) bool (a short example is zero-padded and its padding masked)."""
     C = config.crop_units
-    units, speaker_ids, log_mels, masks = [], [], [], []
+    crops, speaker_ids, log_mels, masks = [], [], [], []
     for _ in range(config.batch_size):
         example = examples[rng.randrange(len(examples))]
-        T = example.units.numel()
+        frames = getattr(example, inputs)
+        T = frames.shape[0]
         start = rng.randrange(max(T - C, 0) + 1)
         n = min(C, T - start)
-        units.append(torch.nn.functional.pad(example.units[start : start + n], (0, C - n)))
-        log_mels.append(torch.nn.functional.pad(example.log_mel[start : start + n], (0, 0, 0, C - n)))
+        crops.append(_pad_frames(frames[start : start + n], C))
+        log_mels.append(_pad_frames(example.log_mel[start : start + n], C))
         masks.append(torch.arange(C) < n)
         speaker_ids.append(speakers[example.speaker])
-    return torch.stack(units), torch.tensor(speaker_ids), torch.stack(log_mels), torch.stack(masks)
+    return torch.stack(crops), torch.tensor(speaker_ids), torch.stack(log_mels), torch.stack(masks)
 
 
 def masked_l1(predicted: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -133,7 +155,7 @@ def train_unit_to_mel(
     )
     losses, start = [], time.perf_counter()
     for step in range(config.steps):
-        units, speaker_ids, target, mask = _crop_batch(examples, speakers, config, rng)
+        units, speaker_ids, target, mask = crop_batch(examples, "units", speakers, config, rng)
         loss = masked_l1(model(units, speaker_ids), target, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
