@@ -56,6 +56,7 @@ from lightning_most.audio import (
     SpeechBrainUnitHifiganVocoder,
     UnitHifiganVocoder,
     Vocoder,
+    VQUnitQuantizer,
     WaveformEncoder,
     WhisperEncoder,
     WhisperEncoderConfig,
@@ -511,7 +512,9 @@ class MostInference:
         """Discrete units (T,) of each waveform, as the training targets were made (encoder + k-means)."""
         if not waveforms:
             return []
-        if not isinstance(self.unit_encoder, FbankEncoder):  # Whisper, HuBERT: one utterance at a time, (S,) -> (T, F) -> (T,)
+        # Whisper, HuBERT, or a learnt quantizer (its convolution reads neighbouring frames): one utterance at a time,
+        # (S,) -> (T, F) -> (T,); log-mel frames with k-means (frame by frame): one padded batch
+        if not isinstance(self.unit_encoder, FbankEncoder) or isinstance(self.quantizer, VQUnitQuantizer):
             return [self.quantizer.quantize(self.unit_encoder(w.float().cpu())).cpu() for w in waveforms]
         lengths = torch.tensor([w.numel() for w in waveforms])
         padded = torch.nn.utils.rnn.pad_sequence([w.float().cpu() for w in waveforms], batch_first=True)  # (B, S)

@@ -17,7 +17,7 @@ from lhotse import CutSet
 
 from datamodules.dataset import MostDataset
 from datamodules.embedded import corpus_paths
-from lightning_most.audio import load_cut_waveform
+from lightning_most.audio import VQUnitQuantizer, VQUnitsConfig, load_cut_waveform
 from lightning_most.audio.waveforms import read_wav
 from lightning_most.evaluation.protocols import (
     AudioLikelihoodScorer,
@@ -85,6 +85,19 @@ def test_units_are_the_training_targets(inference: MostInference, test_cuts: Cut
     units = inference.units([load_cut_waveform(cut) for cut in cuts])
     for cut, u in zip(cuts, units):
         assert torch.equal(u, torch.from_numpy(np.asarray(cut.load_units(), dtype=np.int64)))
+
+
+def test_a_learnt_quantizer_is_read_and_quantizes_each_utterance_alone(
+    trained_run: TrainedRun, test_cuts: CutSet, tmp_path: Path
+) -> None:
+    path = tmp_path / "vq.safetensors"
+    torch.manual_seed(0)
+    VQUnitQuantizer(VQUnitsConfig(code_dim=8, hidden=16), trained_run.num_units, torch.zeros(160), torch.ones(160)).save(path)
+    inference = MostInference.from_checkpoint(trained_run.checkpoint, unit_quantizer=path)
+    assert isinstance(inference.quantizer, VQUnitQuantizer)
+    waves = [load_cut_waveform(cut) for cut in list(test_cuts)[:3]]
+    for wave, units in zip(waves, inference.units(waves)):  # no frame of another utterance in a unit's context
+        assert torch.equal(units, inference.quantizer.quantize(inference.unit_encoder(wave)))
 
 
 def test_resynthesis_is_the_cuts_own_units_through_the_vocoder(inference: MostInference, test_cuts: CutSet) -> None:

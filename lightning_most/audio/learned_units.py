@@ -36,7 +36,14 @@ from torch.nn import functional as F
 
 from lightning_most.audio.encoders import FbankEncoderConfig
 from lightning_most.audio.quantizer import UnitQuantizer
-from lightning_most.audio.train_unit_to_mel import UnitToMelTrainingConfig, crop_batch, masked_l1, read_examples
+from lightning_most.audio.train_unit_to_mel import (
+    UnitToMelTrainingConfig,
+    crop_batch,
+    masked_l1,
+    one_cycle_adamw,
+    read_examples,
+    speaker_index,
+)
 from lightning_most.audio.unit_to_mel import UnitToMel, UnitToMelConfig
 
 log = logging.getLogger(__name__)
@@ -223,10 +230,7 @@ def train_vq_units(
     """
     if not examples:
         raise ValueError("train_vq_units got no examples (every cut was skipped?)")
-    speakers = {name: i for i, name in enumerate(decoder_config.speakers)}
-    unknown = sorted({e.speaker for e in examples} - speakers.keys())
-    if unknown:
-        raise ValueError(f"examples speak as {unknown}, which UnitToMelConfig.speakers does not list")
+    speakers = speaker_index(examples, decoder_config)
     num_states = sum(e.states.shape[0] for e in examples)
     state_mean = sum(e.states.double().sum(0) for e in examples) / num_states  # (F,)
     state_var = sum(((e.states.double() - state_mean) ** 2).sum(0) for e in examples) / max(num_states - 1, 1)
@@ -239,10 +243,7 @@ def train_vq_units(
     decoder = UnitToMel(decoder_config).train()
     code_to_embedding = nn.Linear(config.code_dim, decoder_config.width)  # becomes decoder.unit_embedding
     parameters = [*quantizer.parameters(), *decoder.parameters(), *code_to_embedding.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=training.learning_rate, weight_decay=training.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=training.learning_rate, total_steps=training.steps, pct_start=0.05
-    )
+    optimizer, schedule = one_cycle_adamw(parameters, training)
     losses, start = [], time.perf_counter()
     for step in range(training.steps):
         states, speaker_ids, target, mask = crop_batch(examples, "states", speakers, training, rng)

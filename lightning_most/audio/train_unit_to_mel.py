@@ -131,16 +131,33 @@ def masked_l1(predicted: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (predicted - target).abs()[mask].mean()
 
 
+def speaker_index(examples: Sequence, model_config: UnitToMelConfig) -> dict[str, int]:
+    """Speaker name -> embedding row of `model_config`; every example's speaker must be among them."""
+    speakers = {name: i for i, name in enumerate(model_config.speakers)}
+    unknown = sorted({e.speaker for e in examples} - speakers.keys())
+    if unknown:
+        raise ValueError(f"examples speak as {unknown}, which UnitToMelConfig.speakers does not list")
+    return speakers
+
+
+def one_cycle_adamw(
+    parameters: Iterable[torch.nn.Parameter], config: UnitToMelTrainingConfig
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW with the one-cycle schedule of `config` (peak `learning_rate`, 5% warm-up, `steps` long)."""
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.05
+    )
+    return optimizer, schedule
+
+
 def train_unit_to_mel(
     examples: list[UnitToMelExample], model_config: UnitToMelConfig, config: UnitToMelTrainingConfig
 ) -> tuple[UnitToMel, list[float]]:
     """Train a `UnitToMel` (its speakers must cover the examples'); return it in eval mode and the loss per step."""
     if not examples:
         raise ValueError("train_unit_to_mel got no examples (every cut was skipped?)")
-    speakers = {name: i for i, name in enumerate(model_config.speakers)}
-    unknown = sorted({e.speaker for e in examples} - speakers.keys())
-    if unknown:
-        raise ValueError(f"examples speak as {unknown}, which UnitToMelConfig.speakers does not list")
+    speakers = speaker_index(examples, model_config)
     for e in examples:
         if e.log_mel.shape[1] != model_config.frame_dim:
             raise ValueError(f"log-mel frames of width {e.log_mel.shape[1]}, but the model predicts {model_config.frame_dim}")
@@ -149,10 +166,7 @@ def train_unit_to_mel(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model = UnitToMel(model_config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.05
-    )
+    optimizer, schedule = one_cycle_adamw(model.parameters(), config)
     losses, start = [], time.perf_counter()
     for step in range(config.steps):
         units, speaker_ids, target, mask = crop_batch(examples, "units", speakers, config, rng)
