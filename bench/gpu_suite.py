@@ -39,6 +39,7 @@ import json
 import socket
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -226,19 +227,24 @@ def build(preset: str, overrides: dict, device: torch.device) -> MoSTBackbone:
     return MoSTBackbone(build_config(preset, overrides)).to(device).train()
 
 
+def compiled_train_row(name: str, model: MoSTBackbone, batch: dict[str, Tensor], clock: Clock, args, run: dict) -> dict:
+    """`train_row` after `compile_backbone` (inductor per block; dynamo's `eager` backend with --smoke)."""
+    compile_backbone(model, CompileConfig(enabled=True, backend="eager" if args.smoke else "inductor", dynamic=None))
+    return train_row(name, model, batch, clock, args, run)
+
+
 def train_rows(run: dict, clock: Clock, args) -> list[dict]:
-    """Eager and compiled steps at each training shape."""
-    rows = []
-    backend = "eager" if args.smoke else "inductor"
+    """Eager and compiled steps at each training shape; each row runs guarded, so a failed compile leaves the
+    eager figure and the next shape."""
+    rows: list[dict] = []
     for label, (preset, overrides, (B, T)) in run["train"].items():
         model = build(preset, overrides, clock.device)
         batch = asr_batch(model.config, B, T, clock.device)
-        rows.append(train_row(f"train_step/{label}/eager", model, batch, clock, args, run))
         compiled = copy.deepcopy(model)
-        del model
-        compile_backbone(compiled, CompileConfig(enabled=True, backend=backend, dynamic=None))
-        rows.append(train_row(f"train_step/{label}/compiled", compiled, batch, clock, args, run))
-        del compiled
+        for name, module, row_fn in ((f"train_step/{label}/eager", model, train_row),
+                                     (f"train_step/{label}/compiled", compiled, compiled_train_row)):
+            run_section(name, rows, row_fn, name, module, batch, clock, args, run)
+        del model, compiled
         if clock.device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -268,7 +274,8 @@ def fsdp2_row(run: dict, clock: Clock, args) -> dict:
 
 
 # ---- report ----------------------------------------------------------------------------------------
-COLUMNS = ("row", "shape", "ms", "vs_floor", "tokens_per_s", "tflops_per_s", "mfu", "peak_mem_gib", "first_step_s")
+COLUMNS = ("row", "shape", "ms", "vs_floor", "tokens_per_s", "tflops_per_s", "mfu", "peak_mem_gib", "first_step_s",
+           "error")
 
 
 def markdown(result: dict) -> str:
@@ -281,35 +288,62 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_section(name: str, rows: list[dict], row_fn, *row_args) -> None:
+    """Append a section's rows; a section that raises becomes one `error` row, and the next section still runs
+    (a lent GPU's minutes are too few to lose every figure to one failure)."""
+    start = time.perf_counter()
+    print(f"[gpu_suite] {name} ...", flush=True)
+    try:
+        produced = row_fn(*row_args)
+        rows += produced if isinstance(produced, list) else [produced]
+    except Exception as error:  # noqa: BLE001 -- reported in the table, never swallowed
+        traceback.print_exc()
+        rows.append({"row": f"{name}/error", "error": f"{type(error).__name__}: {str(error)[:300]}"})
+    print(f"[gpu_suite] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def write_report(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_suite.json").write_text(json.dumps(result, indent=1))
+    (out / "gpu_suite.md").write_text(markdown(result))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/gpu_suite", help="folder for gpu_suite.json and gpu_suite.md")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU in fp32 (seconds)")
     parser.add_argument("--device", default=None, help="default: cuda if available (cpu with --smoke)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by name)")
+    parser.add_argument("--sections", default="mamoe_layer,train_step,fsdp2_1gpu",
+                        help="comma-separated sections to run (default: all three)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
     if device.type == "cpu" and not args.smoke:
         parser.error("no GPU here: give --smoke (tiny CPU shapes) or run on a GPU")
+    sections = {
+        "mamoe_layer": lambda: mamoe_layer_rows(run["mamoe_layer"], clock, dtype, run["warmup"], run["steps"]),
+        "train_step": lambda: train_rows(run, clock, args),
+        "fsdp2_1gpu": lambda: fsdp2_row(run, clock, args),
+    }
+    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    if unknown := sorted(set(chosen) - set(sections)):
+        parser.error(f"--sections: unknown {unknown}; choose from {sorted(sections)}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     run = SMOKE if args.smoke else FULL
     clock = Clock(device)
     dtype = torch.float32 if args.smoke else torch.bfloat16
     start = time.perf_counter()
-    rows = mamoe_layer_rows(run["mamoe_layer"], clock, dtype, run["warmup"], run["steps"])
-    rows += train_rows(run, clock, args)
-    rows.append(fsdp2_row(run, clock, args))
     result = {
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."), "smoke": args.smoke,
-        "peak_tflops": peak_tflops(device, args.peak_tflops), "wall_s": round(time.perf_counter() - start, 1),
-        "rows": rows,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": str(dtype).removeprefix("torch."),
+        "smoke": args.smoke, "peak_tflops": peak_tflops(device, args.peak_tflops), "wall_s": None, "rows": [],
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_suite.json").write_text(json.dumps(result, indent=1))
-    (out / "gpu_suite.md").write_text(markdown(result))
+    for name in chosen:
+        run_section(name, result["rows"], sections[name])
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        write_report(out, result)  # after every section: a run cut short still leaves its figures
     print(markdown(result))
     print(json.dumps(result))
     return result

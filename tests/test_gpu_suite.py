@@ -55,3 +55,26 @@ def test_mfu_flop_count_follows_the_stated_formula() -> None:
     heads_and_input = d * 267 + d * 500 + 0.5 * (160 * d + d * d)  # text and audio heads; projector on audio half
     p_active = 2 * attention + dense + moe + heads_and_input
     assert flops_per_token(model, T, audio_fraction=0.5) == 6 * p_active + 3 * 2 * heads * (32 + 16) * T
+
+
+def test_a_failing_row_is_reported_and_the_suite_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """A compile that fails on the lent GPU must not cost the other rows: it becomes an `error` row."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_suite
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("inductor failed here")
+
+    monkeypatch.setattr(gpu_suite, "compiled_train_row", broken_compile)
+    result = gpu_suite.main(["--smoke", "--out", str(tmp_path), "--sections", "train_step,fsdp2_1gpu"])
+    names = [row["row"] for row in result["rows"]]
+    assert names == ["train_step/small/eager", "train_step/small/compiled/error",
+                     "train_step/dsv2lite-2layer/eager", "train_step/dsv2lite-2layer/compiled/error",
+                     "fsdp2_1gpu/small"]
+    assert result["rows"][1]["error"] == "RuntimeError: inductor failed here"
+    written = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert [row["row"] for row in written["rows"]] == names
+    assert "inductor failed here" in (tmp_path / "gpu_suite.md").read_text()
