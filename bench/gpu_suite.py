@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sections", default="mamoe_layer,train_step,fsdp2_1gpu",
                         help="comma-separated sections to run (default: all three)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
+    device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda:0"))
     if device.type == "cpu" and not args.smoke:
         parser.error("no GPU here: give --smoke (tiny CPU shapes) or run on a GPU")
     sections = {

@@ -115,7 +115,7 @@ class MoSTBackbone(nn.Module):
         segments = None
         if feature_mask is not None and audio_features is not None and audio_features.numel():
             frames, segments = self.audio_frames(audio_features.to(x.dtype), feature_mask)
-            x = x.masked_scatter(feature_mask[..., None], frames)
+            x = x.masked_scatter(feature_mask[..., None], frames.to(x.dtype))  # autocast: bf16 frames, fp32 embeddings
         return x, segments
 
     def audio_frames(self, audio_features: Tensor, feature_mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:

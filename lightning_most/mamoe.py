@@ -197,7 +197,8 @@ class ModalityAwareRouter(nn.Module):
 
     def forward(self, h: Tensor, modality_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h (N, d), modality_ids (N,) -> expert indices (N, k), combination weights (N, k), gate scores (N, E)."""
-        logits = F.linear(h.float(), self.weight.float())  # (N, E), fp32 for a stable softmax
+        with torch.autocast(h.device.type, enabled=False):  # autocast would run the GEMM in bf16 regardless
+            logits = F.linear(h.float(), self.weight.float())  # (N, E), fp32 for a stable softmax and top-k
         allowed = self.group_mask[modality_ids]  # (N, E)
         if self.config.gate == "group_renormalized":
             scores = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (N, E), 0 off-group

@@ -57,6 +57,22 @@ def test_forward_shapes_and_routing_stats() -> None:
     torch.testing.assert_close(cached.logits, out.logits)
 
 
+def test_bf16_autocast_forward_and_backward_with_audio_frames() -> None:
+    """Under bf16 autocast (Lightning's bf16-mixed) the projected frames come out bf16 while the embeddings stay
+    fp32: writing one into the other must cast, not fail (it did, first seen on a lent H200)."""
+    torch.manual_seed(0)
+    model = _tiny()
+    batch = _mixed_batch(model.config)
+    reference = _forward(model, batch).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _forward(model, batch)
+        loss = next_token_loss(out.logits, batch["labels"])
+    loss.backward()
+    assert model.embed_tokens.weight.grad is not None
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(out.logits.float()[real], reference[real], atol=0.1, rtol=0.05)
+
+
 def test_right_padding_does_not_change_real_positions() -> None:
     model = _tiny().eval()
     examples = _mixed_examples(model.config)

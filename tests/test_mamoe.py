@@ -290,3 +290,17 @@ def test_top_k_past_the_group_fills_weight_zero_slots_as_the_official_release(no
     _, _, stats = block(h[None], modality[None], torch.ones(1, 10, dtype=torch.bool))
     assert stats.expert_load[0, 4:].sum() == 0 and stats.expert_load[1, :4].sum() == 0  # weight-0 slots not counted
     assert stats.expert_load.sum() == 10 * 4
+
+
+def test_router_scores_stay_fp32_and_unchanged_under_bf16_autocast() -> None:
+    """bf16-mixed training must not route in bf16: the gate GEMM runs with autocast off, so scores, weights and
+    the chosen experts equal the fp32 ones exactly."""
+    block = _block()
+    h = torch.randn(64, block.router.weight.shape[1])
+    modality = torch.randint(0, 2, (64,))
+    indices, weights, scores = block.router(h, modality)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = block.router(h, modality)
+    assert mixed[2].dtype == torch.float32
+    torch.testing.assert_close(mixed[2], scores, rtol=0, atol=0)
+    assert torch.equal(mixed[0], indices) and torch.equal(mixed[1], weights)
