@@ -1,4 +1,4 @@
-"""bench/gpu_suite.py --smoke: the GPU suite runs end to end on the CPU and reports every row."""
+"""bench/gpu_suite.py and bench/gpu_profile.py --smoke: both run end to end on the CPU and report every row."""
 
 from __future__ import annotations
 
@@ -78,3 +78,15 @@ def test_a_failing_row_is_reported_and_the_suite_goes_on(tmp_path: Path, monkeyp
     written = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert [row["row"] for row in written["rows"]] == names
     assert "inductor failed here" in (tmp_path / "gpu_suite.md").read_text()
+
+
+def test_gpu_profile_smoke_reports_busy_share_per_configuration(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_profile.py"), "--smoke", "--steps", "1",
+                           "--out", str(tmp_path)], check=True, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["name"] for r in results] == ["small/eager", "small/compiled"]
+    for r in results:
+        assert r["wall_ms_per_step"] > 0 and 0 < r["busy_share"] <= 1.5, r
+        assert "Self CPU time total" in (tmp_path / f"profile_{r['name'].replace('/', '_')}.txt").read_text()
