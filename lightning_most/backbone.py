@@ -26,6 +26,23 @@ from lightning_most.config import ModelConfig
 from lightning_most.mamoe import ModalityAwareRouter, MoEBlock, RoutedExperts, RoutingStats, SwiGLU
 
 
+class ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient.
+
+    The text head's gradient arrives as a slice of the concatenated (text + audio) logits' gradient, with
+    the concatenation's row stride: at V = 102,400 + 500 that stride is not a multiple of 16 bytes, and
+    cuBLAS then runs the head's two backward GEMMs on Ampere kernels at a third of Hopper's speed (the GPU
+    profile in bench/RESULTS.md). One copy of the gradient costs far less than that."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
 @dataclass
 class BackboneOutput:
     """What one forward pass returns."""
@@ -184,6 +201,8 @@ class MoSTBackbone(nn.Module):
             text_logits = F.linear(h, self.embed_tokens.weight[: self.config.text_vocab_size])
         else:
             text_logits = self.text_head(h)
+        if h.is_cuda and self.config.vocab_size % 8:
+            text_logits = ContiguousGrad.apply(text_logits)
         logits = torch.cat([text_logits, self.audio_head(h)], dim=-1)  # (B, T, V)
         out = BackboneOutput(logits=logits, aux_loss=aux, routing=routing, hidden=h if return_hidden else None)
         if self.ctc_head is not None and segments is not None:

@@ -166,3 +166,19 @@ def test_presets_have_their_published_sizes() -> None:
     assert 80e6 < small.num_parameters() < 130e6
     assert 1e6 < tiny.num_parameters() < 10e6
     assert lite.config.first_k_dense == 1 and lite.config.moe.num_routed_experts == 64
+
+
+def test_contiguous_grad_hands_the_head_a_contiguous_gradient_of_equal_values() -> None:
+    """The concatenated logits' backward gives the text part a strided slice; ContiguousGrad makes it dense."""
+    from lightning_most.backbone import ContiguousGrad
+
+    text = torch.randn(2, 3, 16, requires_grad=True)
+    audio = torch.randn(2, 3, 5, requires_grad=True)
+    seen = []
+    for wrap in (False, True):
+        t = text * 1.0
+        t.register_hook(lambda g: seen.append((g.is_contiguous(), g.clone())))
+        (torch.cat([ContiguousGrad.apply(t) if wrap else t, audio], dim=-1) ** 2).sum().backward()
+    (plain_contiguous, plain), (wrapped_contiguous, wrapped) = seen
+    assert not plain_contiguous and wrapped_contiguous
+    assert torch.equal(plain, wrapped)
