@@ -58,8 +58,9 @@ def test_forward_shapes_and_routing_stats() -> None:
 
 
 def test_bf16_autocast_forward_and_backward_with_audio_frames() -> None:
-    """Under bf16 autocast (Lightning's bf16-mixed) the projected frames come out bf16 while the embeddings stay
-    fp32: writing one into the other must cast, not fail (it did, first seen on a lent H200)."""
+    """Under bf16 autocast (Lightning's bf16-mixed) a mixed batch runs forward and backward, and its logits stay
+    near the fp32 ones. (The projected frames come out bf16 into fp32 embeddings: CUDA's `masked_scatter_`
+    refused that, first seen on a lent H200; the CPU's casts, so here the routing statistics are what failed.)"""
     torch.manual_seed(0)
     model = _tiny()
     batch = _mixed_batch(model.config)
