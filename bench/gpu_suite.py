@@ -15,6 +15,10 @@ Rows (one per line of the Markdown table, all in one JSON file):
 3. `fsdp2_1gpu/small`: the same step with the backbone under FSDP2 (`parallel.apply_fsdp2`, bf16
    `MixedPrecisionPolicy`) in a 1-process group (nccl; gloo on CPU): the sharding overhead without
    any communication partner.
+4. `vs_transformers/d1024/*`: issue 16 item 2's comparison on the GPU: a text-only training step (no optimizer)
+   of transformers' DeepseekV2ForCausalLM (grouped_mm experts) and of our backbone converted from it, eager
+   and compiled (bench/train_step_vs_transformers.py's d1024 shape: 16 experts x 704, top-2, on 8x1024
+   tokens), bf16 autocast; `vs_best_hf` is transformers' fastest time over the row's.
 
 MFU = model FLOPs per second / the GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; `--peak-tflops`).
 Model FLOPs per trained token = 6 * P_active + 3 * L * H * (d_qk + d_v) * T, where P_active counts the
@@ -58,11 +62,13 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 FULL = {
     "mamoe_layer": {"d": 2048, "experts": 64, "inter": 1408, "top_k": 6, "shared": 2, "tokens": 8192},
     "train": {"small": ("small", {}, (8, 1024)), "dsv2lite-2layer": ("deepseek-v2-lite", {"num_layers": 2}, (4, 1024))},
+    "vs_transformers": {"d1024": (8, 1024)},
     "warmup": 3, "steps": 10,
 }
 SMOKE = {
     "mamoe_layer": {"d": 64, "experts": 8, "inter": 32, "top_k": 2, "shared": 1, "tokens": 128},
     "train": {"small": ("tiny", {"num_layers": 2}, (2, 32)), "dsv2lite-2layer": ("tiny", {"num_layers": 2}, (2, 32))},
+    "vs_transformers": {"tiny": (2, 32)},
     "warmup": 1, "steps": 1,
 }
 
@@ -273,8 +279,53 @@ def fsdp2_row(run: dict, clock: Clock, args) -> dict:
         dist.destroy_process_group()
 
 
+# ---- 4. against transformers' model ---------------------------------------------------------------
+def vs_transformers_rows(run: dict, clock: Clock, args) -> list[dict]:
+    """Issue 16 item 2 on the GPU: a text-only training step (forward, loss, backward; no optimizer) of
+    transformers' DeepseekV2ForCausalLM (grouped_mm experts) and of our backbone converted from it (same
+    weights), eager and compiled, under bf16 autocast; `vs_best_hf` = fastest transformers ms / this row's ms
+    (bench/train_step_vs_transformers.py's shapes and step, with a GPU-sized batch)."""
+    from train_step_vs_transformers import SHAPES, hf_model, our_model, steps
+
+    rows: list[dict] = []
+    amp = torch.autocast(clock.device.type, dtype=torch.bfloat16) if not args.smoke else contextlib.nullcontext()
+    for shape, (B, T) in run["vs_transformers"].items():
+        hf = hf_model(shape)
+        ours = our_model(shape, weights_from=hf).to(clock.device)
+        hf = hf.to(clock.device)
+        vocab = SHAPES[shape]["hf"]["vocab_size"]
+        batch = torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(0)).to(clock.device)
+        compiled_ours = copy.deepcopy(ours)
+        compile_backbone(compiled_ours, CompileConfig(enabled=True, backend="eager" if args.smoke else "inductor",
+                                                      dynamic=None))
+        compiled_hf = torch.compile(hf, backend="eager" if args.smoke else "inductor")
+        eager, compiled = steps(ours, hf, batch), steps(compiled_ours, compiled_hf, batch)
+        impls = {"ours": eager["ours"], "ours_compiled": compiled["ours"], "hf_grouped_mm": eager["hf_grouped_mm"],
+                 "hf_compiled": compiled["hf_grouped_mm"]}
+
+        def timed(fn):
+            def step() -> None:
+                with amp:
+                    fn()
+            return step
+
+        ms = {}
+        for name, fn in impls.items():
+            clock.reset_peak()
+            ms[name] = (clock.median_ms(timed(fn), run["warmup"], run["steps"]), clock.peak_gib())
+        best_hf = min(v for k, (v, _) in ms.items() if k.startswith("hf"))
+        label = f"{B}x{T} tokens, {sum(p.numel() for p in hf.parameters()) / 1e6:.1f}M params"
+        rows += [{"row": f"vs_transformers/{shape}/{name}", "shape": label, "ms": round(v, 2),
+                  "vs_best_hf": round(best_hf / v, 3), "tokens_per_s": round(B * T / (v / 1e3), 1), "peak_mem_gib": peak}
+                 for name, (v, peak) in ms.items()]
+        del hf, ours, compiled_ours, compiled_hf
+        if clock.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 # ---- report ----------------------------------------------------------------------------------------
-COLUMNS = ("row", "shape", "ms", "vs_floor", "tokens_per_s", "tflops_per_s", "mfu", "peak_mem_gib", "first_step_s",
+COLUMNS = ("row", "shape", "ms", "vs_floor", "vs_best_hf", "tokens_per_s", "tflops_per_s", "mfu", "peak_mem_gib", "first_step_s",
            "error")
 
 
@@ -314,8 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU in fp32 (seconds)")
     parser.add_argument("--device", default=None, help="default: cuda if available (cpu with --smoke)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by name)")
-    parser.add_argument("--sections", default="mamoe_layer,train_step,fsdp2_1gpu",
-                        help="comma-separated sections to run (default: all three)")
+    parser.add_argument("--sections", default="mamoe_layer,train_step,fsdp2_1gpu,vs_transformers",
+                        help="comma-separated sections to run (default: all four)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda:0"))
     if device.type == "cpu" and not args.smoke:
@@ -324,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mamoe_layer": lambda: mamoe_layer_rows(run["mamoe_layer"], clock, dtype, run["warmup"], run["steps"]),
         "train_step": lambda: train_rows(run, clock, args),
         "fsdp2_1gpu": lambda: fsdp2_row(run, clock, args),
+        "vs_transformers": lambda: vs_transformers_rows(run, clock, args),
     }
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     if unknown := sorted(set(chosen) - set(sections)):

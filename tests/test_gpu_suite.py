@@ -14,6 +14,8 @@ ROWS = [
     "train_step/small/eager", "train_step/small/compiled",
     "train_step/dsv2lite-2layer/eager", "train_step/dsv2lite-2layer/compiled",
     "fsdp2_1gpu/small",
+    "vs_transformers/tiny/ours", "vs_transformers/tiny/ours_compiled", "vs_transformers/tiny/hf_grouped_mm",
+    "vs_transformers/tiny/hf_compiled",
 ]
 
 
@@ -27,11 +29,13 @@ def test_gpu_suite_smoke_writes_every_row_to_json_and_markdown(tmp_path: Path) -
     assert result["smoke"] and result["device_name"] == "cpu"
     for name in ROWS:
         assert rows[name]["ms"] > 0, name
-    for name in ROWS[4:]:
+    for name in ROWS[4:9]:
         row = rows[name]
         assert row["tokens_per_s"] > 0 and row["tflops_per_s"] >= 0, row
         assert row["mfu"] is None and row["peak_mem_gib"] is None  # CPU: no peak to divide by, no CUDA memory
     assert rows["mamoe_layer/floor"]["vs_floor"] == 1.0
+    assert max(rows[name]["vs_best_hf"] for name in ROWS[9:]) >= 1.0  # the fastest transformers row is 1
+    assert rows[ROWS[9]]["tokens_per_s"] > 0
     table = (tmp_path / "gpu_suite.md").read_text()
     for name in ROWS:
         assert f"| {name} |" in table, name
