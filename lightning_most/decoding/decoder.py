@@ -28,7 +28,7 @@ from lightning_most.decoding.beam_search import beam_search
 from lightning_most.decoding.ctc_prefix import CTCPrefixScorer, JointCTCRescorer
 from lightning_most.decoding.generation import generate, prompts_from_batch
 from lightning_most.decoding.word_lm import WordLMConfig, WordLMFusion, counted_word_lm
-from lightning_most.positions import decoding_positions
+from lightning_most.positions import decoding_positions, unit_decoding_positions
 from lightning_most.tokenizer import SpecialTokens, TextTokenizer
 
 
@@ -109,6 +109,8 @@ class Decoder:
         tokenizer: turns text token ids into transcripts.
         asr: how transcripts are decoded.
         scaled_positions: transcripts sit at audio_scaled positions (`TranscriptPositionsConfig.kind`).
+        units_per_token: TTS units sit at text_scaled positions (`UnitPositionsConfig.kind`) for this many units per
+            text token; None = consecutive positions.
     """
 
     def __init__(
@@ -118,9 +120,10 @@ class Decoder:
         tokenizer: TextTokenizer,
         asr: ASRDecodingConfig,
         scaled_positions: bool = False,
+        units_per_token: float | None = None,
     ) -> None:
         self.backbone, self.specials, self.tokenizer, self.asr = backbone, specials, tokenizer, asr
-        self.scaled_positions = scaled_positions
+        self.scaled_positions, self.units_per_token = scaled_positions, units_per_token
 
     @property
     def device(self) -> torch.device:
@@ -226,7 +229,11 @@ class Decoder:
         allowed = torch.zeros(self.backbone.config.vocab_size, dtype=torch.bool, device=self.device)
         allowed[V : V + num_units] = True
         allowed[self.specials.audio_end] = True
+        prompt = prompts_from_batch(batch, self.specials.pad)
+        positions = None
+        if self.units_per_token is not None:
+            positions = unit_decoding_positions(prompt, self.units_per_token, self.specials.audio_start)
         with eval_mode(self.backbone):
-            ids = generate(self.backbone, prompts_from_batch(batch, self.specials.pad), max_new_tokens, allowed,
-                           (self.specials.audio_end,), temperature=temperature, top_k=top_k, generator=generator)
+            ids = generate(self.backbone, prompt, max_new_tokens, allowed, (self.specials.audio_end,),
+                           temperature=temperature, top_k=top_k, generator=generator, positions=positions)
         return [row[row >= V] - V for row in ids.cpu()]

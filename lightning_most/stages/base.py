@@ -8,7 +8,8 @@ FSDP2 can shard it as it is built). The rest lives beside it, one job per module
     optimizer.py    AdamW + warmup / cosine (`OptimizerConfig`), the zero AdamW state for sharded resumes
     evaluation.py   dev/test losses, ASR WER, predict, TTS samples (`StageEvaluation`, mixed in here)
     decoding/       transcripts and units (`Decoder`, `ASRDecodingConfig`), used through `self.decoder`
-    positions.py    teacher-forced and decoding transcript positions (`TranscriptPositionsConfig`)
+    positions.py    teacher-forced and decoding positions of transcripts and units (`TranscriptPositionsConfig`,
+                    `UnitPositionsConfig`)
 
 Subclasses (`Stage1Module`, `Stage2Module`) differ in the tasks they train on and how they start.
 """
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lightning_most.backbone import MoSTBackbone
+from lightning_most.batch import IGNORE_INDEX, TASKS
 from lightning_most.compile import CompileConfig, compile_backbone
 from lightning_most.config import (
     AttentionOverrides,
@@ -36,7 +38,13 @@ from lightning_most.decoding import ASRDecodingConfig, Decoder, WordLMConfig
 from lightning_most.decoding.word_lm import counted_word_lm
 from lightning_most.expert_parallel import ExpertParallelConfig, clip_grad_norm_
 from lightning_most.parallel import apply_fsdp2
-from lightning_most.positions import TranscriptPositionsConfig, teacher_forced_positions
+from lightning_most.positions import (
+    DEFAULT_UNITS_PER_TOKEN,
+    TTS_TEXT_START,
+    TranscriptPositionsConfig,
+    UnitPositionsConfig,
+    teacher_forced_positions,
+)
 from lightning_most.routing_logging import log_routing
 from lightning_most.safe_loading import load_checkpoint
 from lightning_most.stages.evaluation import StageEvaluation
@@ -51,7 +59,7 @@ FRESH_AUDIO_MODULES = ("audio_encoder.", "ctc_head.")
 # Checkpoints carry these config classes in their hyperparameters: let torch's weights_only loading
 # (the default of torch.load, used by sharded FSDP2 resumes) rebuild them without unpickling code.
 torch.serialization.add_safe_globals([
-    OptimizerConfig, CTCConfig, TranscriptPositionsConfig, ASRDecodingConfig, WordLMConfig, CompileConfig,
+    OptimizerConfig, CTCConfig, TranscriptPositionsConfig, UnitPositionsConfig, ASRDecodingConfig, WordLMConfig, CompileConfig,
     ModelOverrides, MoEOverrides, AttentionOverrides, AudioEncoderOverrides, ExpertParallelConfig,
 ])
 
@@ -69,10 +77,12 @@ class StageModule(StageEvaluation):
         optimizer: OptimizerConfig | None = None,
         ctc: CTCConfig | None = None,
         transcript_positions: TranscriptPositionsConfig | None = None,
+        unit_positions: UnitPositionsConfig | None = None,
         asr_decoding: ASRDecodingConfig | None = None,
         init_from: str | None = None,
         activation_checkpointing: bool = False,
         tts_max_new_tokens: int = 600,
+        tts_input_dropout: float = 0.0,
         log_routing_every_n_steps: int = 100,
         num_audio_samples: int = 2,
         judge_audio_samples: bool = True,
@@ -92,11 +102,15 @@ class StageModule(StageEvaluation):
             optimizer: AdamW and schedule settings.
             ctc: the CTC loss on the audio encoder's output and its warm-up.
             transcript_positions: RoPE positions of ASR transcripts, in training and decoding.
+            unit_positions: RoPE positions of TTS units, in training and decoding.
             asr_decoding: how ASR transcripts are decoded (dev WER, predict, transcribe, evaluate).
             init_from: backbone weights to start from: a Lightning checkpoint of an earlier stage, or a file
                 written by `python -m lightning_most convert` from a local Hugging Face checkpoint.
             activation_checkpointing: recompute each decoder block in backward (saves memory).
             tts_max_new_tokens: decoding budget of a spoken answer in units (synthesize, TTS samples).
+            tts_input_dropout: in training, the share of TTS rows' input units (never their targets) replaced by
+                <pad>, as Tacotron's always-on prenet dropout: a decoder that cannot lean on the unit before has to
+                read the text. 0 = MoST (none).
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
             num_audio_samples: dev texts spoken (the data's vocoder) and logged to TensorBoard at each validation.
             judge_audio_samples: transcribe those samples with the Whisper tiny.en judge and log their WER as
@@ -111,8 +125,12 @@ class StageModule(StageEvaluation):
         self.optim = as_config(optimizer, OptimizerConfig)
         self.ctc = as_config(ctc, CTCConfig)
         self.transcript_positions = as_config(transcript_positions, TranscriptPositionsConfig)
+        self.unit_positions = as_config(unit_positions, UnitPositionsConfig)
+        self.tts_counts = [0.0, 0.0]  # TTS units and text tokens trained on (text_scaled decoding's rate; checkpointed)
         self.asr_decoding = as_config(asr_decoding, ASRDecodingConfig)
         self.expert_parallel = as_config(expert_parallel, ExpertParallelConfig)
+        if not 0 <= tts_input_dropout < 1:
+            raise ValueError(f"model.init_args.tts_input_dropout must lie in [0, 1), got {tts_input_dropout}")
         if self.expert_parallel.size > 1 and as_config(compile, CompileConfig).enabled:
             raise ValueError(
                 "model.init_args.expert_parallel.size > 1 with compile.enabled: the expert all-to-alls need the split "
@@ -199,14 +217,46 @@ class StageModule(StageEvaluation):
 
     def _positions(self, batch: dict) -> Tensor | None:
         """Teacher-forced positions; the length jitter of training is seeded by the step (a resumed run draws the same)."""
-        return teacher_forced_positions(batch, self.transcript_positions, int(self.global_step) if self.training else None)
+        return teacher_forced_positions(batch, self.transcript_positions, int(self.global_step) if self.training else None,
+                                        self.unit_positions, self.specials.audio_start)
+
+    @property
+    def units_per_token(self) -> float:
+        """TTS units per text token that text_scaled decoding expects: the config's, else the training batches'."""
+        if self.unit_positions.units_per_token is not None:
+            return self.unit_positions.units_per_token
+        units, tokens = self.tts_counts
+        return units / tokens if tokens > 0 else DEFAULT_UNITS_PER_TOKEN
+
+    def _drop_tts_inputs(self, batch: dict) -> dict:
+        """The batch with a `tts_input_dropout` share of its TTS rows' input units replaced by <pad> (drawn from a
+        generator seeded by the step: a resumed run drops the same); labels, positions and modalities unchanged."""
+        is_tts = batch["task_ids"] == TASKS.index("tts")  # (B,)
+        if not bool(is_tts.any()):
+            return batch
+        ids = batch["input_ids"]
+        V = self.config.text_vocab_size
+        is_unit = is_tts[:, None] & (ids >= V) & batch["attention_mask"]  # (B, T)
+        generator = torch.Generator().manual_seed(int(self.global_step))
+        drop = torch.rand(ids.shape, generator=generator).to(ids.device) < self.hparams.tts_input_dropout
+        return {**batch, "input_ids": torch.where(is_unit & drop, self.specials.pad, ids)}
+
+    def _count_tts(self, batch: dict) -> None:
+        """Add the batch's TTS units and text tokens to `tts_counts` (the prompt after |bos| |tts| is the text)."""
+        is_tts = batch["task_ids"] == TASKS.index("tts")
+        if not bool(is_tts.any()):
+            return
+        units = ((batch["labels"][is_tts] != IGNORE_INDEX).sum() - int(is_tts.sum())).item()  # <audio_end> excluded
+        tokens = (batch["prompt_lengths"][is_tts] - TTS_TEXT_START - 1).clamp(min=0).sum().item()  # <audio_start> excluded
+        self.tts_counts = [self.tts_counts[0] + units, self.tts_counts[1] + tokens]
 
     @property
     def decoder(self) -> Decoder:
         """Decodes transcripts and units from this stage's backbone as configured (`lightning_most.decoding`)."""
         if self.backbone is None:
             raise RuntimeError("the backbone is not built yet: call configure_model() (or load a checkpoint) first")
-        return Decoder(self.backbone, self.specials, self.tokenizer, self.asr_decoding, self.transcript_positions.scaled)
+        return Decoder(self.backbone, self.specials, self.tokenizer, self.asr_decoding, self.transcript_positions.scaled,
+                       self.units_per_token if self.unit_positions.scaled else None)
 
     # ---- training ----------------------------------------------------------------------------
     def _ctc_loss(self, batch: dict, ctc_logits: Tensor | None, ctc_lengths: Tensor | None) -> Tensor | None:
@@ -226,6 +276,10 @@ class StageModule(StageEvaluation):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         if self.global_step < self.ctc.warmup_steps:
             return self._ctc_warmup_step(batch)
+        if self.unit_positions.scaled:
+            self._count_tts(batch)
+        if self.hparams.get("tts_input_dropout", 0.0) > 0:
+            batch = self._drop_tts_inputs(batch)
         out = self(batch)
         loss, per_task = task_losses(out.logits, batch["labels"], batch["task_ids"])
         B = batch["input_ids"].shape[0]
@@ -302,9 +356,11 @@ class StageModule(StageEvaluation):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["audio_io"] = self.audio_io
+        checkpoint["tts_counts"] = list(self.tts_counts)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.audio_io = checkpoint.get("audio_io", {})
+        self.tts_counts = list(checkpoint.get("tts_counts", [0.0, 0.0]))
         # The checkpoint's weights replace init_from's, whose file need not exist where the checkpoint is loaded.
         self._weights_from_checkpoint = True
         self.configure_model()
