@@ -18,8 +18,9 @@ class RunSummary(pl.Callback):
         how = f" ({decoding.describe()})" if decoding is not None else ""
         lines = [f"dev ASR WER: {float(wer):.2%}{how}" if wer is not None else "dev ASR WER: not measured (no ASR dev data)"]
         tts_wer = trainer.callback_metrics.get("val/tts_judge_wer")
-        if tts_wer is not None:  # the stage spoke num_audio_samples dev texts and the judge transcribed them
-            samples = pl_module.hparams.get("num_audio_samples", "?")
+        if tts_wer is not None:  # the stage spoke dev texts and the judge transcribed them
+            samples = trainer.callback_metrics.get("val/tts_judge_samples")
+            samples = int(samples) if samples is not None else "?"
             lines.append(f"dev TTS WER (Whisper tiny.en judge on {samples} spoken dev texts): {float(tts_wer):.2%}")
         ctc_wer = trainer.callback_metrics.get("val/asr_ctc_wer")
         if ctc_wer is not None:

@@ -86,6 +86,7 @@ class StageModule(StageEvaluation):
         log_routing_every_n_steps: int = 100,
         num_audio_samples: int = 2,
         judge_audio_samples: bool = True,
+        num_judged_samples: int = 20,
         compile: CompileConfig | None = None,
         expert_parallel: ExpertParallelConfig | None = None,
     ) -> None:
@@ -113,8 +114,11 @@ class StageModule(StageEvaluation):
                 read the text. 0 = MoST (none).
             log_routing_every_n_steps: how often routing heatmaps and load histograms are logged.
             num_audio_samples: dev texts spoken (the data's vocoder) and logged to TensorBoard at each validation.
-            judge_audio_samples: transcribe those samples with the Whisper tiny.en judge and log their WER as
-                `val/tts_judge_wer` (RunSummary prints it beside the ASR WER); ~1 s of CPU per sample.
+            judge_audio_samples: speak dev texts, transcribe them with the Whisper tiny.en judge and log its WER as
+                `val/tts_judge_wer` (RunSummary prints it beside the ASR WER).
+            num_judged_samples: how many dev texts (ASR dev cuts', in order) that judge hears at each validation,
+                decoded as `evaluate --suites tts` decodes (greedy, up to `tts_max_new_tokens`); ~2 s of CPU each
+                for the quickstart. 2 texts gave 89-150% for the same model (noise); 20 is a figure to compare.
             compile: `torch.compile` of each decoder block (`lightning_most.compile`); None = eager.
             expert_parallel: split the routed experts over groups of ranks (`lightning_most.expert_parallel`,
                 `conf/strategy/fsdp_ep.yaml`); needs ModelParallelStrategy. None = every rank holds all experts.

@@ -77,9 +77,14 @@ class StageEvaluation(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         asr_rows = self._evaluation_step(batch, "val")
-        missing = self.hparams.num_audio_samples - len(self._sample_texts)
+        missing = self._num_sample_texts() - len(self._sample_texts)
         if missing > 0:
             self._sample_texts += [batch["texts"][i] for i in asr_rows[:missing]]
+
+    def _num_sample_texts(self) -> int:
+        """Dev texts spoken at each validation: those logged as audio, or judged if more."""
+        judged = self.hparams.get("num_judged_samples", 0) if self.hparams.get("judge_audio_samples", False) else 0
+        return max(self.hparams.num_audio_samples, judged)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, "test")
@@ -153,15 +158,22 @@ class StageEvaluation(pl.LightningModule):
         waves = []
         for i, (text, units) in enumerate(zip(texts, units_per_text)):
             waves.append(self._vocoder(units.cpu()) if units.numel() else torch.zeros(320))  # no units: 20 ms of silence
+            if i >= self.hparams.num_audio_samples:
+                continue
             for writer in writers:
                 writer.add_audio(f"tts_sample/{i}", waves[-1].flatten(), self.global_step, sample_rate=self._vocoder.sample_rate)
                 writer.add_text(f"tts_sample/{i}_text", text, self.global_step)
         if self.hparams.get("judge_audio_samples", False):
-            self._log_judge_wer(texts, waves)
+            judged = self.hparams.get("num_judged_samples", self.hparams.num_audio_samples)
+            self._log_judge_wer(texts[:judged], waves[:judged])
 
     def _log_judge_wer(self, texts: list[str], waves: list[Tensor]) -> None:
-        """Log `val/tts_judge_wer`: the Whisper tiny.en judge's WER on the spoken dev texts (rank 0 only)."""
+        """Log `val/tts_judge_wer`, the Whisper tiny.en judge's WER on the spoken dev texts, and how many it heard
+        (`val/tts_judge_samples`; rank 0 only)."""
+        if not texts:
+            return
         if self._judge is None:
             self._judge = WhisperTinyJudge()
-        wer, _ = corpus_wer(texts, judge_transcripts(self._judge, waves, batch_size=len(waves)))
+        wer, _ = corpus_wer(texts, judge_transcripts(self._judge, waves, batch_size=min(len(waves), 8)))
         self.log("val/tts_judge_wer", wer, rank_zero_only=True)
+        self.log("val/tts_judge_samples", float(len(texts)), rank_zero_only=True)
